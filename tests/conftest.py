@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny LLaMA-shape model and a word-level tokenizer, written to disk like a real one."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+WORDS = (
+    "the a an of to and in is was for on with as by at from that this it be are what who how why when "
+    "write give list name describe summarize answer question response instruction input context below "
+    "task request paired provides further completes appropriately tell me about city river music book "
+    "yes no true false one two three four five red blue green paris france london water fire"
+).split()
+
+
+def write_tiny_model(path: Path, vocab_words=WORDS, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """Save a randomly initialised LlamaForCausalLM and a matching tokenizer into `path`."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(vocab_words) | set("#:.,?!-'\"0123456789")))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+def dolly_records(n_per_category: int = 12) -> list[dict]:
+    """Dolly-schema records over all 8 categories, made of words the tiny tokenizer knows."""
+    categories = ["brainstorming", "classification", "closed_qa", "creative_writing", "general_qa",
+                  "information_extraction", "open_qa", "summarization"]
+    out = []
+    for c, cat in enumerate(categories):
+        for i in range(n_per_category):
+            w = WORDS[(c * 7 + i) % len(WORDS)]
+            out.append({"instruction": f"what is {w} ?", "context": "" if i % 2 else f"the {w} river",
+                        "response": f"{w} is a {WORDS[(i + 3) % len(WORDS)]} .", "category": cat})
+    return out
+
+
+@pytest.fixture
+def dolly_file(tmp_path) -> Path:
+    path = tmp_path / "databricks-dolly-15k.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
+    return path
