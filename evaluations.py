@@ -1,0 +1,108 @@
+"""Evaluation: Rouge-L of greedy generations and the mean response-token loss on a held-out set."""
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils_data.default_tokens import IGNORE_INDEX, build_prompt
+from utils_data.llm_dataset import collate_right_pad
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> float:
+    """Mean Rouge-L F-measure of prediction/reference pairs, in [0, 1].
+
+    Scored with rouge-score's RougeScorer(["rougeL"], use_stemmer=False): the paper's code used the
+    `rouge` package, which does not stem, and Porter stemming only fits English while Natural
+    Instructions has other languages. Raises ValueError on a length mismatch or on no pairs at all
+    (an empty evaluation set is a bug upstream, not a score of 0).
+    """
+    from rouge_score.rouge_scorer import RougeScorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"rouge_l: {len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise ValueError("rouge_l: no prediction/reference pairs to score")
+    scorer = RougeScorer(["rougeL"], use_stemmer=False)
+    pairs = zip(predictions, references, strict=True)
+    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in pairs]
+    return sum(scores) / len(scores)
+
+
+def _bar(iterable, progress: bool, desc: str):
+    """A tqdm bar only when asked for and stderr is a terminal."""
+    return tqdm(iterable, desc=desc, disable=not (progress and sys.stderr.isatty()), leave=False)
+
+
+@torch.inference_mode()
+def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 8,
+                    progress: bool = False) -> list[str]:
+    """Greedy continuations of `prompts` (new text only, stripped), in input order.
+
+    Prompts are tokenized as LLMDataset does (no special tokens) and padded on the left, so each
+    ends right where generation starts; the caller's tokenizer is not changed (padding_side is
+    passed per call).
+    """
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+        eos.append(tokenizer.eos_token_id)  # training appends the tokenizer's EOS: stop on it too
+    outputs: list[str] = []
+    for start in _bar(range(0, len(prompts), batch_size), progress, "generate"):
+        enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                        padding_side="left", add_special_tokens=False)
+        ids = enc["input_ids"].to(device)
+        out = model.generate(input_ids=ids, attention_mask=enc["attention_mask"].to(device),
+                             do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                             pad_token_id=pad_id, eos_token_id=eos or None)
+        new = out[:, ids.shape[1]:]
+        outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return outputs
+
+
+def _per_example_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean next-token loss over each row's labelled tokens, count of those tokens) for one batch."""
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch["input_ids"].to(device),
+                   attention_mask=batch["attention_mask"].to(device)).logits.float()
+    labels = batch["labels"].to(device)[:, 1:]  # token t is predicted from positions < t
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    counts = (labels != IGNORE_INDEX).sum(dim=1)
+    return nll.sum(dim=1) / counts.clamp(min=1), counts
+
+
+@torch.inference_mode()
+def eval_loss(model, dataset, batch_size: int = 1, pad_id: int = 0, progress: bool = False) -> float:
+    """Mean over examples of each example's mean response-token loss (independent of batch_size).
+
+    With batch_size 1 this is the paper's loop (mean of per-batch losses). Examples without any
+    labelled token (response truncated away) are skipped; ValueError if none is left.
+    """
+    total, n = 0.0, 0
+    for start in _bar(range(0, len(dataset), batch_size), progress, "eval loss"):
+        batch = collate_right_pad([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))],
+                                  pad_id)
+        losses, counts = _per_example_losses(model, batch)
+        total += losses[counts > 0].double().sum().item()
+        n += int((counts > 0).sum().item())
+    if n == 0:
+        raise ValueError("eval_loss: no example has a labelled (response) token")
+    return total / n
+
+
+def evaluate(model, tokenizer, dataset, metric: str, max_new_tokens: int = 128, batch_size: int = 8,
+             use_prompts: bool = True, progress: bool = False) -> dict:
+    """{"eval_loss"} always, plus {"rouge_l"} of greedy generations when metric == "rouge"."""
+    if metric not in ("loss", "rouge"):
+        raise ValueError(f"evaluate: unknown metric {metric!r} (expected 'loss' or 'rouge')")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    result = {"eval_loss": eval_loss(model, dataset, batch_size, pad_id, progress=progress)}
+    if metric == "rouge":
+        prompts = [build_prompt(r, use_prompts) for r in dataset.records]
+        predictions = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+        result["rouge_l"] = rouge_l(predictions, [r["response"] for r in dataset.records])
+    return result
