@@ -6,9 +6,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import dolly_records
 from tokenizers import processors
 
+from conftest import dolly_records
 from evaluations import eval_loss, evaluate, generate_greedy, rouge_l
 from modeling import lm_loss, load_model, load_tokenizer
 from utils_data.default_tokens import IGNORE_INDEX, build_prompt
