@@ -1,0 +1,72 @@
+"""Instruction records -> token ids with the prompt masked out of the labels, and right-padding collation."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.utils.data import Dataset
+
+from errors import FedKSeedError
+from utils_data.default_tokens import IGNORE_INDEX, build_prompt
+
+logger = logging.getLogger(__name__)
+
+
+class LLMDataset(Dataset):
+    """Tokenized records: input_ids = prompt + response + EOS (truncated), labels mask the prompt.
+
+    Records left with no supervised token after truncation are dropped; `self.dropped` counts them
+    and `self.records` holds the kept records, aligned with the items.
+    """
+
+    def __init__(self, records: list[dict], tokenizer, use_prompts: bool, max_length: int):
+        if max_length < 2:
+            raise FedKSeedError(f"--max_length {max_length}: expected at least 2 tokens")
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise FedKSeedError("the tokenizer has no EOS token, so responses cannot be terminated")
+        # Separate calls without special tokens, so the prompt/response boundary is exact.
+        prompt_ids = _tokenize(tokenizer, [build_prompt(r, use_prompts) for r in records])
+        response_ids = _tokenize(tokenizer, [r["response"] for r in records])
+
+        self.records: list[dict] = []
+        self.items: list[dict[str, torch.Tensor]] = []
+        self.dropped = 0
+        for record, p, r in zip(records, prompt_ids, response_ids, strict=True):
+            ids = (list(p) + list(r) + [eos])[:max_length]
+            labels = [IGNORE_INDEX] * min(len(p), len(ids)) + ids[len(p):]
+            # The LM loss predicts position i from i-1, so a label at position 0 is never used.
+            if all(label == IGNORE_INDEX for label in labels[1:]):
+                self.dropped += 1
+                continue
+            self.records.append(record)
+            self.items.append({"input_ids": torch.tensor(ids, dtype=torch.long),
+                               "labels": torch.tensor(labels, dtype=torch.long)})
+        if self.dropped:
+            logger.info("skipped %d of %d records: no response token left within max_length=%d",
+                        self.dropped, len(records), max_length)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.items[i]
+
+
+def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def collate_right_pad(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Stack items, padding on the right: input_ids with pad_id, labels with IGNORE_INDEX."""
+    width = max(len(item["input_ids"]) for item in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    # Built from lengths, not from pad_id, because pad_id is often the EOS id that ends every item.
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, item in enumerate(batch):
+        n = len(item["input_ids"])
+        input_ids[row, :n] = item["input_ids"]
+        labels[row, :n] = item["labels"]
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
