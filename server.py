@@ -63,9 +63,9 @@ class Server:
         return self.seeded.c
 
     def select_clients(self) -> list[int]:
-        """ceil(m * N) distinct clients, drawn from the server's RNG."""
+        """ceil(m * N) distinct clients from the server's RNG; m * N rounded first (0.07 * 100 = 7.000000000000001)."""
         n = self.config.num_clients
-        count = min(n, max(1, math.ceil(self.config.client_fraction * n)))
+        count = min(n, max(1, math.ceil(round(self.config.client_fraction * n, 9))))
         return sorted(self.rng.choice(n, size=count, replace=False).tolist())
 
     def probabilities(self) -> np.ndarray | None:
