@@ -1,6 +1,7 @@
 """FedKSeed / FedKSeed-Pro in one process: `python main.py --help` lists the flags."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -100,8 +101,8 @@ def run(args) -> dict:
     compile_z = False if args.no_compile else None
     server_model = load_model(args.model, args.dtype, args.device)
     server = Server(server_model, server_config(args, len(clients)), compile=compile_z)
-    work = SeededModel(load_model(args.model, args.dtype, args.device), server.seed_pool, args.lr,
-                       kind=args.perturbation, compile=compile_z)
+    work = SeededModel(copy.deepcopy(server_model), server.seed_pool, args.lr, kind=args.perturbation,
+                       compile=compile_z)
     last_c = {c.client_id: np.zeros(args.K) for c in clients}
     metrics = MetricsFile(out / "metrics.jsonl")
 
