@@ -12,8 +12,15 @@ from optimizers.perturbation import KINDS
 from utils_data.partition_data import parse_iid
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line `error: ...` and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description="FedKSeed / FedKSeed-Pro: federated full-parameter tuning of causal LMs with "
         "zeroth-order steps drawn from K seeds (arXiv 2312.06353).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -79,7 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--log", action="store_true", help="also write the log to <output_dir>/train.log")
     ev.add_argument("--log_root", default="runs", help="parent folder of run directories (the paper's: logs)")
     ev.add_argument("--output_dir", default=None, help="run directory; default <log_root>/<dataset>-<method>-<time>")
-    ev.add_argument("--save", action="store_true", help="write the final coefficients c and seed pool (a few KB)")
+    ev.add_argument("--save", action="store_true", help="also write coefficients.npz (c and the seed pool) at the end")
+    ev.add_argument("--save_every", type=int, default=1,
+                    help="rounds between checkpoints (a few KB: c, per-round Delta c, RNG); 0 = only at the end")
+    ev.add_argument("--resume", default=None, metavar="RUN_DIR",
+                    help="continue the run in RUN_DIR from its checkpoint (its flags are reused)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -115,6 +126,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
          "model differ from theta0 - lr*sum c_j z_j, which every client and the server rely on"),
         (args.bias_loss_clip > 0, f"--bias_loss_clip {args.bias_loss_clip}: must be positive"),
         (args.eval_every >= 0, f"--eval_every {args.eval_every}: must be >= 0"),
+        (args.save_every >= 0, f"--save_every {args.save_every}: must be >= 0"),
         (args.eval_examples >= 0, f"--eval_examples {args.eval_examples}: must be >= 0"),
         (args.eval_batch_size >= 1, f"--eval_batch_size {args.eval_batch_size}: must be at least 1"),
         (args.max_new_tokens >= 1, f"--max_new_tokens {args.max_new_tokens}: must be at least 1"),
@@ -134,3 +146,28 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
 
 def method_name(args: argparse.Namespace) -> str:
     return "fedkseed-pro" if args.bias_sampling else "fedkseed"
+
+
+# Flags that define the trajectory of a run: a resumed run must keep them.
+TRAJECTORY_FLAGS = (
+    "dataset", "data_path", "num_clients", "m", "local_step", "batch_or_epoch", "equal_weight", "client_sync",
+    "batch_size", "max_length", "use_prompts", "iid", "zerotask", "dataset_subsample", "model", "lr",
+    "weight_decay", "grad_clip", "K", "zo_eps", "perturbation", "bias_sampling", "bias_loss_clip",
+    "grad_initial", "dtype", "seed",
+)
+
+
+def merge_resume(args: argparse.Namespace, saved: dict, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Flags of a resumed run: the checkpoint's, except those given now; a changed trajectory flag is refused."""
+    defaults = vars(parser.parse_args([]))
+    merged = dict(saved)
+    for name, value in vars(args).items():
+        if name in ("resume", "output_dir") or value == defaults.get(name):
+            continue
+        if name in TRAJECTORY_FLAGS and value != saved.get(name) and not (name == "dtype" and value == "auto"):
+            raise FedKSeedError(f"--{name} {value}: differs from the checkpoint's {saved.get(name)}; "
+                                "a resumed run keeps the flags that define it")
+        merged[name] = value
+    merged["resume"] = args.resume
+    merged["output_dir"] = str(Path(args.resume))
+    return argparse.Namespace(**merged)

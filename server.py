@@ -86,3 +86,7 @@ class Server:
                 self.history.add(update.seed_indices, update.grads)
         self.seeded.move_to(self.c + delta)
         return delta
+
+    def replay_rounds(self, deltas: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Re-apply past rounds' Delta c in order: bitwise the model apply_round built."""
+        self.seeded.replay_rounds(deltas)

@@ -38,6 +38,13 @@ class SeededModel:
         self.c = np.array(target_c, dtype=np.float64)
         return len(changed)
 
+    def replay_rounds(self, deltas: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Apply rounds' sparse Delta c (indices, values) in order, each as the server's move_to(c + delta)."""
+        for indices, values in deltas:
+            delta = np.zeros(len(self.seed_pool), dtype=np.float64)
+            delta[indices] = values
+            self.move_to(self.c + delta)
+
     @torch.no_grad()
     def copy_from(self, other: SeededModel) -> None:
         """Take another copy's weights and c by a plain tensor copy (the in-process fast path)."""

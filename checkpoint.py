@@ -1,0 +1,109 @@
+"""Checkpoints of a run: the few numbers that define it (c, per-round Delta c, RNG, Pro history), written atomically
+with a checksum so that a torn or truncated file is refused, never loaded."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from errors import FedKSeedError
+
+MAGIC = "fedkseed-checkpoint-v1"
+CHECKPOINT_FILE = "checkpoint.json"
+
+
+def encode_array(a: np.ndarray) -> dict:
+    """An array as dtype, shape and base64 bytes: exact, and a fraction of the size of JSON numbers."""
+    a = np.ascontiguousarray(a)
+    return {"dtype": str(a.dtype), "shape": list(a.shape), "data": base64.b64encode(a.tobytes()).decode()}
+
+
+def decode_array(d: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(d["data"]), dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """blake2b over every parameter's name, dtype, shape and bytes: identifies the base model theta0."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, p in model.named_parameters():
+        h.update(f"{name}|{p.dtype}|{tuple(p.shape)}".encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class RunState:
+    """Everything a run needs to continue exactly where it stopped."""
+
+    round: int
+    fingerprint: str
+    flags: dict
+    seed_pool: np.ndarray
+    c: np.ndarray
+    deltas: list[tuple[np.ndarray, np.ndarray]]  # per round: (seed indices, Delta c values), in order
+    server_rng: dict
+    last_round: dict[int, int]  # client id -> the round whose c it last synced to (0 = theta0)
+    history: tuple[np.ndarray, np.ndarray] | None = None  # Pro: clipped |g| sums and counts per seed
+    base_eval: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "round": self.round, "fingerprint": self.fingerprint, "flags": self.flags,
+            "seed_pool": encode_array(self.seed_pool), "c": encode_array(self.c),
+            "deltas": [[encode_array(i), encode_array(v)] for i, v in self.deltas],
+            "server_rng": self.server_rng,
+            "last_round": {str(k): v for k, v in self.last_round.items()},
+            "history": None if self.history is None else [encode_array(a) for a in self.history],
+            "base_eval": self.base_eval, "extra": self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> RunState:
+        return cls(
+            round=d["round"], fingerprint=d["fingerprint"], flags=d["flags"],
+            seed_pool=decode_array(d["seed_pool"]), c=decode_array(d["c"]),
+            deltas=[(decode_array(i), decode_array(v)) for i, v in d["deltas"]],
+            server_rng=d["server_rng"], last_round={int(k): v for k, v in d["last_round"].items()},
+            history=None if d["history"] is None else tuple(decode_array(a) for a in d["history"]),
+            base_eval=d["base_eval"], extra=d.get("extra", {}),
+        )
+
+
+def save_checkpoint(path: Path, state: RunState) -> None:
+    """Write-then-rename: a crash mid-write leaves the previous checkpoint, never a torn one."""
+    body = json.dumps(state.to_json(), separators=(",", ":")).encode()
+    header = f"{MAGIC} {len(body)} {hashlib.sha256(body).hexdigest()}\n".encode()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(header + body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> RunState:
+    """Read and verify a checkpoint; any damage is a one-line FedKSeedError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        raise FedKSeedError(f"--resume {path}: no checkpoint there") from None
+    header, _, body = raw.partition(b"\n")
+    parts = header.decode("ascii", "replace").split(" ")
+    if len(parts) != 3 or parts[0] != MAGIC:
+        raise FedKSeedError(f"--resume {path}: not a FedKSeed checkpoint (bad header)")
+    if not parts[1].isdigit() or int(parts[1]) != len(body) or hashlib.sha256(body).hexdigest() != parts[2]:
+        raise FedKSeedError(f"--resume {path}: checkpoint is truncated or corrupt (length or checksum mismatch)")
+    try:
+        return RunState.from_json(json.loads(body))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FedKSeedError(f"--resume {path}: unreadable checkpoint ({exc.__class__.__name__})") from None

@@ -1,0 +1,31 @@
+"""Export a run's model: theta0 - lr * sum_j c_j z_j as a Hugging Face folder that from_pretrained loads."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from checkpoint import load_checkpoint, model_fingerprint
+from errors import FedKSeedError
+from modeling import load_model, load_tokenizer
+from optimizers.seed_pool import SeededModel
+
+
+def rebuild_model(run_dir: Path, device: str = "cpu"):
+    """The run's final global model, rebuilt bit for bit from theta0 and its checkpoint."""
+    state = load_checkpoint(run_dir)
+    flags = state.flags
+    model = load_model(flags["model"], flags["dtype"], device)
+    if model_fingerprint(model) != state.fingerprint:
+        raise FedKSeedError(f"{run_dir}: the base model {flags['model']} differs from the one the run started from")
+    compile_z = False if flags.get("no_compile") else None  # the path the run used: its floats, bit for bit
+    seeded = SeededModel(model, state.seed_pool, flags["lr"], kind=flags["perturbation"], compile=compile_z)
+    seeded.replay_rounds(state.deltas)
+    return model, flags
+
+
+def export_run(run_dir: Path, out_dir: Path) -> Path:
+    """Write the model (save_pretrained) and its tokenizer into out_dir."""
+    model, flags = rebuild_model(run_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    load_tokenizer(flags["model"]).save_pretrained(out_dir)
+    return out_dir

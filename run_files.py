@@ -1,0 +1,73 @@
+"""The files of a run directory: config.json, metrics.jsonl and the log."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "transformers", "numpy", "rouge-score", "gguf", "accelerate")
+
+
+def setup_logging(log_file: Path | None) -> None:
+    """Log lines to stderr, and to log_file when given."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        handlers=handlers, force=True)
+
+
+def git_revision() -> str | None:
+    """The project's commit (with '+dirty' when the tree has changes), or None outside a checkout."""
+    root = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if rev.returncode != 0:
+        return None
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_config(path: Path, args) -> None:
+    """Every resolved flag, the git revision and the library versions."""
+    doc = {"flags": vars(args), "git_revision": git_revision(), "versions": versions()}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+class MetricsFile:
+    """metrics.jsonl: one JSON object a round, flushed as it is written."""
+
+    def __init__(self, path: Path, fresh: bool):
+        self.path = path
+        if fresh:
+            path.write_text("")
+
+    def keep_rounds_up_to(self, last_round: int) -> None:
+        """On resume: drop the rows of rounds after the checkpoint (they will be run again)."""
+        rows = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["round"] <= last_round]
+        self.path.write_text("".join(r + "\n" for r in rows))
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
