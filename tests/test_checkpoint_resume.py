@@ -1,0 +1,189 @@
+"""Checkpoints: a run killed with SIGKILL and resumed ends bit-identical to an uninterrupted one; damaged or
+mismatched checkpoints are refused; the exported model is the server's model; plots of real run directories."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoint import CHECKPOINT_FILE, load_checkpoint
+from conftest import ROOT, dolly_records, write_tiny_model
+from errors import FedKSeedError
+from run_files import read_metrics
+
+ENV = {**os.environ, "FEDKSEED_COMPILE": "0", "PYTHONUNBUFFERED": "1"}
+ROUNDS = 6
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    data = root / "dolly.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
+    model = write_tiny_model(root / "model")
+    return root, data, model
+
+
+def flags(data: Path, model: Path, out: Path) -> list[str]:
+    return ["--model", str(model), "--dataset", "dolly", "--data_path", str(data), "-K", "16", "--rounds",
+            str(ROUNDS), "--local_step", "12", "--num_clients", "4", "-m", "0.5", "--eval_examples", "4",
+            "--eval_metric", "loss", "--lr", "1e-3", "--zo_eps", "1e-3", "--bias_sampling", "--quiet",
+            "--output_dir", str(out)]
+
+
+def main_py(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def pro_probabilities_of(state) -> np.ndarray:
+    from optimizers.mezo_bias_optimizer import pro_probabilities
+
+    return pro_probabilities(*state.history)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(setup):
+    root, data, model = setup
+    out = root / "whole"
+    result = main_py(*flags(data, model, out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(setup, uninterrupted):
+    root, data, model = setup
+    out = root / "killed"
+    proc = subprocess.Popen([sys.executable, "main.py", *flags(data, model, out)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_at = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / CHECKPOINT_FILE).exists() and load_checkpoint(out).round >= 2:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_at = load_checkpoint(out).round
+            break
+        time.sleep(0.02)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert killed_at < ROUNDS
+    # at most the round in flight is lost: the checkpoint holds every round before it
+    resumed = main_py("--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed {out} at round {killed_at}" in resumed.stderr
+
+    whole, again = load_checkpoint(uninterrupted), load_checkpoint(out)
+    assert whole.round == again.round == ROUNDS
+    assert np.array_equal(whole.c, again.c) and np.count_nonzero(whole.c) > 0
+    assert np.array_equal(pro_probabilities_of(whole), pro_probabilities_of(again))
+    assert comparable(read_metrics(uninterrupted / "metrics.jsonl")) == comparable(read_metrics(out / "metrics.jsonl"))
+
+
+def test_every_truncation_of_a_checkpoint_is_refused(uninterrupted, tmp_path):
+    raw = (uninterrupted / CHECKPOINT_FILE).read_bytes()
+    cut = tmp_path / CHECKPOINT_FILE
+    for length in range(len(raw)):
+        cut.write_bytes(raw[:length])
+        with pytest.raises(FedKSeedError, match="truncated or corrupt|bad header|no checkpoint"):
+            load_checkpoint(cut)
+    flipped = bytearray(raw)
+    flipped[-10] ^= 1
+    cut.write_bytes(bytes(flipped))
+    with pytest.raises(FedKSeedError, match="corrupt"):
+        load_checkpoint(cut)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[-1].startswith("error:")
+    for fragment in fragments:
+        assert fragment in lines[-1]
+
+
+def test_resume_of_a_truncated_checkpoint_exits_with_one_line(uninterrupted, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    raw = (uninterrupted / CHECKPOINT_FILE).read_bytes()
+    (run / CHECKPOINT_FILE).write_bytes(raw[: len(raw) // 2])
+    assert_one_line_error(main_py("--resume", str(run)), "truncated or corrupt")
+    assert_one_line_error(main_py("--resume", str(tmp_path / "nowhere")), "no checkpoint")
+
+
+def test_resume_refuses_a_changed_trajectory_flag(uninterrupted):
+    assert_one_line_error(main_py("--resume", str(uninterrupted), "--lr", "0.5"), "--lr 0.5", "checkpoint")
+
+
+def test_resume_refuses_a_different_base_model(setup, uninterrupted, tmp_path):
+    root, data, model = setup
+    copy_dir = tmp_path / "run"
+    copy_dir.mkdir()
+    for name in ("checkpoint.json", "config.json", "metrics.jsonl"):
+        (copy_dir / name).write_bytes((uninterrupted / name).read_bytes())
+    write_tiny_model(model, seed=1)  # same path, other weights
+    try:
+        assert_one_line_error(main_py("--resume", str(copy_dir)), "fingerprint")
+    finally:
+        write_tiny_model(model, seed=0)
+
+
+def test_a_new_run_into_a_run_directory_is_refused(setup, uninterrupted):
+    root, data, model = setup
+    assert_one_line_error(main_py(*flags(data, model, uninterrupted)), "--resume")
+
+
+def test_exported_model_loads_and_matches_the_servers_model(setup, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import main
+
+    root, data, model = setup
+    run_dir, out = tmp_path / "run", tmp_path / "export"
+    argv = flags(data, model, run_dir)
+    argv[argv.index("--rounds") + 1] = "2"
+    result = main.train(argv)
+    assert main.main(["export", str(run_dir), str(out)]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    server_model = result["server"].seeded.model
+    tokens = torch.tensor([[5, 9, 17, 23, 42, 7, 3]])
+    with torch.no_grad():
+        assert torch.equal(exported(tokens).logits, server_model(tokens).logits)
+        base = AutoModelForCausalLM.from_pretrained(model).eval()
+        assert not torch.equal(base(tokens).logits, server_model(tokens).logits)
+
+
+def test_plot_runs_draws_two_real_runs(setup, uninterrupted, tmp_path):
+    import matplotlib.image
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plot_runs
+
+    root, data, model = setup
+    second = tmp_path / "uniform"
+    argv = [a for a in flags(data, model, second) if a != "--bias_sampling"]
+    argv[argv.index("--rounds") + 1] = "3"
+    assert main_py(*argv).returncode == 0
+    fig = plot_runs.build_figure([uninterrupted, second])
+    assert [ax.get_xlabel() for ax in fig.axes] == ["round"] * 3
+    assert [ax.get_ylabel() for ax in fig.axes][:2] == ["Rouge-L", "eval loss"]
+    assert "bytes" in fig.axes[2].get_title().lower() or "KiB" in fig.axes[2].get_ylabel()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0].startswith("FedKSeed-Pro") and labels[1].startswith("FedKSeed dolly")
+    assert len(fig.axes[1].get_lines()) == 2 and len(fig.axes[1].get_lines()[0].get_xdata()) == ROUNDS
+    png = tmp_path / "runs.png"
+    assert plot_runs.main([str(uninterrupted), str(second), "--out", str(png)]) == 0
+    height, width = matplotlib.image.imread(png).shape[:2]
+    assert (width, height) == (1500, 420)
