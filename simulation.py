@@ -114,6 +114,7 @@ def run(args, resume: RunState | None = None) -> dict:
 
     if args.eval_base and resume is None:
         state.base_eval = run_eval(0, args.eval_metric)
+        metrics.write({"round": 0, **state.base_eval})
     row = {}
     for round_idx in tqdm(range(state.round + 1, args.rounds + 1), desc="rounds", disable=not show):
         start = time.time()

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from run_files import read_metrics  # noqa: E402
@@ -49,6 +50,7 @@ def build_figure(run_dirs: list[Path]):
               ("KiB per client (up + down), cumulative", "Communication")]
     for ax, (ylabel, title) in zip(axes, labels, strict=True):
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
