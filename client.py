@@ -92,7 +92,9 @@ class Client:
                 progress.update(1)
         return ClientUpdate(
             client_id=self.client_id, round=config.round,
-            seed_indices=np.asarray(indices, dtype=np.int64), grads=np.asarray(grads, dtype=np.float64),
+            seed_indices=np.asarray(indices, dtype=np.int64),
+            # g is uploaded as float32 (the wire format): every engine aggregates the same float32 values
+            grads=np.asarray(grads, dtype=np.float32).astype(np.float64),
             num_samples=len(self.dataset), mean_loss=float(np.mean(losses)) if losses else float("nan"),
             skipped=skipped,
         )

@@ -92,7 +92,44 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--resume", default=None, metavar="RUN_DIR",
                     help="continue the run in RUN_DIR from its checkpoint (its flags are reused)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_flags(p)
     return p
+
+
+# --- engine (in-process or Flower) and robust aggregation ------------------------------------------------
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    eng = p.add_argument_group("engine and robustness")
+    eng.add_argument("--engine", choices=["inprocess", "flower"], default="inprocess",
+                     help="run every client in this process, or as Flower ClientApps in Flower's simulation "
+                     "engine (same c bit for bit; see flower_app/)")
+    eng.add_argument("--flower_nodes", type=int, default=0,
+                     help="Flower: virtual SuperNodes; client i lives on node i mod N; 0 = one node per client")
+    eng.add_argument("--flower_catchup", choices=["exact", "summed"], default="exact",
+                     help="Flower: a node catches up by replaying each missed round's Delta c onto a pristine "
+                     "copy (bit-identical, two model copies), or the paper's single summed change onto its "
+                     "trained copy (one copy, exact only in closed form)")
+    eng.add_argument("--flower_timeout", type=float, default=3600.0,
+                     help="Flower: seconds the server waits for a round's replies")
+    eng.add_argument("--aggregation", choices=["mean", "median", "trimmed_mean"], default="mean",
+                     help="per-seed aggregation of the clients' g: the paper's weighted mean, or a robust one")
+    eng.add_argument("--trim_fraction", type=float, default=0.2,
+                     help="trimmed_mean: share of a seed's client contributions cut at each end")
+    eng.add_argument("--max_abs_grad", type=float, default=0.0,
+                     help="server-side bound: clip every uploaded g to [-B, B] before aggregating; 0 = off")
+
+
+def validate_engine(args: argparse.Namespace) -> None:
+    checks = [
+        (getattr(args, "flower_nodes", 0) >= 0, f"--flower_nodes {getattr(args, 'flower_nodes', 0)}: must be >= 0"),
+        (getattr(args, "flower_timeout", 1.0) > 0, "--flower_timeout: must be positive"),
+        (0 <= getattr(args, "trim_fraction", 0.2) < 0.5,
+         f"--trim_fraction {getattr(args, 'trim_fraction', 0.2)}: must be in [0, 0.5)"),
+        (getattr(args, "max_abs_grad", 0.0) >= 0, f"--max_abs_grad {getattr(args, 'max_abs_grad', 0.0)}: must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise FedKSeedError(message)
 
 
 def resolve_device(value: str) -> str:
@@ -135,6 +172,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         if not ok:
             raise FedKSeedError(message)
     parse_iid(args.iid)
+    validate_engine(args)
     args.device = resolve_device(args.device)
     if args.dtype == "auto":
         args.dtype = "float16" if args.device.startswith("cuda") else "float32"
@@ -153,7 +191,7 @@ TRAJECTORY_FLAGS = (
     "dataset", "data_path", "num_clients", "m", "local_step", "batch_or_epoch", "equal_weight", "client_sync",
     "batch_size", "max_length", "use_prompts", "iid", "zerotask", "dataset_subsample", "model", "lr",
     "weight_decay", "grad_clip", "K", "zo_eps", "perturbation", "bias_sampling", "bias_loss_clip",
-    "grad_initial", "dtype", "seed",
+    "grad_initial", "dtype", "seed", "aggregation", "trim_fraction", "max_abs_grad",
 )
 
 

@@ -22,7 +22,12 @@ def train(argv: list[str]) -> dict:
     if args.resume is not None:
         resume = load_checkpoint(Path(args.resume))
         args = config.merge_resume(args, resume.flags, parser)
-    return run(config.validate(args), resume=resume)
+    args = config.validate(args)
+    if getattr(args, "engine", "inprocess") == "flower":
+        from flower_app.engine import run_flower
+
+        return run_flower(args, resume=resume)
+    return run(args, resume=resume)
 
 
 def export(argv: list[str]) -> Path:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,17 +34,100 @@ class ServerConfig:
     grad_initial: float = 0.0
     perturbation: str = "gaussian"
     seed: int = 42
+    aggregation: str = "mean"  # mean (the paper's) | median | trimmed_mean, per seed
+    max_abs_grad: float = 0.0  # > 0: each uploaded g is clipped to [-max_abs_grad, max_abs_grad] before aggregation
+    trim_fraction: float = 0.2  # trimmed_mean: share of a seed's contributions cut at each end
 
 
-def aggregate(updates: list[ClientUpdate], k: int, equal_weight: bool) -> np.ndarray:
+AGGREGATIONS = ("mean", "median", "trimmed_mean")
+
+
+def aggregate(updates: list[ClientUpdate], k: int, equal_weight: bool, mode: str = "mean",
+              max_abs_grad: float = 0.0, trim_fraction: float = 0.2) -> np.ndarray:
     """Delta c: per seed, the clients' scalar gradients summed, each client weighted by its data size
-    (or equally), weights normalised over the round's clients."""
+    (or equally), weights normalised over the round's clients.
+
+    mode median / trimmed_mean replace the weighted sum by a robust one, per seed (robust_aggregate);
+    max_abs_grad > 0 first clips every uploaded g to [-max_abs_grad, max_abs_grad]."""
+    if max_abs_grad > 0:
+        updates = [replace(u, grads=np.clip(u.grads, -max_abs_grad, max_abs_grad)) for u in updates]
+    if mode != "mean":
+        return robust_aggregate(updates, k, equal_weight, mode, trim_fraction)
     sizes = np.array([1.0 if equal_weight else u.num_samples for u in updates], dtype=np.float64)
     weights = sizes / sizes.sum() if len(updates) else sizes
     delta = np.zeros(k, dtype=np.float64)
     for weight, update in zip(weights, updates, strict=True):
         np.add.at(delta, update.seed_indices, weight * update.grads)
     return delta
+
+
+
+def robust_aggregate(updates: list[ClientUpdate], k: int, equal_weight: bool, mode: str,
+                     trim_fraction: float = 0.2) -> np.ndarray:
+    """Per-seed median or trimmed mean over the clients that used the seed.
+
+    Client i's contribution to seed j is x_ij = n * w_i * s_ij: s_ij the sum of its g for seed j, w_i its
+    normalised weight (as in the mean), n the round's client count, so that n * w_i is 1 for equal weights
+    and honest clients give comparable magnitudes. The mean's Delta c_j equals (|S_j| / n) * mean_{i in S_j}
+    x_ij over the set S_j of clients that used seed j; the robust modes replace that inner mean by the
+    median, or by the mean after cutting floor(trim_fraction * |S_j|) values at each end. When all users
+    of a seed agree, every mode gives the mean's value; one outlier among >= 3 users of a seed (median) or
+    among >= 1 / trim_fraction users (trimmed mean) cannot move Delta c_j outside the range of the honest
+    contributions. A seed that only one client used keeps that client's value in every mode: bound such
+    seeds with max_abs_grad.
+    """
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"aggregation {mode!r}: expected one of {', '.join(AGGREGATIONS)}")
+    n = len(updates)
+    delta = np.zeros(k, dtype=np.float64)
+    if n == 0:
+        return delta
+    sizes = np.array([1.0 if equal_weight else u.num_samples for u in updates], dtype=np.float64)
+    weights = sizes / sizes.sum()
+    per_seed: dict[int, list[float]] = {}
+    for weight, update in zip(weights, updates, strict=True):
+        sums = np.zeros(k, dtype=np.float64)
+        np.add.at(sums, update.seed_indices, update.grads)
+        for j in np.unique(update.seed_indices):
+            per_seed.setdefault(int(j), []).append(n * weight * sums[j])
+    for j, values in per_seed.items():
+        x = np.sort(np.asarray(values))
+        if mode == "median":
+            centre = float(np.median(x))
+        else:
+            cut = int(math.floor(trim_fraction * len(x)))
+            centre = float(x[cut:len(x) - cut].mean())
+        delta[j] = len(x) / n * centre
+    return delta
+
+
+def validate_update(update: ClientUpdate, k: int, round_idx: int, max_pairs: int) -> str | None:
+    """Why an upload must be rejected, or None when it is well-formed (the same check in every engine).
+
+    Refused: a reply for another round, a sample count that is not a positive integer, index and gradient
+    arrays of different lengths or not one-dimensional, more pairs than the round's local steps allow, a
+    seed index outside [0, k) or not an integer, a non-finite g.
+    """
+    indices, grads = np.asarray(update.seed_indices), np.asarray(update.grads)
+    if update.round != round_idx:
+        return f"reply for round {update.round}, expected {round_idx}"
+    if isinstance(update.num_samples, bool) or not isinstance(update.num_samples, int | np.integer):
+        return f"sample count {update.num_samples!r} is not an integer"
+    if update.num_samples <= 0:
+        return f"sample count {update.num_samples} is not positive"
+    if indices.ndim != 1 or grads.ndim != 1 or len(indices) != len(grads):
+        return f"{indices.size} seed indices but {grads.size} gradients"
+    if len(indices) > max_pairs:
+        return f"{len(indices)} (seed, g) pairs, more than the {max_pairs} the round allows"
+    if not np.issubdtype(indices.dtype, np.integer):
+        return f"seed indices of dtype {indices.dtype}"
+    if len(indices) and (indices.min() < 0 or indices.max() >= k):
+        return f"seed index outside [0, {k})"
+    if not np.issubdtype(grads.dtype, np.floating):
+        return f"gradients of dtype {grads.dtype}"
+    if not np.all(np.isfinite(grads)):
+        return "non-finite scalar gradient"
+    return None
 
 
 class Server:
@@ -80,12 +163,34 @@ class Server:
 
     def apply_round(self, updates: list[ClientUpdate]) -> np.ndarray:
         """Aggregate the round's uploads into Delta c, move the global model by it, update the history."""
-        delta = aggregate(updates, self.config.k, self.config.equal_weight)
+        cfg = self.config
+        delta = aggregate(updates, cfg.k, cfg.equal_weight, cfg.aggregation, cfg.max_abs_grad, cfg.trim_fraction)
         if self.history is not None:
             for update in updates:
                 self.history.add(update.seed_indices, update.grads)
         self.seeded.move_to(self.c + delta)
         return delta
+
+    def max_pairs(self, num_samples: int) -> int:
+        """The most (seed, g) pairs an honest client can upload in a round."""
+        cfg = self.config
+        if cfg.batch_or_epoch == "epoch":
+            return max(1, math.ceil(int(num_samples) / cfg.batch_size))
+        return cfg.local_step
+
+    def accept(self, updates: list[ClientUpdate], round_idx: int) -> list[ClientUpdate]:
+        """The well-formed uploads of the round (validate_update); each rejected one is logged and dropped."""
+        kept = []
+        for update in updates:
+            try:
+                reason = validate_update(update, self.config.k, round_idx, self.max_pairs(update.num_samples))
+            except (TypeError, ValueError) as exc:
+                reason = f"malformed upload ({exc.__class__.__name__})"
+            if reason is None:
+                kept.append(update)
+            else:
+                logger.warning("round %d: rejected the upload of client %s: %s", round_idx, update.client_id, reason)
+        return kept
 
     def replay_rounds(self, deltas: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Re-apply past rounds' Delta c in order: bitwise the model apply_round built."""

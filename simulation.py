@@ -32,7 +32,8 @@ def server_config(args, num_clients: int) -> ServerConfig:
         local_step=args.local_step, batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size,
         grad_clip=args.grad_clip, equal_weight=args.equal_weight, bias_sampling=args.bias_sampling,
         bias_loss_clip=args.bias_loss_clip, grad_initial=args.grad_initial, perturbation=args.perturbation,
-        seed=args.seed,
+        seed=args.seed, aggregation=getattr(args, "aggregation", "mean"),
+        max_abs_grad=getattr(args, "max_abs_grad", 0.0), trim_fraction=getattr(args, "trim_fraction", 0.2),
     )
 
 
@@ -131,7 +132,7 @@ def run(args, resume: RunState | None = None) -> dict:
                     work.copy_from(server.seeded)
                 updates.append(client.train(work, server.c, train_config, progress=bar))
                 state.last_round[client.client_id] = round_idx - 1
-        delta = server.apply_round(updates)
+        delta = server.apply_round(server.accept(updates, round_idx))
         nonzero = np.flatnonzero(delta)
         state.deltas.append((nonzero.astype(np.int32), delta[nonzero]))
         row = {

@@ -1,0 +1,10 @@
+"""FedKSeed / FedKSeed-Pro as a Flower app (Message API): the project's server.Server and client.Client run inside
+a ServerApp and a ClientApp that exchange only seed indices, scalar gradients and sparse Delta c.
+
+    messages.py    the wire records: encoding, decoding, validation of replies, measured sizes
+    node.py        what a SuperNode keeps and does: its synced state, catch-up, local training
+    client_app.py  the ClientApp (query: who am I; train: catch up, train, reply)
+    server_app.py  the ServerApp: sampling, aggregation, c, Pro probabilities, evaluation, metrics
+    engine.py      main.py --engine flower: the same run in Flower's simulation engine
+    stage.py       writes an app folder for `flwr run` (deployment: scripts/flower_deploy_local.sh)
+"""

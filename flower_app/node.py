@@ -1,0 +1,269 @@
+"""What a SuperNode keeps and does: its synced state (in context.state), the base model loaded once per process,
+catch-up to the global model, local training through client.Client, and the reply.
+
+Two catch-up modes (--flower_catchup):
+  exact   the node keeps a pristine SeededModel at the last global state it synced to, brings it to round r-1 by
+          replaying each missed round's Delta c in order (SeededModel.replay_rounds, the same float operations
+          the server's apply_round did on the same float64 c), and trains on a copy of it (copy_from), as the
+          in-process engine trains on a copy of the server's model. Bit-identical to the in-process run; costs a
+          second copy of the model on the node, and a download that grows with the rounds the node missed.
+  summed  the paper's catch-up: one model, the one the node trained last; the server sends the current c at
+          every index changed since the node's last sync, and the node moves its trained copy there
+          (SeededModel.move_to replays target c - its c, local steps included). One copy of the model and at
+          most K values on the wire; exact in the closed form theta0 - lr * sum_j c_j z_j, not bit for bit.
+
+Node state (context.state["fedkseed.node"], a ConfigRecord): synced round; exact mode: every round's Delta c
+(the node's record of the global trajectory); summed mode: its copy of the global c; Pro: the last probabilities
+and the round they are for. The models themselves live in a module-level cache keyed by run and flags: in the
+simulation engine a Ray actor process keeps them between messages (several virtual nodes share one actor's
+copy, each catching it up from its own recorded history); a deployed SuperNode starts a fresh ClientApp
+process per message, which loads theta0 from the node's local path and replays the recorded history from
+round 0 (still bit-identical, at the cost of the replay).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+
+from checkpoint import model_fingerprint
+from client import ClientUpdate, TrainConfig
+from errors import FedKSeedError
+from flower_app import messages
+from flower_app.messages import Instruction
+from modeling import load_model, load_tokenizer
+from optimizers.seed_pool import SeededModel, make_seed_pool
+from simulation import build_clients
+from utils_data.load_data import load_federated_data
+
+logger = logging.getLogger("fedkseed.flower")
+
+RUN_ENV = "FEDKSEED_FLOWER_RUN"  # path of the run file (flags JSON) when context.run_config has none
+NODE_RECORD = "fedkseed.node"
+NODE_OVERRIDES = ("model", "data_path", "device")  # node_config keys model, data-path, device: node-local paths
+
+
+# --- the run file ---------------------------------------------------------------------------------------------
+
+def write_run_file(path: Path, args: argparse.Namespace, expected_nodes: int, resume: str | None = None,
+                   faults: dict | None = None) -> Path:
+    """The resolved flags of a run, read by the ServerApp and every ClientApp (run_config is empty in the
+    simulation engine, so the app takes its settings from here). `faults` is a test hook: client id -> a kind of
+    hostile reply that client sends (see FAULTS)."""
+    doc = {"flags": vars(args), "expected_nodes": expected_nodes, "resume": resume, "faults": faults or {}}
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return path
+
+
+def read_run_file(context) -> tuple[argparse.Namespace, dict]:
+    """The run's flags: run_config["flags-file"] (flwr run), else $FEDKSEED_FLOWER_RUN (simulation); node_config
+    may override the node-local model, data-path and device."""
+    path = str(context.run_config.get("flags-file", "") or os.environ.get(RUN_ENV, ""))
+    if not path:
+        raise FedKSeedError(f"Flower app: no run file (set run_config flags-file or ${RUN_ENV})")
+    doc = json.loads(Path(path).read_text())
+    flags = dict(doc["flags"])
+    for key in NODE_OVERRIDES:
+        value = context.node_config.get(key.replace("_", "-"))
+        if value:
+            flags[key] = str(value)
+    return argparse.Namespace(**flags), doc
+
+
+def flags_key(args: argparse.Namespace) -> str:
+    return hashlib.blake2b(json.dumps(vars(args), sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+# --- node state -------------------------------------------------------------------------------------------------
+
+@dataclass
+class NodeState:
+    synced: int = 0
+    history: list[tuple[np.ndarray, np.ndarray]] | None = None  # exact: Delta c of rounds 1 .. synced
+    c: np.ndarray | None = None  # summed: the global c at round `synced`
+    p_round: int = -1
+    p: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, state: RecordDict, k: int) -> NodeState:
+        rec = state.config_records.get(NODE_RECORD)
+        if rec is None:
+            return cls(history=[], c=np.zeros(k))
+        c = rec.get("c")
+        p = rec.get("p")
+        return cls(synced=int(rec["synced"]), history=messages.unpack_groups(rec, k),
+                   c=np.frombuffer(c, dtype="<f8").astype(np.float64) if c else np.zeros(k),
+                   p_round=int(rec.get("p_round", -1)),
+                   p=None if p is None else np.frombuffer(p, dtype="<f8").astype(np.float64))
+
+    def save(self, state: RecordDict, k: int, catchup: str) -> None:
+        rec = {"synced": self.synced, "p_round": self.p_round, **messages.pack_groups(self.history or [], k)}
+        if catchup == "summed":
+            rec["c"] = np.asarray(self.c, dtype="<f8").tobytes()
+        if self.p is not None:
+            rec["p"] = np.asarray(self.p, dtype="<f8").tobytes()
+        state[NODE_RECORD] = ConfigRecord(rec)
+
+
+# --- the per-process runtime ------------------------------------------------------------------------------------
+
+class NodeRuntime:
+    """The base model, seed pool and client data of a run, loaded once per process."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.k = args.K
+        self.compile = False if args.no_compile else None
+        data = load_federated_data(args.dataset, args.data_path, args.num_clients, args.iid, args.zerotask,
+                                   args.dataset_subsample, args.max_length, args.seed)
+        clients, _ = build_clients(args, data, load_tokenizer(args.model))
+        self.clients = {c.client_id: c for c in clients}
+        self.seed_pool = make_seed_pool(args.K, np.random.default_rng(args.seed))  # the server's first draw
+        model = load_model(args.model, args.dtype, args.device)
+        self.fingerprint = model_fingerprint(model)
+        self.work = SeededModel(model, self.seed_pool, args.lr, kind=args.perturbation, compile=self.compile)
+        self.pristine: SeededModel | None = None
+        self.pristine_round = 0
+
+    def hosted(self, partition: int, partitions: int) -> list[int]:
+        return sorted(cid for cid in self.clients if cid % partitions == partition)
+
+    def reset_pristine(self) -> None:
+        model = load_model(self.args.model, self.args.dtype, self.args.device)
+        self.pristine = SeededModel(model, self.seed_pool, self.args.lr, kind=self.args.perturbation,
+                                    compile=self.compile)
+        self.pristine_round = 0
+
+    def catch_up(self, history: list[tuple[np.ndarray, np.ndarray]], digest: bytes) -> bool:
+        """Bring the pristine copy to len(history) rounds; True when its c then matches the server's digest."""
+        for attempt in range(2):
+            if self.pristine is None or self.pristine_round > len(history) or attempt:
+                self.reset_pristine()
+            self.pristine.replay_rounds(history[self.pristine_round:])
+            self.pristine_round = len(history)
+            if messages.c_digest(self.pristine.c) == digest:
+                return True
+        self.pristine = None
+        return False
+
+
+_RUNTIMES: dict[tuple, NodeRuntime] = {}
+
+
+def runtime(context, args: argparse.Namespace) -> NodeRuntime:
+    """This process's runtime for the run (cached: ClientApp objects may be rebuilt per message)."""
+    key = (context.run_id, flags_key(args))
+    if key not in _RUNTIMES:
+        _RUNTIMES.clear()  # one run at a time per process: free the previous run's models
+        _RUNTIMES[key] = NodeRuntime(args)
+    return _RUNTIMES[key]
+
+
+def partition_of(context) -> tuple[int, int]:
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError:
+        raise FedKSeedError("SuperNode without partition-id / num-partitions in its node config "
+                            "(flower-supernode --node-config \"partition-id=0 num-partitions=2\")") from None
+
+
+# --- the two handlers -------------------------------------------------------------------------------------------
+
+def handle_query(context) -> RecordDict:
+    args, _ = read_run_file(context)
+    rt = runtime(context, args)
+    partition, partitions = partition_of(context)
+    return messages.encode_query_reply(partition, partitions, rt.hosted(partition, partitions), rt.fingerprint,
+                                       messages.array_digest(rt.seed_pool))
+
+
+def handle_train(content: RecordDict, context) -> RecordDict:
+    args, doc = read_run_file(context)
+    rt = runtime(context, args)
+    ins = messages.decode_instruction(content, rt.k)
+    state = NodeState.load(context.state, rt.k)
+    reply = train(rt, ins, state, partition_of(context))
+    state.save(context.state, rt.k, ins.catchup)
+    fault = doc.get("faults", {}).get(str(ins.client))
+    if fault and messages.REPLY_RECORD in reply.config_records and "error" not in reply[messages.REPLY_RECORD]:
+        apply_fault(reply[messages.REPLY_RECORD], fault, ins)
+    return reply
+
+
+def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[int, int]) -> RecordDict:
+    """Catch up to round ins.round - 1, train client ins.client locally, and encode the reply."""
+    def error(reason: str) -> RecordDict:
+        logger.warning("node: round %d client %d: %s", ins.round, ins.client, reason)
+        return messages.encode_error_reply(reason, state.synced, state.p_round)
+
+    if ins.client not in rt.hosted(*partition):
+        return error(f"client {ins.client} is not hosted on partition {partition[0]}")
+    if ins.base > state.synced:
+        return error(f"out of sync: the instruction starts after round {ins.base}, the node is at {state.synced}")
+    if ins.probabilities is not None:
+        state.p, state.p_round = ins.probabilities, ins.p_round
+    if ins.pro and state.p_round != ins.p_round:
+        return error(f"no Pro probabilities for round {ins.p_round}")
+    if ins.catchup == "exact":
+        if len(ins.groups) != ins.round - 1 - ins.base:
+            return error(f"{len(ins.groups)} rounds of Delta c for rounds {ins.base + 1} .. {ins.round - 1}")
+        state.history = (state.history or [])[:ins.base] + ins.groups
+        state.synced = ins.round - 1
+        if not rt.catch_up(state.history, ins.c_digest):
+            state.synced, state.history = 0, []
+            return error("out of sync: the caught-up c differs from the server's")
+        rt.work.copy_from(rt.pristine)
+        target = rt.pristine.c
+    else:
+        for indices, values in ins.groups:
+            state.c[indices] = values
+        state.synced = ins.round - 1
+        if messages.c_digest(state.c) != ins.c_digest:
+            state.synced, state.c = 0, np.zeros(rt.k)
+            return error("out of sync: the caught-up c differs from the server's")
+        target = state.c.copy()
+    config = TrainConfig(round=ins.round, lr=ins.lr, eps=ins.eps, local_step=ins.local_step,
+                         batch_or_epoch=ins.batch_or_epoch, batch_size=ins.batch_size, grad_clip=ins.grad_clip,
+                         probabilities=state.p if ins.pro else None)
+    update: ClientUpdate = rt.clients[ins.client].train(rt.work, target, config)
+    return messages.encode_reply(update, state.synced, state.p_round)
+
+
+# --- fault injection (tests) -----------------------------------------------------------------------------------
+
+FAULTS = ("nan", "inf", "index", "lengths", "zero_samples", "negative_samples", "round", "oversized", "scale1000")
+
+
+def apply_fault(rec: ConfigRecord, kind: str, ins: Instruction) -> None:
+    """Turn an honest reply record into a hostile one of the given kind (a test hook; see write_run_file)."""
+    idx = np.frombuffer(rec["idx"], dtype="<i4").copy()
+    g = np.frombuffer(rec["g"], dtype="<f4").copy()
+    if kind == "nan":
+        g[0] = np.nan
+    elif kind == "inf":
+        g[-1] = np.inf
+    elif kind == "index":
+        idx[0] = 2**20  # far outside [0, K)
+    elif kind == "lengths":
+        g = g[:-1]
+    elif kind == "zero_samples":
+        rec["n"] = 0
+    elif kind == "negative_samples":
+        rec["n"] = -3
+    elif kind == "round":
+        rec["round"] = ins.round - 1
+    elif kind == "oversized":
+        idx, g = np.concatenate([idx, idx]), np.concatenate([g, g])
+    elif kind == "scale1000":
+        g = g * 1000
+    else:
+        raise ValueError(f"unknown fault {kind!r}; expected one of {', '.join(FAULTS)}")
+    rec["idx"], rec["g"] = idx.astype("<i4").tobytes(), g.astype("<f4").tobytes()
+

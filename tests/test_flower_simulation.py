@@ -1,0 +1,170 @@
+"""The Flower app end to end on the tiny model: Flower's simulation engine gives the in-process engine's c bit for
+bit, measures a few KB a client a round, rejects hostile replies and goes on; (slow) FedKSeed-Pro, the summed
+catch-up, and a real SuperLink + 2 SuperNodes deployment on 127.0.0.1."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+os.environ["FEDKSEED_COMPILE"] = "0"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+pytest.importorskip("flwr")
+pytest.importorskip("ray")
+
+import config  # noqa: E402
+import main  # noqa: E402
+from conftest import ROOT, dolly_records  # noqa: E402
+from run_files import read_metrics  # noqa: E402
+
+K, STEPS = 1024, 200
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("dolly") / "databricks-dolly-15k.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
+    return path
+
+
+def flags(model_dir, data_file, out, *extra) -> list[str]:
+    """4 clients, 2 a round, 3 rounds of 200 steps with K = 1024 (the issue's size setting)."""
+    return ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "-K", str(K),
+            "--rounds", "3", "--local_step", str(STEPS), "--num_clients", "4", "-m", "0.5", "--eval_examples", "4",
+            "--eval_metric", "loss", "--eval_every", "0", "--lr", "1e-3", "--zo_eps", "1e-3", "--quiet",
+            "--no_compile", "--save", "--output_dir", str(out), *extra]
+
+
+def run_cli(argv: list[str]) -> dict:
+    """main.train in one torch thread (the tiny model runs 3x faster than on 2), restoring pytest's logging."""
+    root = logging.getLogger()
+    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main.train(argv)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def inprocess(tiny_model_dir, data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("inprocess")
+    return run_cli(flags(tiny_model_dir, data_file, out)), out
+
+
+@pytest.fixture(scope="module")
+def flower(tiny_model_dir, data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("flower")
+    # 2 SuperNodes for 4 clients: a node hosting two selected clients gets them in two waves, and nodes miss rounds
+    return run_cli(flags(tiny_model_dir, data_file, out, "--engine", "flower", "--flower_nodes", "2")), out
+
+
+def test_flower_simulation_c_is_bit_identical_to_the_inprocess_run(inprocess, flower):
+    (a, a_dir), (b, b_dir) = inprocess, flower
+    assert np.count_nonzero(a["c"]) > 100
+    assert np.array_equal(a["c"], b["c"])
+    assert np.array_equal(np.load(a_dir / "coefficients.npz")["c"], np.load(b_dir / "coefficients.npz")["c"])
+    for p, q in zip(a["server"].seeded.model.parameters(), b["server"].seeded.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+    rows_a, rows_b = read_metrics(a_dir / "metrics.jsonl"), read_metrics(b_dir / "metrics.jsonl")
+    assert [r["clients"] for r in rows_a] == [r["clients"] for r in rows_b]
+    assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
+    assert a["summary"]["final"] == b["summary"]["final"]
+    assert all(r["rejected"] == [] for r in rows_b)
+
+
+def test_flower_metrics_report_measured_bytes_within_the_bounds(flower):
+    _, out = flower
+    rows = read_metrics(out / "metrics.jsonl")
+    for row in rows:
+        assert row["bytes_up_payload_per_client"] == STEPS * 8  # int32 index + float32 g a step
+        assert row["bytes_up_record_per_client"] <= 2048  # ~2 KB at 200 local steps
+        assert row["bytes_up_per_client"] <= 2048 + 512  # plus Flower's framing
+        assert row["bytes_down_max"] <= 8192  # K = 1024: within ~8 KB, framing included, in this setting
+    comm = json.loads((out / "summary.json").read_text())["communication"]
+    assert comm["within_paper_bound"] and comm["bytes_total_per_client_round"] < 18_000
+    assert comm["bytes_down_per_client_round"] > 0 and "object tree" in comm["measured_as"]
+
+
+def test_hostile_replies_are_rejected_per_message_and_the_round_goes_on(tiny_model_dir, data_file, tmp_path):
+    from flower_app.engine import run_flower
+
+    kinds = ["nan", "inf", "index", "lengths", "zero_samples", "negative_samples", "round", "oversized"]
+    argv = flags(tiny_model_dir, data_file, tmp_path / "hostile", "--engine", "flower", "--flower_nodes", "5",
+                 "--num_clients", "10", "-m", "1", "--rounds", "1", "--local_step", "3", "-K", "64", "--iid", "0",
+                 "--log")
+    args = config.validate(config.build_parser().parse_args(argv))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        result = run_flower(args, faults={str(cid): kind for cid, kind in enumerate(kinds)})
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    (row,) = read_metrics(tmp_path / "hostile" / "metrics.jsonl")
+    assert row["selected"] == list(range(10))
+    assert row["clients"] == [8, 9]  # the honest ones, aggregated
+    reasons = {r["client"]: r["reason"] for r in row["rejected"]}
+    expected = ["non-finite", "non-finite", "outside [0, 64)", "gradients", "not positive", "not positive",
+                "round 0, expected 1", "oversized"]
+    assert sorted(reasons) == list(range(8))
+    for cid, phrase in enumerate(expected):
+        assert phrase in reasons[cid], (kinds[cid], reasons[cid])
+    assert 0 < np.count_nonzero(result["c"]) <= 6  # 2 clients x 3 steps
+    log = (tmp_path / "hostile" / "train.log").read_text()
+    assert log.count("rejected the reply") == 8  # each one logged
+
+
+# --- slow -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_flower_pro_simulation_c_is_bit_identical_to_the_inprocess_run(tiny_model_dir, data_file, tmp_path):
+    extra = ["--bias_sampling", "-K", "64", "--local_step", "30"]
+    a = run_cli(flags(tiny_model_dir, data_file, tmp_path / "a", *extra))
+    b = run_cli(flags(tiny_model_dir, data_file, tmp_path / "b", *extra, "--engine", "flower", "--flower_nodes", "2"))
+    assert np.array_equal(a["c"], b["c"])
+
+
+@pytest.mark.slow
+def test_flower_summed_catchup_is_exact_in_closed_form_and_close_in_c(inprocess, tiny_model_dir, data_file,
+                                                                         tmp_path):
+    from optimizers.seed_pool import materialise
+
+    summed = run_cli(flags(tiny_model_dir, data_file, tmp_path / "s", "--engine", "flower", "--flower_catchup",
+                           "summed"))
+    c, ref = summed["c"], inprocess[0]["c"]
+    assert not np.array_equal(c, ref)  # the nodes' weights differ by rounding, and so do their g
+    assert np.max(np.abs(c - ref)) < 1e-3 * np.max(np.abs(ref))
+    from modeling import load_model
+
+    rebuilt = materialise(load_model(str(tiny_model_dir)), summed["server"].seed_pool, c, 1e-3)
+    for p, q in zip(rebuilt.parameters(), summed["server"].seeded.model.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-5)
+    rows = read_metrics(tmp_path / "s" / "metrics.jsonl")
+    assert max(r["bytes_down_max"] for r in rows) <= 8192 + 128 + 1024  # at most K entries, whatever was missed
+
+
+@pytest.mark.slow
+def test_deployment_script_with_two_supernodes_matches_the_simulation(tiny_model_dir, data_file, tmp_path):
+    small = ["--rounds", "2", "--local_step", "20", "--log"]
+    deploy = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "flower_deploy_local.sh"), "--nodes", "2", "--port", "18790", "--",
+         *flags(tiny_model_dir, data_file, tmp_path / "deploy", *small)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert deploy.returncode == 0, deploy.stderr[-3000:]
+    sim = run_cli(flags(tiny_model_dir, data_file, tmp_path / "sim", *small, "--engine", "flower",
+                        "--flower_nodes", "2"))
+    c = np.load(tmp_path / "deploy" / "coefficients.npz")["c"]
+    assert np.count_nonzero(c) > 10 and np.array_equal(c, sim["c"])
+    comm = json.loads((tmp_path / "deploy" / "summary.json").read_text())["communication"]
+    assert comm["within_paper_bound"]
+    assert "stopped 3 process groups" in deploy.stderr
