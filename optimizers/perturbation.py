@@ -147,11 +147,13 @@ def _gaussian_packed_(pairs: torch.Tensor, start: torch.Tensor, keys: torch.Tens
     """Gaussian update of a float32 parameter seen as int64 `pairs` (element 2p = low half, 2p+1 = high).
 
     One iteration owns one pair: its hash, log, sqrt, cos and sin are computed once and both halves are
-    written. The int64 view costs a few integer ops but halves the transcendental work per element.
+    written. Seeds are the inner axis ([pairs, seeds], summed over seeds), so with many seeds the kernel
+    vectorises across seeds and keeps one pair's accumulators in registers: nothing of size [seeds, n] exists.
     """
-    x, y = gaussian_pairs(_counters(pairs.numel(), start, pairs.device), keys.unsqueeze(1))
-    dx = (coefs.unsqueeze(1) * x).sum(0)
-    dy = (coefs.unsqueeze(1) * y).sum(0)
+    counter = _counters(pairs.numel(), start, pairs.device).unsqueeze(1)
+    x, y = gaussian_pairs(counter, keys.unsqueeze(0))  # [pairs, seeds]
+    dx = (x * coefs).sum(1)
+    dy = (y * coefs).sum(1)
     low = _as_int32(pairs & _MASK).view(torch.float32) + dx
     high = (pairs >> 32).to(torch.int32).view(torch.float32) + dy  # the high half is already in int32 range
     high_bits = high.view(torch.int32).to(torch.int64)  # in [-2**31, 2**31): times 2**32 stays in int64
@@ -159,12 +161,30 @@ def _gaussian_packed_(pairs: torch.Tensor, start: torch.Tensor, keys: torch.Tens
 
 
 def _rademacher_words_(rows: torch.Tensor, start: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:
-    """Rademacher update of a parameter seen as [words, 32]: each word is hashed once for its 32 signs."""
-    words = rademacher_words(_counters(rows.shape[0], start, rows.device), keys.unsqueeze(1))  # [seeds, words]
+    """Rademacher update (one seed) of a parameter seen as [words, 32]: a word is hashed once for 32 signs."""
+    words = rademacher_words(_counters(rows.shape[0], start, rows.device), keys[0])  # [words]
     shifts = torch.arange(_WORD_BITS, dtype=torch.int64, device=rows.device)
-    signs = (((words.unsqueeze(-1) >> shifts) & 1) * 2 - 1).to(torch.float32)  # [seeds, words, 32]
-    update = (coefs.view(-1, 1, 1) * signs).sum(0)
-    rows.copy_((rows.to(torch.float32) + update).to(rows.dtype))
+    signs = (((words.unsqueeze(1) >> shifts) & 1) * 2 - 1).to(torch.float32)  # [words, 32]
+    rows.copy_((rows.to(torch.float32) + coefs[0] * signs).to(rows.dtype))
+
+
+def _rademacher_word_table(count: int, start: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The words of `count` consecutive word counters for every seed: [words, seeds] (one block's worth)."""
+    return rademacher_words(_counters(count, start, keys.device).unsqueeze(1), keys.unsqueeze(0))
+
+
+def _rademacher_fold_(rows: torch.Tensor, words: torch.Tensor, coefs: torch.Tensor) -> None:
+    """rows[w, b] += sum_s coefs[s] * sign(bit b of words[w, s]): many seeds onto one cached block."""
+    shifts = torch.arange(_WORD_BITS, dtype=torch.int64, device=rows.device).view(1, _WORD_BITS, 1)
+    signs = (((words.unsqueeze(1) >> shifts) & 1) * 2 - 1).to(torch.float32)  # [words, 32, seeds]
+    rows.copy_((rows.to(torch.float32) + (signs * coefs).sum(2)).to(rows.dtype))
+
+
+def _rademacher_many_(rows: torch.Tensor, start: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:
+    """Rademacher update with several seeds: the word table first (hashed once per word and seed), then the
+    fold; two kernels, because one fused kernel re-hashes every word for each of its 32 signs."""
+    words = _kernel("rademacher_table")(rows.shape[0], start, keys)
+    _kernel("rademacher_fold")(rows, words, coefs)
 
 
 def _generic_(flat: torch.Tensor, start: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor, kind: str) -> None:
@@ -179,8 +199,11 @@ _compiled: dict[str, Callable] = {}
 def _kernel(name: str) -> Callable:
     """The named kernel compiled once per process, shape-dynamic (one graph serves every parameter size)."""
     if name not in _compiled:
-        source = {"gaussian": _gaussian_packed_, "rademacher": _rademacher_words_, "generic": _generic_}[name]
-        _compiled[name] = torch.compile(source, dynamic=True)
+        source = {"gaussian": _gaussian_packed_, "rademacher": _rademacher_words_, "generic": _generic_,
+                  "rademacher_table": _rademacher_word_table, "rademacher_fold": _rademacher_fold_}[name]
+        # dynamic_threads: always emit the OpenMP parallel loop. Otherwise inductor decides from the size hint
+        # of the first call (often a small bias vector) and every later parameter would run on one thread.
+        _compiled[name] = torch.compile(source, dynamic=True, options={"cpp.dynamic_threads": True})
     return _compiled[name]
 
 
@@ -189,19 +212,22 @@ def compile_enabled() -> bool:
     return os.environ.get("FEDKSEED_COMPILE", "1") != "0"
 
 
+def _layout(flat: torch.Tensor, seeds: int, kind: str) -> tuple[int, Callable, Callable]:
+    """(elements per kernel row, the kernel, the view it works on) for one parameter and kind."""
+    if kind == "gaussian" and flat.dtype == torch.float32 and flat.data_ptr() % 8 == 0:
+        return 2, _kernel("gaussian"), lambda part: part.view(torch.int64)
+    if kind == "rademacher":
+        kernel = _kernel("rademacher") if seeds == 1 else _rademacher_many_
+        return _WORD_BITS, kernel, lambda part: part.view(-1, _WORD_BITS)
+    generic = _kernel("generic")
+    return 1, lambda part, start, keys, coefs: generic(part, start, keys, coefs, kind), lambda part: part
+
+
 def _apply_compiled_(flat: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor, kind: str) -> None:
     """flat += sum_s coefs[s] * z(keys[s]) with the compiled kernels; leftover elements go the eager way."""
+    unit, kernel, view = _layout(flat, keys.shape[0], kind)
     n = flat.numel()
-    if kind == "gaussian" and flat.dtype == torch.float32 and flat.data_ptr() % 8 == 0:
-        unit, body = 2, n - n % 2
-        kernel, view = _kernel("gaussian"), lambda part: part.view(torch.int64)
-    elif kind == "rademacher":
-        unit, body = _WORD_BITS, n - n % _WORD_BITS
-        kernel, view = _kernel("rademacher"), lambda part: part.view(-1, _WORD_BITS)
-    else:
-        unit, body = 1, n
-        generic = _kernel("generic")
-        kernel, view = (lambda f, s, k, c: generic(f, s, k, c, kind)), (lambda part: part)
+    body = n - n % unit
     # One call per parameter when a single seed is applied (pure pointwise, no buffer); cache-sized blocks
     # when many seeds are folded, so each block's accumulators stay in cache while every seed visits it.
     block = body if keys.shape[0] == 1 else _REPLAY_BLOCK
