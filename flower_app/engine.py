@@ -30,9 +30,15 @@ def node_count(args) -> int:
 
 def run_flower(args, resume: RunState | None = None, faults: dict | None = None) -> dict:
     """Run args.rounds rounds in the simulation engine; returns what simulation.run returns (summary, c, server)."""
+    import ray  # noqa: F401  (imported here, in the main thread: see below)
+    import transformers
     from flwr.simulation import run_simulation
 
     from flower_app import client_app, server_app
+
+    # The ServerApp thread loads the model while the main thread starts Ray: finish the heavy first-time
+    # imports (transformers' lazy modules, Ray) before the two run side by side.
+    _ = transformers.AutoModelForCausalLM, transformers.AutoTokenizer, transformers.PreTrainedTokenizerFast
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -74,14 +74,20 @@ for ((i = 0; i < NODES; i++)); do
 done
 
 # 3. submit the run and follow it until the ServerApp writes its summary
+submitted=0
 for _ in $(seq 1 60); do  # the SuperLink accepts runs once it listens
   if flwr run "$WORK/app" local-deployment --run-config "flags-file='$WORK/flower_run.json'" \
       > "$WORK/flwr_run.log" 2>&1; then
+    submitted=1
     break
   fi
   sleep 1
 done
 cat "$WORK/flwr_run.log" >&2
+if ((!submitted)); then
+  echo "error: flwr run could not submit the run (see above and $WORK/superlink.log)" >&2
+  exit 1
+fi
 deadline=$((SECONDS + TIMEOUT))
 while [[ ! -f "$OUT/summary.json" ]]; do
   if ((SECONDS > deadline)); then
