@@ -153,8 +153,8 @@ class FlowerServer:
             if time.time() > deadline:
                 raise FedKSeedError(f"Flower: {len(nodes)} SuperNodes connected, {self.expected_nodes} expected")
             time.sleep(0.5)
-        queries = [self.grid.create_message(RecordDict({messages.QUERY_RECORD: ConfigRecord({})}), messages.QUERY,
-                                            node, "setup") for node in nodes]
+        queries = [Message(RecordDict({messages.QUERY_RECORD: ConfigRecord({})}), node, messages.QUERY,
+                           group_id="setup") for node in nodes]
         hosts: dict[int, int] = {}
         pool = messages.array_digest(self.server.seed_pool)
         for reply in self.grid.send_and_receive(queries, timeout=self.args.flower_timeout):
@@ -220,7 +220,7 @@ class FlowerServer:
             for cid in wave:
                 node = self.hosts[cid]
                 content = messages.encode_instruction(self.instruction(round_idx, cid, node, train_config), args.K)
-                msg = self.grid.create_message(content, messages.TRAIN, node, str(round_idx))
+                msg = Message(content, node, messages.TRAIN, group_id=str(round_idx))
                 down.append(messages.measure(msg))
                 sent[cid] = msg
             replies = {r.metadata.reply_to_message_id: r for r in self.grid.send_and_receive(
