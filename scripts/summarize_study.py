@@ -1,6 +1,8 @@
 """The study's table: mean +- std over seeds of held-out Rouge-L and eval loss, and bytes per client.
 
-    python scripts/summarize_study.py runs/study
+    python scripts/summarize_study.py runs/study [--json docs/study_results.json]
+
+--json also writes every seed's numbers (what tests/test_study_small.py checks a rerun against).
 """
 from __future__ import annotations
 
@@ -47,5 +49,14 @@ def main(study: Path) -> str:
     return "\n".join(lines)
 
 
+def write_json(study: Path, out: Path) -> None:
+    doc = {"fedkseed": collect(study, "fedkseed"), "fedkseed_pro": collect(study, "fedkseed_pro")}
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
 if __name__ == "__main__":
-    print(main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/study")))
+    args = sys.argv[1:]
+    study_dir = Path(args[0] if args and not args[0].startswith("--") else "runs/study")
+    if "--json" in args:
+        write_json(study_dir, Path(args[args.index("--json") + 1]))
+    print(main(study_dir))
