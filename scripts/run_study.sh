@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
-# The CPU study of docs/results.md: base model vs FedKSeed vs FedKSeed-Pro on the Dolly sample, 3 seeds each,
-# then the table and the plot. Usage: scripts/run_study.sh [OUT_DIR]   (default runs/study)
+# The CPU study of docs/results.md, then its tables and plots. Usage: scripts/run_study.sh [OUT_DIR] (default
+# runs/study). Three parts, each skipping runs that already finished (a summary.json), so an interrupted study
+# resumes where it stopped:
+#   sweep/     lr x eps on Dolly, one client, eval loss only (scripts/small/sweep.sh)
+#   dolly/     base vs FedKSeed vs FedKSeed-Pro on the Dolly sample, seeds 0 1 2
+#   instruct/  the same on Natural Instructions, when NI_DATA (default ../shared/data) has its task files
 set -euo pipefail
 source "$(dirname "$0")/small/common.sh"
 OUT=${1:-runs/study}
 mkdir -p "$OUT"
-start=$(date +%s)
-for seed in 0 1 2; do
-  # the base model is evaluated (round 0) in the FedKSeed run of each seed: same eval records as the Pro run
-  [ -f "$OUT/fedkseed-s$seed/summary.json" ] || \
-    python main.py "${SMALL[@]}" --seed "$seed" --eval_base --output_dir "$OUT/fedkseed-s$seed"
-  [ -f "$OUT/fedkseed_pro-s$seed/summary.json" ] || \
-    python main.py "${SMALL[@]}" --seed "$seed" --bias_sampling --output_dir "$OUT/fedkseed_pro-s$seed"
+timed() {  # timed NAME COMMAND...: run and append its wall time to $OUT/wall_time.txt
+  local name=$1 start; shift; start=$(date +%s)
+  "$@"
+  echo "$name: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
+}
+arm() {  # arm DIR FLAGS...: FedKSeed (with the base model evaluated first) and FedKSeed-Pro, 3 seeds
+  local dir=$1; shift
+  for seed in 0 1 2; do
+    [ -f "$dir/fedkseed-s$seed/summary.json" ] || \
+      python main.py "$@" --seed "$seed" --eval_base --output_dir "$dir/fedkseed-s$seed"
+    [ -f "$dir/fedkseed_pro-s$seed/summary.json" ] || \
+      python main.py "$@" --seed "$seed" --bias_sampling --output_dir "$dir/fedkseed_pro-s$seed"
+  done
+}
+timed sweep bash scripts/small/sweep.sh "$OUT/sweep"
+timed dolly arm "$OUT/dolly" "${SMALL[@]}"
+if [ -f "$NI_DATA/natural-instructions/splits/default/train_tasks.txt" ]; then
+  timed instruct arm "$OUT/instruct" "${SMALL_NI[@]}"
+else
+  echo "instruct: skipped, no Natural Instructions under $NI_DATA" | tee -a "$OUT/wall_time.txt"
+fi
+python scripts/summarize_study.py "$OUT" --json "$OUT/study_results.json" | tee "$OUT/table.md"
+for part in dolly instruct; do
+  if [ -d "$OUT/$part" ]; then
+    python scripts/plot_runs.py "$OUT/$part"/fedkseed-s0 "$OUT/$part"/fedkseed_pro-s0 --out "$OUT/study_$part.png"
+  fi
 done
-echo "wall time: $(( $(date +%s) - start )) s" | tee "$OUT/wall_time.txt"
-python scripts/summarize_study.py "$OUT" | tee "$OUT/table.md"
-python scripts/plot_runs.py "$OUT"/fedkseed-s0 "$OUT"/fedkseed_pro-s0 --out "$OUT/study.png"

@@ -35,7 +35,7 @@ def within_spread(value: float, recorded: list[float]) -> bool:
 
 
 def test_small_fedkseed_run_lands_within_the_recorded_spread(tmp_path, capsys):
-    recorded = json.loads(RECORDED.read_text())["fedkseed"]
+    recorded = json.loads(RECORDED.read_text())["dolly"]["fedkseed"]
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
