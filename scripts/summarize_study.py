@@ -63,13 +63,14 @@ def arm_table(arm: Path) -> str:
 
 def sweep_table(sweep: Path) -> str:
     """lr, eps, and the held-out eval loss at round 0 (base) and after every round."""
-    runs = sorted(sweep.glob("lr*-eps*"))
-    rounds = max((len(read_metrics(r / "metrics.jsonl")) for r in runs), default=0)
+    runs = [(json.loads((run / "config.json").read_text())["flags"], read_metrics(run / "metrics.jsonl"))
+            for run in sweep.glob("lr*-eps*") if (run / "summary.json").exists()]
+    runs.sort(key=lambda run: (run[0]["lr"], run[0]["zo_eps"]))
+    rounds = max((len(rows) for _, rows in runs), default=0)
     head = "| lr | eps | " + " | ".join(f"loss r{i}" for i in range(rounds)) + " | change |"
     lines = [head, "| --- " * (rounds + 3) + "|"]
-    for run in runs:
-        flags = json.loads((run / "config.json").read_text())["flags"]
-        losses = [r["eval_loss"] for r in read_metrics(run / "metrics.jsonl")]
+    for flags, rows in runs:
+        losses = [r["eval_loss"] for r in rows]
         cells = " | ".join(f"{v:.4f}" for v in losses)
         lines.append(f"| {flags['lr']:g} | {flags['zo_eps']:g} | {cells} | {losses[-1] - losses[0]:+.4f} |")
     return "\n".join(lines)

@@ -34,6 +34,8 @@ def study(tmp_path):
                   None, {"rouge_l": 0.22, "eval_loss": pro})
     write_run(tmp_path / "sweep" / "lr1e-5-eps1e-3", {"lr": 1e-5, "zo_eps": 1e-3},
               round_rows([2.05, 2.04, 2.03]), None, {"eval_loss": 2.03})
+    write_run(tmp_path / "sweep" / "lr3e-6-eps1e-3", {"lr": 3e-6, "zo_eps": 1e-3},
+              round_rows([2.05, 2.05, 2.04]), None, {"eval_loss": 2.04})
     return tmp_path
 
 
@@ -52,8 +54,10 @@ def test_table_reports_mean_and_sample_std_and_the_paired_rows(study):
     assert "Natural Instructions" not in text  # an absent part is left out
 
 
-def test_sweep_table_lists_loss_by_round_and_the_change(study):
-    assert "| 1e-05 | 0.001 | 2.0500 | 2.0400 | 2.0300 | -0.0200 |" in summarize_study.sweep_table(study / "sweep")
+def test_sweep_table_lists_loss_by_round_and_the_change_in_numeric_order(study):
+    rows = summarize_study.sweep_table(study / "sweep").splitlines()[2:]
+    assert rows == ["| 3e-06 | 0.001 | 2.0500 | 2.0500 | 2.0400 | -0.0100 |",
+                    "| 1e-05 | 0.001 | 2.0500 | 2.0400 | 2.0300 | -0.0200 |"]
 
 
 def test_json_holds_each_dataset_and_method(study, tmp_path):
