@@ -1,16 +1,17 @@
-"""Why the Gaussian step stays above 1.5 x (2 * forward) here: the parts of one fused z pass, timed side by side.
+"""Where the Gaussian step's time goes: the parts of one fused z pass, timed side by side against the budget.
 
     python bench/gaussian_floor.py            # the 58.5M LLaMA-shape bench model; --device cuda etc. as elsewhere
 
 A MeZO step makes three z passes (+eps, -2eps, restore+update), so step/(2*forward) <= 1.5 leaves each pass
 (2 * forward * 0.5) / 3 seconds. This prints that budget per element next to the cost of a fused pass over all
-trainable parameters (the project's packed kernel) and of the same kernel with parts removed:
-    memory only          the load/pack/store of the parameter, z = a cast of the counter
-    hash only            the three lowbias32 rounds, no log/sqrt/sin/cos
-    transcendentals only log, sqrt, sin and cos of every pair (an exact Box-Muller needs them), no hash
+trainable parameters (the project's packed kernel), of the same kernel with parts removed, and of a plain
+float32 pass:
+    float add            flat += c over the float32 parameter: the memory traffic every pass pays
+    memory only          the packed kernel's load / int64 pack / store, z = a cast of the counter
+    hash only            the packed kernel with the three lowbias32 rounds, no log/sqrt/sin/cos
+    transcendentals only the packed kernel with log, sqrt, sin and cos of every pair, no hash
     full                 the project's Gaussian pass
-If "transcendentals only" alone is over the budget, no exact Box-Muller z made of torch ops meets the target on
-this machine; only a cheaper distribution (Rademacher) or faster math does.
+"memory only" minus "float add" is what the int64 packing (one loop iteration owning a pair) costs.
 """
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def transcendentals_only(pair: torch.Tensor, keys: torch.Tensor) -> tuple[torch.
     return radius * torch.cos(angle), radius * torch.sin(angle)
 
 
+def float_add_(flat: torch.Tensor, coefs: torch.Tensor) -> None:
+    flat.copy_(flat + coefs[0])
+
+
 PARTS = {"memory only": counter_only, "hash only": hash_only, "transcendentals only": transcendentals_only,
          "full": P.gaussian_pairs}
 
@@ -75,7 +80,14 @@ def main() -> None:
         with torch.no_grad():
             return float(lm_loss(model, batch))
 
-    cases = {"forward": forward, **{name: partial(one_pass, k) for name, k in kernels.items()}}
+    float_add = torch.compile(float_add_, dynamic=True, options=opts)
+    flats = [v.view(torch.float32) for v in views]
+
+    def float_pass():
+        for flat in flats:
+            float_add(flat, coefs)
+
+    cases = {"forward": forward, "float add": float_pass, **{name: partial(one_pass, k) for name, k in kernels.items()}}
     for fn in cases.values():  # compile and warm up outside the timing
         fn()
     best = best_of_interleaved(cases, args.repeats, args.device)
@@ -85,7 +97,7 @@ def main() -> None:
     print(f"budget of one z pass at step/(2*forward) <= {TARGET}: {budget * 1e3:.1f} ms = "
           f"{budget / n * 1e9:.3f} ns/element")
     print(f"{'pass':<22}{'ms':>8}{'ns/element':>12}{'/ budget':>10}")
-    for name in PARTS:
+    for name in ("float add", *PARTS):
         print(f"{name:<22}{best[name] * 1e3:8.1f}{best[name] / n * 1e9:12.3f}{best[name] / budget:10.2f}")
 
 
