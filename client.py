@@ -13,17 +13,24 @@ from optimizers.seed_pool import SeededModel
 from utils_data.llm_dataset import collate_right_pad
 
 
-@dataclass
-class TrainConfig:
-    """What the server tells a client to do in a round."""
+@dataclass(frozen=True)
+class LocalTraining:
+    """The run's local-training flags: how every client trains, every round."""
 
-    round: int
     lr: float
     eps: float
     local_step: int
     batch_or_epoch: str = "batch"
     batch_size: int = 1
     grad_clip: float = -1.0
+
+
+@dataclass
+class TrainConfig:
+    """What the server tells a client to do in a round."""
+
+    round: int
+    local: LocalTraining
     probabilities: np.ndarray | None = None  # FedKSeed-Pro; None = uniform seeds
 
 
@@ -57,7 +64,7 @@ class Client:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def batches(self, config: TrainConfig, rng: np.random.Generator):
+    def batches(self, config: LocalTraining, rng: np.random.Generator):
         """Batches in a fresh random order: local_step of them (cycling), or one epoch."""
         size = config.batch_size
         order = rng.permutation(len(self.dataset))
@@ -73,14 +80,14 @@ class Client:
               progress=None) -> ClientUpdate:
         """Catch up to global_c (replaying only what changed), then train locally and report."""
         seeded.move_to(global_c)
+        local = config.local
         if config.probabilities is None:
-            optimizer = MeZOOptimizer(seeded, config.lr, config.eps, config.grad_clip)
+            optimizer = MeZOOptimizer(seeded, local.lr, local.eps, local.grad_clip)
         else:
-            optimizer = MeZOBiasOptimizer(seeded, config.lr, config.eps, config.grad_clip,
-                                          config.probabilities)
+            optimizer = MeZOBiasOptimizer(seeded, local.lr, local.eps, local.grad_clip, config.probabilities)
         rng = client_rng(self.run_seed, config.round, self.client_id)
         indices, grads, losses, skipped = [], [], [], {"nan": 0, "clip": 0}
-        for batch in self.batches(config, rng):
+        for batch in self.batches(local, rng):
             result = optimizer.step(batch, lm_loss, rng)
             if result.skipped:
                 skipped[result.skipped] += 1

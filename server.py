@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from client import ClientUpdate, TrainConfig
+from client import ClientUpdate, LocalTraining, TrainConfig
 from optimizers.mezo_bias_optimizer import GradientHistory
 from optimizers.seed_pool import SeededModel, make_seed_pool
 
@@ -22,12 +22,7 @@ class ServerConfig:
     num_clients: int
     client_fraction: float
     k: int
-    lr: float
-    eps: float
-    local_step: int
-    batch_or_epoch: str = "batch"
-    batch_size: int = 1
-    grad_clip: float = -1.0
+    local: LocalTraining
     equal_weight: bool = False
     bias_sampling: bool = False
     bias_loss_clip: float = 1000.0
@@ -137,7 +132,7 @@ class Server:
         self.config = config
         self.rng = np.random.default_rng(config.seed)
         self.seed_pool = make_seed_pool(config.k, self.rng)
-        self.seeded = SeededModel(model, self.seed_pool, config.lr, kind=config.perturbation, compile=compile)
+        self.seeded = SeededModel(model, self.seed_pool, config.local.lr, kind=config.perturbation, compile=compile)
         self.history = (GradientHistory(config.k, config.grad_initial, config.bias_loss_clip)
                         if config.bias_sampling else None)
 
@@ -156,10 +151,7 @@ class Server:
         return self.history.probabilities() if self.history is not None else None
 
     def train_config(self, round_idx: int) -> TrainConfig:
-        cfg = self.config
-        return TrainConfig(round=round_idx, lr=cfg.lr, eps=cfg.eps, local_step=cfg.local_step,
-                           batch_or_epoch=cfg.batch_or_epoch, batch_size=cfg.batch_size,
-                           grad_clip=cfg.grad_clip, probabilities=self.probabilities())
+        return TrainConfig(round=round_idx, local=self.config.local, probabilities=self.probabilities())
 
     def apply_round(self, updates: list[ClientUpdate]) -> np.ndarray:
         """Aggregate the round's uploads into Delta c, move the global model by it, update the history."""
@@ -173,10 +165,10 @@ class Server:
 
     def max_pairs(self, num_samples: int) -> int:
         """The most (seed, g) pairs an honest client can upload in a round."""
-        cfg = self.config
-        if cfg.batch_or_epoch == "epoch":
-            return max(1, math.ceil(int(num_samples) / cfg.batch_size))
-        return cfg.local_step
+        local = self.config.local
+        if local.batch_or_epoch == "epoch":
+            return max(1, math.ceil(int(num_samples) / local.batch_size))
+        return local.local_step
 
     def accept(self, updates: list[ClientUpdate], round_idx: int) -> list[ClientUpdate]:
         """The well-formed uploads of the round (validate_update); each rejected one is logged and dropped."""

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkpoint
-from client import Client
+from client import Client, LocalTraining
 from errors import FedKSeedError
 from evaluations import evaluate
 from modeling import load_model, load_tokenizer
@@ -28,9 +28,10 @@ logger = logging.getLogger("fedkseed")
 
 def server_config(args, num_clients: int) -> ServerConfig:
     return ServerConfig(
-        num_clients=num_clients, client_fraction=args.m, k=args.K, lr=args.lr, eps=args.zo_eps,
-        local_step=args.local_step, batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size,
-        grad_clip=args.grad_clip, equal_weight=args.equal_weight, bias_sampling=args.bias_sampling,
+        num_clients=num_clients, client_fraction=args.m, k=args.K,
+        local=LocalTraining(lr=args.lr, eps=args.zo_eps, local_step=args.local_step,
+                            batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size, grad_clip=args.grad_clip),
+        equal_weight=args.equal_weight, bias_sampling=args.bias_sampling,
         bias_loss_clip=args.bias_loss_clip, grad_initial=args.grad_initial, perturbation=args.perturbation,
         seed=args.seed, aggregation=getattr(args, "aggregation", "mean"),
         max_abs_grad=getattr(args, "max_abs_grad", 0.0), trim_fraction=getattr(args, "trim_fraction", 0.2),

@@ -6,7 +6,7 @@ Flower Array is three inflatable objects (chunk, array, record) with a 64-charac
 1 KB of framing per message to payloads of a few KB. No model weight is ever put in a record.
 
 Instruction (server -> node, message type "train"), record "fedkseed":
-    round, client, lr, eps, local_step, batch_or_epoch, batch_size, grad_clip   the round's TrainConfig
+    round, client, lr, eps, local_step, batch_or_epoch, batch_size, grad_clip   the round and its LocalTraining
     catchup      "exact" or "summed"
     base         the round the node was synced to when the server last heard from it; the groups below bring
                  it to round - 1
@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from client import ClientUpdate
+from client import ClientUpdate, LocalTraining
 
 TRAIN = "train"
 QUERY = "query"
@@ -113,12 +113,7 @@ class Instruction:
 
     round: int
     client: int
-    lr: float
-    eps: float
-    local_step: int
-    batch_or_epoch: str
-    batch_size: int
-    grad_clip: float
+    local: LocalTraining
     catchup: str
     base: int
     groups: list[tuple[np.ndarray, np.ndarray]]
@@ -130,9 +125,8 @@ class Instruction:
 
 def encode_instruction(ins: Instruction, k: int) -> RecordDict:
     rec = {
-        "round": ins.round, "client": ins.client, "lr": float(ins.lr), "eps": float(ins.eps),
-        "local_step": ins.local_step, "batch_or_epoch": ins.batch_or_epoch, "batch_size": ins.batch_size,
-        "grad_clip": float(ins.grad_clip), "catchup": ins.catchup, "base": ins.base, "c_digest": ins.c_digest,
+        "round": ins.round, "client": ins.client, **asdict(ins.local), "catchup": ins.catchup, "base": ins.base,
+        "c_digest": ins.c_digest,
         **pack_groups(ins.groups, k),
     }
     if ins.pro:
@@ -149,9 +143,11 @@ def decode_instruction(content: RecordDict, k: int) -> Instruction:
         if p is not None and len(p) != 8 * k:
             raise WireError(f"{len(p) // 8} probabilities for {k} seeds")
         return Instruction(
-            round=int(rec["round"]), client=int(rec["client"]), lr=float(rec["lr"]), eps=float(rec["eps"]),
-            local_step=int(rec["local_step"]), batch_or_epoch=str(rec["batch_or_epoch"]),
-            batch_size=int(rec["batch_size"]), grad_clip=float(rec["grad_clip"]), catchup=str(rec["catchup"]),
+            round=int(rec["round"]), client=int(rec["client"]),
+            local=LocalTraining(lr=float(rec["lr"]), eps=float(rec["eps"]), local_step=int(rec["local_step"]),
+                                batch_or_epoch=str(rec["batch_or_epoch"]), batch_size=int(rec["batch_size"]),
+                                grad_clip=float(rec["grad_clip"])),
+            catchup=str(rec["catchup"]),
             base=int(rec["base"]), groups=unpack_groups(rec, k), c_digest=bytes(rec["c_digest"]),
             pro=bool(rec.get("pro", False)), p_round=int(rec.get("p_round", 0)),
             probabilities=None if p is None else np.frombuffer(p, dtype="<f8").astype(np.float64),

@@ -229,9 +229,7 @@ def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[
             state.synced, state.c = 0, np.zeros(rt.k)
             return error("out of sync: the caught-up c differs from the server's")
         target = state.c.copy()
-    config = TrainConfig(round=ins.round, lr=ins.lr, eps=ins.eps, local_step=ins.local_step,
-                         batch_or_epoch=ins.batch_or_epoch, batch_size=ins.batch_size, grad_clip=ins.grad_clip,
-                         probabilities=state.p if ins.pro else None)
+    config = TrainConfig(round=ins.round, local=ins.local, probabilities=state.p if ins.pro else None)
     update: ClientUpdate = rt.clients[ins.client].train(rt.work, target, config)
     return messages.encode_reply(update, state.synced, state.p_round)
 

@@ -195,9 +195,7 @@ class FlowerServer:
         probs = train_config.probabilities
         pro = probs is not None
         return messages.Instruction(
-            round=round_idx, client=client_id, lr=train_config.lr, eps=train_config.eps,
-            local_step=train_config.local_step, batch_or_epoch=train_config.batch_or_epoch,
-            batch_size=train_config.batch_size, grad_clip=train_config.grad_clip, catchup=args.flower_catchup,
+            round=round_idx, client=client_id, local=train_config.local, catchup=args.flower_catchup,
             base=base, groups=groups, c_digest=messages.c_digest(server.c), pro=pro, p_round=round_idx,
             probabilities=probs if pro and self.node_p_round.get(node) != round_idx else None)
 

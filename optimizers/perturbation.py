@@ -143,7 +143,8 @@ def _as_int32(value: torch.Tensor) -> torch.Tensor:
     return (value - ((value >> 31) << 32)).to(torch.int32)
 
 
-def _gaussian_packed_(pairs: torch.Tensor, start: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:
+def _gaussian_packed_(pairs: torch.Tensor, start: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor,
+                      pair_fn: Callable = gaussian_pairs) -> None:
     """Gaussian update of a float32 parameter seen as int64 `pairs` (element 2p = low half, 2p+1 = high).
 
     One iteration owns one pair: its hash, log, sqrt, cos and sin are computed once and both halves are
@@ -151,7 +152,7 @@ def _gaussian_packed_(pairs: torch.Tensor, start: torch.Tensor, keys: torch.Tens
     vectorises across seeds and keeps one pair's accumulators in registers: nothing of size [seeds, n] exists.
     """
     counter = _counters(pairs.numel(), start, pairs.device).unsqueeze(1)
-    x, y = gaussian_pairs(counter, keys.unsqueeze(0))  # [pairs, seeds]
+    x, y = pair_fn(counter, keys.unsqueeze(0))  # [pairs, seeds]; pair_fn: bench/gaussian_floor.py times its parts
     dx = (x * coefs).sum(1)
     dy = (y * coefs).sum(1)
     low = _as_int32(pairs & _MASK).view(torch.float32) + dx

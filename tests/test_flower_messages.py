@@ -11,7 +11,7 @@ pytest.importorskip("flwr")
 
 from flwr.app import Message, Metadata  # noqa: E402
 
-from client import ClientUpdate  # noqa: E402
+from client import ClientUpdate, LocalTraining  # noqa: E402
 from flower_app import messages  # noqa: E402
 from flower_app.node import FAULTS, apply_fault  # noqa: E402
 from flower_app.server_app import NODE_REPORTED, check_reply  # noqa: E402
@@ -48,8 +48,8 @@ def round_delta(clients: int, steps: int, seed: int) -> tuple[np.ndarray, np.nda
 
 
 def instruction(groups, catchup="exact", probabilities=None, base=0) -> messages.Instruction:
-    return messages.Instruction(round=base + len(groups) + 1, client=3, lr=3e-7, eps=5e-4, local_step=STEPS,
-                                batch_or_epoch="batch", batch_size=1, grad_clip=-100.0, catchup=catchup, base=base,
+    return messages.Instruction(round=base + len(groups) + 1, client=3, catchup=catchup, base=base,
+                                local=LocalTraining(lr=3e-7, eps=5e-4, local_step=STEPS, grad_clip=-100.0),
                                 groups=groups, c_digest=b"\x01" * 8, pro=probabilities is not None,
                                 p_round=base + len(groups) + 1, probabilities=probabilities)
 
@@ -103,7 +103,8 @@ def test_instruction_round_trips_including_pro_probabilities():
     p = np.random.default_rng(8).dirichlet(np.ones(K))
     ins = instruction([round_delta(2, 50, 9), round_delta(2, 50, 10)], probabilities=p, base=4)
     back = messages.decode_instruction(messages.encode_instruction(ins, K), K)
-    assert (back.round, back.base, back.client, back.lr, back.eps) == (7, 4, 3, 3e-7, 5e-4)
+    assert (back.round, back.base, back.client) == (7, 4, 3)
+    assert back.local == LocalTraining(lr=3e-7, eps=5e-4, local_step=STEPS, grad_clip=-100.0)
     assert back.probabilities.tobytes() == p.tobytes()
     assert len(back.groups) == 2 and back.c_digest == ins.c_digest
 

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from client import Client, ClientUpdate  # noqa: E402
+from client import Client, ClientUpdate, LocalTraining, TrainConfig  # noqa: E402
 from conftest import dolly_records  # noqa: E402
 from modeling import load_model, load_tokenizer  # noqa: E402
 from optimizers.seed_pool import SeededModel  # noqa: E402
@@ -49,7 +49,7 @@ def test_validate_update_rejects_each_hostile_kind(kind):
 
 
 def test_server_accept_drops_and_logs_hostile_uploads_and_keeps_the_rest(caplog):
-    cfg = ServerConfig(num_clients=4, client_fraction=1.0, k=8, lr=0.1, eps=0.01, local_step=4)
+    cfg = ServerConfig(num_clients=4, client_fraction=1.0, k=8, local=LocalTraining(0.1, 0.01, 4))
     server = Server(torch.nn.Linear(3, 2), cfg, compile=False)
     honest = [upload([0, 3], [1.0, -2.0], client_id=1), upload([], [], client_id=2)]
     hostile = [HOSTILE["nan"][0], HOSTILE["round"][0], HOSTILE["oversized"][0]]
@@ -62,9 +62,9 @@ def test_server_accept_drops_and_logs_hostile_uploads_and_keeps_the_rest(caplog)
 
 
 def test_max_pairs_follows_the_round_mode():
-    batch = Server(torch.nn.Linear(2, 1), ServerConfig(3, 1.0, 4, 0.1, 0.01, local_step=7), compile=False)
-    epoch = Server(torch.nn.Linear(2, 1), ServerConfig(3, 1.0, 4, 0.1, 0.01, local_step=7, batch_or_epoch="epoch",
-                                                       batch_size=4), compile=False)
+    batch = Server(torch.nn.Linear(2, 1), ServerConfig(3, 1.0, 4, LocalTraining(0.1, 0.01, 7)), compile=False)
+    epoch = Server(torch.nn.Linear(2, 1), ServerConfig(3, 1.0, 4, LocalTraining(
+        0.1, 0.01, 7, batch_or_epoch="epoch", batch_size=4)), compile=False)
     assert batch.max_pairs(100) == 7 and epoch.max_pairs(10) == 3
 
 
@@ -83,9 +83,7 @@ def honest_uploads(tiny_model_dir):
         pool = np.arange(1, K_POISON + 1, dtype=np.int64) * 7919
         start = SeededModel(model, pool, 1e-3, compile=False)
         work = SeededModel(load_model(str(tiny_model_dir)), pool, 1e-3, compile=False)
-        from client import TrainConfig
-
-        config = TrainConfig(round=1, lr=1e-3, eps=1e-3, local_step=STEPS)
+        config = TrainConfig(round=1, local=LocalTraining(lr=1e-3, eps=1e-3, local_step=STEPS))
         uploads = []
         for i in range(CLIENTS):
             client = Client(i, LLMDataset(records[6 * i:6 * i + 6], tokenizer, False, 64), tokenizer.pad_token_id, 0)

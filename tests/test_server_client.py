@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 import config  # noqa: E402
 import main  # noqa: E402
-from client import Client, ClientUpdate  # noqa: E402
+from client import Client, ClientUpdate, LocalTraining  # noqa: E402
 from conftest import dolly_records  # noqa: E402
 from modeling import load_model, load_tokenizer  # noqa: E402
 from optimizers.mezo_bias_optimizer import pro_probabilities  # noqa: E402
@@ -59,7 +59,7 @@ def test_aggregate_of_no_updates_is_zero():
 
 
 def small_server(num_clients: int, fraction: float, seed: int = 0, **kw) -> Server:
-    cfg = ServerConfig(num_clients=num_clients, client_fraction=fraction, k=4, lr=0.1, eps=0.01, local_step=1,
+    cfg = ServerConfig(num_clients=num_clients, client_fraction=fraction, k=4, local=LocalTraining(0.1, 0.01, 1),
                        seed=seed, **kw)
     return Server(torch.nn.Linear(3, 2), cfg, compile=False)
 
@@ -191,7 +191,7 @@ def make_clients(tokenizer, n: int, run_seed: int) -> list[Client]:
 
 
 def tiny_server(model_dir, n: int, **kw) -> Server:
-    cfg = ServerConfig(num_clients=n, client_fraction=1.0, k=K, lr=LR, eps=EPS, local_step=LOCAL_STEP, seed=3,
+    cfg = ServerConfig(num_clients=n, client_fraction=1.0, k=K, local=LocalTraining(LR, EPS, LOCAL_STEP), seed=3,
                        **kw)
     return Server(load_model(str(model_dir)), cfg, compile=False)
 

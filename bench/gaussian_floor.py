@@ -1,0 +1,105 @@
+"""Where the Gaussian step's time goes: the parts of one fused z pass, timed side by side against the budget.
+
+    python bench/gaussian_floor.py            # the 58.5M LLaMA-shape bench model; --device cuda etc. as elsewhere
+
+A MeZO step makes three z passes (+eps, -2eps, restore+update), so step/(2*forward) <= 1.5 leaves each pass
+(2 * forward * 0.5) / 3 seconds. This prints that budget per element next to the cost of a fused pass over all
+trainable parameters (the project's packed kernel), of the same kernel with parts removed, and of a plain
+float32 pass:
+    float add            flat += c over the float32 parameter: the memory traffic every pass pays
+    memory only          the packed kernel's load / int64 pack / store, z = a cast of the counter
+    hash only            the packed kernel with the three lowbias32 rounds, no log/sqrt/sin/cos
+    transcendentals only the packed kernel with log, sqrt, sin and cos of every pair, no hash
+    full                 the project's Gaussian pass
+"memory only" minus "float add" is what the int64 packing (one loop iteration owning a pair) costs.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from functools import partial
+
+import torch
+from common import add_model_flags, apply_threads, bench_model, best_of_interleaved, lm_batch
+
+from modeling import lm_loss
+from optimizers import perturbation as P
+
+TARGET = 1.5
+
+
+def counter_only(pair: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    u = (pair + keys[..., 0]).to(torch.float32)
+    return u, u
+
+
+def hash_only(pair: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    a = P._mix32((pair + keys[..., 0]) & P._MASK)
+    w1 = P._mix32(a ^ keys[..., 1])
+    w2 = P._mix32(w1 ^ keys[..., 2])
+    return w1.to(torch.float32), w2.to(torch.float32)
+
+
+def transcendentals_only(pair: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    u = ((pair + keys[..., 0]) & 0xFFFFFF).to(torch.float32) * 2.0**-24 + 2.0**-25
+    radius = torch.sqrt(-2.0 * torch.log(u))
+    angle = u * (2.0 * math.pi)
+    return radius * torch.cos(angle), radius * torch.sin(angle)
+
+
+def float_add_(flat: torch.Tensor, coefs: torch.Tensor) -> None:
+    flat.copy_(flat + coefs[0])
+
+
+PARTS = {"memory only": counter_only, "hash only": hash_only, "transcendentals only": transcendentals_only,
+         "full": P.gaussian_pairs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(parser)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    apply_threads(args)
+    model = bench_model(args)
+    batch = lm_batch(args.vocab, args.seq, args.batch, args.device)
+    views = [p.detach().view(-1).view(torch.int64) for p in model.parameters() if p.numel() % 2 == 0]
+    n = 2 * sum(v.numel() for v in views)
+    keys = torch.tensor([[12345, 67890, 13579]], dtype=torch.int64, device=args.device)
+    coefs = torch.tensor([1e-3], dtype=torch.float32, device=args.device)
+    start = torch.zeros((), dtype=torch.int64, device=args.device)
+    opts = {"cpp.dynamic_threads": True} if args.device == "cpu" else {}
+    kernels = {name: torch.compile(partial(P._gaussian_packed_, pair_fn=fn), dynamic=True, options=opts)
+               for name, fn in PARTS.items()}
+
+    def one_pass(kernel):
+        for view in views:
+            kernel(view, start, keys, coefs)
+
+    def forward():
+        with torch.no_grad():
+            return float(lm_loss(model, batch))
+
+    float_add = torch.compile(float_add_, dynamic=True, options=opts)
+    flats = [v.view(torch.float32) for v in views]
+
+    def float_pass():
+        for flat in flats:
+            float_add(flat, coefs)
+
+    cases = {"forward": forward, "float add": float_pass, **{name: partial(one_pass, k) for name, k in kernels.items()}}
+    for fn in cases.values():  # compile and warm up outside the timing
+        fn()
+    best = best_of_interleaved(cases, args.repeats, args.device)
+    budget = 2 * best["forward"] * (TARGET - 1.0) / 3
+    print(f"{n / 1e6:.1f}M parameters in {len(views)} tensors; forward {best['forward']:.3f} s; "
+          f"{torch.get_num_threads()} threads, device {args.device}")
+    print(f"budget of one z pass at step/(2*forward) <= {TARGET}: {budget * 1e3:.1f} ms = "
+          f"{budget / n * 1e9:.3f} ns/element")
+    print(f"{'pass':<22}{'ms':>8}{'ns/element':>12}{'/ budget':>10}")
+    for name in ("float add", *PARTS):
+        print(f"{name:<22}{best[name] * 1e3:8.1f}{best[name] / n * 1e9:12.3f}{best[name] / budget:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
