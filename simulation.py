@@ -21,7 +21,7 @@ from optimizers.seed_pool import SeededModel
 from run_files import MetricsFile, setup_logging, write_config
 from server import Server, ServerConfig
 from utils_data.llm_dataset import LLMDataset
-from utils_data.load_data import load_federated_data
+from utils_data.load_data import load_for_run
 
 logger = logging.getLogger("fedkseed")
 
@@ -86,8 +86,7 @@ def run(args, resume: RunState | None = None) -> dict:
     write_config(out / "config.json", args)
     show = not args.quiet and sys.stderr.isatty()
 
-    data = load_federated_data(args.dataset, args.data_path, args.num_clients, args.iid, args.zerotask,
-                               args.dataset_subsample, args.max_length, args.seed)
+    data = load_for_run(args)
     tokenizer = load_tokenizer(args.model)
     clients, eval_set = build_clients(args, data, tokenizer)
     logger.info("%d clients (%d training examples), %d evaluation examples, %s on %s (%s)",

@@ -14,7 +14,7 @@ from pathlib import Path
 from checkpoint import RunState
 from errors import FedKSeedError
 from flower_app.node import RUN_ENV, write_run_file
-from utils_data.load_data import load_federated_data
+from utils_data.load_data import load_for_run
 
 RUN_FILE = "flower_run.json"
 
@@ -23,8 +23,7 @@ def node_count(args) -> int:
     """--flower_nodes, or one SuperNode per client of the data split."""
     if args.flower_nodes:
         return args.flower_nodes
-    data = load_federated_data(args.dataset, args.data_path, args.num_clients, args.iid, args.zerotask,
-                               args.dataset_subsample, args.max_length, args.seed)
+    data = load_for_run(args)
     return len(data.clients)
 
 

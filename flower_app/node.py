@@ -41,7 +41,7 @@ from flower_app.messages import Instruction
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 from simulation import build_clients
-from utils_data.load_data import load_federated_data
+from utils_data.load_data import load_for_run
 
 logger = logging.getLogger("fedkseed.flower")
 
@@ -121,8 +121,7 @@ class NodeRuntime:
         self.args = args
         self.k = args.K
         self.compile = False if args.no_compile else None
-        data = load_federated_data(args.dataset, args.data_path, args.num_clients, args.iid, args.zerotask,
-                                   args.dataset_subsample, args.max_length, args.seed)
+        data = load_for_run(args)
         clients, _ = build_clients(args, data, load_tokenizer(args.model))
         self.clients = {c.client_id: c for c in clients}
         self.seed_pool = make_seed_pool(args.K, np.random.default_rng(args.seed))  # the server's first draw

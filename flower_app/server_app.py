@@ -35,7 +35,7 @@ from modeling import load_model, load_tokenizer
 from run_files import MetricsFile, setup_logging, write_config
 from server import Server, validate_update
 from simulation import build_clients, checkpoint, restore, server_config
-from utils_data.load_data import load_federated_data
+from utils_data.load_data import load_for_run
 
 logger = logging.getLogger("fedkseed")
 
@@ -95,8 +95,7 @@ class FlowerServer:
         out.mkdir(parents=True, exist_ok=True)
         setup_logging(out / "train.log" if args.log else None)
         write_config(out / "config.json", args)
-        data = load_federated_data(args.dataset, args.data_path, args.num_clients, args.iid, args.zerotask,
-                                   args.dataset_subsample, args.max_length, args.seed)
+        data = load_for_run(args)
         self.tokenizer = load_tokenizer(args.model)
         self.clients, self.eval_set = build_clients(args, data, self.tokenizer)
         server_model = load_model(args.model, args.dtype, args.device)

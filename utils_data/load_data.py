@@ -112,3 +112,9 @@ def _load_instruct(path: Path, num_clients: int, subsample: float, max_length: i
     if subsample != 1:
         logger.info("instruct: --dataset_subsample %s ignored (the tasks are already sampled)", subsample)
     return FederatedData(clients=clients, client_names=names, eval_records=eval_records)
+
+
+def load_for_run(args) -> FederatedData:
+    """load_federated_data with a run's flags (main.py's argparse namespace)."""
+    return load_federated_data(args.dataset, args.data_path, args.num_clients, args.iid, args.zerotask,
+                               args.dataset_subsample, args.max_length, args.seed)
