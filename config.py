@@ -119,18 +119,6 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                      help="server-side bound: clip every uploaded g to [-B, B] before aggregating; 0 = off")
 
 
-def validate_engine(args: argparse.Namespace) -> None:
-    checks = [
-        (getattr(args, "flower_nodes", 0) >= 0, f"--flower_nodes {getattr(args, 'flower_nodes', 0)}: must be >= 0"),
-        (getattr(args, "flower_timeout", 1.0) > 0, "--flower_timeout: must be positive"),
-        (0 <= getattr(args, "trim_fraction", 0.2) < 0.5,
-         f"--trim_fraction {getattr(args, 'trim_fraction', 0.2)}: must be in [0, 0.5)"),
-        (getattr(args, "max_abs_grad", 0.0) >= 0, f"--max_abs_grad {getattr(args, 'max_abs_grad', 0.0)}: must be >= 0"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise FedKSeedError(message)
-
 
 def resolve_device(value: str) -> str:
     """--device as the paper's CUDA index, or a torch device name; auto = CUDA when present."""
@@ -167,12 +155,15 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.eval_examples >= 0, f"--eval_examples {args.eval_examples}: must be >= 0"),
         (args.eval_batch_size >= 1, f"--eval_batch_size {args.eval_batch_size}: must be at least 1"),
         (args.max_new_tokens >= 1, f"--max_new_tokens {args.max_new_tokens}: must be at least 1"),
+        (args.flower_nodes >= 0, f"--flower_nodes {args.flower_nodes}: must be >= 0"),
+        (args.flower_timeout > 0, f"--flower_timeout {args.flower_timeout}: must be positive"),
+        (0 <= args.trim_fraction < 0.5, f"--trim_fraction {args.trim_fraction}: must be in [0, 0.5)"),
+        (args.max_abs_grad >= 0, f"--max_abs_grad {args.max_abs_grad}: must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise FedKSeedError(message)
     parse_iid(args.iid)
-    validate_engine(args)
     args.device = resolve_device(args.device)
     if args.dtype == "auto":
         args.dtype = "float16" if args.device.startswith("cuda") else "float32"
@@ -196,9 +187,10 @@ TRAJECTORY_FLAGS = (
 
 
 def merge_resume(args: argparse.Namespace, saved: dict, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Flags of a resumed run: the checkpoint's, except those given now; a changed trajectory flag is refused."""
+    """Flags of a resumed run: the checkpoint's, except those given now; a changed trajectory flag is refused.
+    A flag the checkpoint predates takes its default (the value that run had)."""
     defaults = vars(parser.parse_args([]))
-    merged = dict(saved)
+    merged = {**defaults, **saved}
     for name, value in vars(args).items():
         if name in ("resume", "output_dir") or value == defaults.get(name):
             continue

@@ -23,7 +23,7 @@ def train(argv: list[str]) -> dict:
         resume = load_checkpoint(Path(args.resume))
         args = config.merge_resume(args, resume.flags, parser)
     args = config.validate(args)
-    if getattr(args, "engine", "inprocess") == "flower":
+    if args.engine == "flower":
         from flower_app.engine import run_flower
 
         return run_flower(args, resume=resume)
