@@ -33,8 +33,8 @@ def server_config(args, num_clients: int) -> ServerConfig:
                             batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size, grad_clip=args.grad_clip),
         equal_weight=args.equal_weight, bias_sampling=args.bias_sampling,
         bias_loss_clip=args.bias_loss_clip, grad_initial=args.grad_initial, perturbation=args.perturbation,
-        seed=args.seed, aggregation=getattr(args, "aggregation", "mean"),
-        max_abs_grad=getattr(args, "max_abs_grad", 0.0), trim_fraction=getattr(args, "trim_fraction", 0.2),
+        seed=args.seed, aggregation=args.aggregation, max_abs_grad=args.max_abs_grad,
+        trim_fraction=args.trim_fraction,
     )
 
 
@@ -75,8 +75,9 @@ def build_clients(args, data, tokenizer) -> tuple[list[Client], LLMDataset]:
     return clients, eval_set
 
 
-def run(args, resume: RunState | None = None) -> dict:
-    """Train for args.rounds rounds (continuing `resume` when given); returns summary, c and the server."""
+def open_run_dir(args, resume: RunState | None) -> Path:
+    """The run directory, ready for a run (either engine): a new run never overwrites a checkpoint; logging set
+    up, config.json written, torch seeded."""
     torch.manual_seed(args.seed)
     out = Path(args.output_dir)
     if resume is None and (out / CHECKPOINT_FILE).exists():
@@ -84,6 +85,19 @@ def run(args, resume: RunState | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out / "train.log" if args.log else None)
     write_config(out / "config.json", args)
+    return out
+
+
+def fresh_state(args, server: Server, fingerprint: str, clients: list[Client]) -> RunState:
+    """The run's state before its first round."""
+    return RunState(round=0, fingerprint=fingerprint, flags=vars(args).copy(), seed_pool=server.seed_pool,
+                    c=server.c, deltas=[], server_rng=server.rng.bit_generator.state,
+                    last_round={c.client_id: 0 for c in clients})
+
+
+def run(args, resume: RunState | None = None) -> dict:
+    """Train for args.rounds rounds (continuing `resume` when given); returns summary, c and the server."""
+    out = open_run_dir(args, resume)
     show = not args.quiet and sys.stderr.isatty()
 
     data = load_for_run(args)
@@ -98,9 +112,7 @@ def run(args, resume: RunState | None = None) -> dict:
     server = Server(server_model, server_config(args, len(clients)), compile=compile_z)
     work = SeededModel(copy.deepcopy(server_model), server.seed_pool, args.lr, kind=args.perturbation,
                        compile=compile_z)
-    state = RunState(round=0, fingerprint=fingerprint, flags=vars(args).copy(), seed_pool=server.seed_pool,
-                     c=server.c, deltas=[], server_rng=server.rng.bit_generator.state,
-                     last_round={c.client_id: 0 for c in clients})
+    state = fresh_state(args, server, fingerprint, clients)
     metrics = MetricsFile(out / "metrics.jsonl", fresh=resume is None)
     if resume is not None:
         state = restore(server, resume, fingerprint)

@@ -22,19 +22,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from checkpoint import CHECKPOINT_FILE, RunState, load_checkpoint, model_fingerprint
+from checkpoint import RunState, load_checkpoint, model_fingerprint
 from errors import FedKSeedError
 from evaluations import evaluate
 from flower_app import messages
 from flower_app.node import read_run_file
 from modeling import load_model, load_tokenizer
-from run_files import MetricsFile, setup_logging, write_config
+from run_files import MetricsFile
 from server import Server, validate_update
-from simulation import build_clients, checkpoint, restore, server_config
+from simulation import build_clients, checkpoint, fresh_state, open_run_dir, restore, server_config
 from utils_data.load_data import load_for_run
 
 logger = logging.getLogger("fedkseed")
@@ -88,13 +87,7 @@ class FlowerServer:
 
     def run(self) -> dict:
         args = self.args
-        torch.manual_seed(args.seed)
-        out = Path(args.output_dir)
-        if self.resume is None and (out / CHECKPOINT_FILE).exists():
-            raise FedKSeedError(f"--output_dir {out}: already holds a run; continue it with --resume {out}")
-        out.mkdir(parents=True, exist_ok=True)
-        setup_logging(out / "train.log" if args.log else None)
-        write_config(out / "config.json", args)
+        out = open_run_dir(args, self.resume)
         data = load_for_run(args)
         self.tokenizer = load_tokenizer(args.model)
         self.clients, self.eval_set = build_clients(args, data, self.tokenizer)
@@ -102,9 +95,7 @@ class FlowerServer:
         fingerprint = model_fingerprint(server_model)
         compile_z = False if args.no_compile else None
         self.server = server = Server(server_model, server_config(args, len(self.clients)), compile=compile_z)
-        state = RunState(round=0, fingerprint=fingerprint, flags=vars(args).copy(), seed_pool=server.seed_pool,
-                         c=server.c, deltas=[], server_rng=server.rng.bit_generator.state,
-                         last_round={c.client_id: 0 for c in self.clients})
+        state = fresh_state(args, server, fingerprint, self.clients)
         state.extra["engine"] = "flower"
         metrics = MetricsFile(out / "metrics.jsonl", fresh=self.resume is None)
         if self.resume is not None:
