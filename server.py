@@ -37,6 +37,12 @@ class ServerConfig:
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
 
 
+def client_weights(updates: list[ClientUpdate], equal_weight: bool) -> np.ndarray:
+    """Each client's share of the round: its data size (or 1) over the round's total."""
+    sizes = np.array([1.0 if equal_weight else u.num_samples for u in updates], dtype=np.float64)
+    return sizes / sizes.sum() if len(updates) else sizes
+
+
 def aggregate(updates: list[ClientUpdate], k: int, equal_weight: bool, mode: str = "mean",
               max_abs_grad: float = 0.0, trim_fraction: float = 0.2) -> np.ndarray:
     """Delta c: per seed, the clients' scalar gradients summed, each client weighted by its data size
@@ -48,13 +54,10 @@ def aggregate(updates: list[ClientUpdate], k: int, equal_weight: bool, mode: str
         updates = [replace(u, grads=np.clip(u.grads, -max_abs_grad, max_abs_grad)) for u in updates]
     if mode != "mean":
         return robust_aggregate(updates, k, equal_weight, mode, trim_fraction)
-    sizes = np.array([1.0 if equal_weight else u.num_samples for u in updates], dtype=np.float64)
-    weights = sizes / sizes.sum() if len(updates) else sizes
     delta = np.zeros(k, dtype=np.float64)
-    for weight, update in zip(weights, updates, strict=True):
+    for weight, update in zip(client_weights(updates, equal_weight), updates, strict=True):
         np.add.at(delta, update.seed_indices, weight * update.grads)
     return delta
-
 
 
 def robust_aggregate(updates: list[ClientUpdate], k: int, equal_weight: bool, mode: str,
@@ -77,10 +80,8 @@ def robust_aggregate(updates: list[ClientUpdate], k: int, equal_weight: bool, mo
     delta = np.zeros(k, dtype=np.float64)
     if n == 0:
         return delta
-    sizes = np.array([1.0 if equal_weight else u.num_samples for u in updates], dtype=np.float64)
-    weights = sizes / sizes.sum()
     per_seed: dict[int, list[float]] = {}
-    for weight, update in zip(weights, updates, strict=True):
+    for weight, update in zip(client_weights(updates, equal_weight), updates, strict=True):
         sums = np.zeros(k, dtype=np.float64)
         np.add.at(sums, update.seed_indices, update.grads)
         for j in np.unique(update.seed_indices):
