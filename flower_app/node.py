@@ -125,19 +125,21 @@ class NodeRuntime:
         clients, _ = build_clients(args, data, load_tokenizer(args.model))
         self.clients = {c.client_id: c for c in clients}
         self.seed_pool = make_seed_pool(args.K, np.random.default_rng(args.seed))  # the server's first draw
-        model = load_model(args.model, args.dtype, args.device)
-        self.fingerprint = model_fingerprint(model)
-        self.work = SeededModel(model, self.seed_pool, args.lr, kind=args.perturbation, compile=self.compile)
+        self.work = self.load_theta0()
+        self.fingerprint = model_fingerprint(self.work.model)
         self.pristine: SeededModel | None = None
         self.pristine_round = 0
+
+    def load_theta0(self) -> SeededModel:
+        """The base model from the node's --model path, at c = 0."""
+        model = load_model(self.args.model, self.args.dtype, self.args.device)
+        return SeededModel(model, self.seed_pool, self.args.lr, kind=self.args.perturbation, compile=self.compile)
 
     def hosted(self, partition: int, partitions: int) -> list[int]:
         return sorted(cid for cid in self.clients if cid % partitions == partition)
 
     def reset_pristine(self) -> None:
-        model = load_model(self.args.model, self.args.dtype, self.args.device)
-        self.pristine = SeededModel(model, self.seed_pool, self.args.lr, kind=self.args.perturbation,
-                                    compile=self.compile)
+        self.pristine = self.load_theta0()
         self.pristine_round = 0
 
     def catch_up(self, history: list[tuple[np.ndarray, np.ndarray]], digest: bytes) -> bool:
