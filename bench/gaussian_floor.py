@@ -34,8 +34,7 @@ def counter_only(pair: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def hash_only(pair: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    a = P._mix32((pair + keys[..., 0]) & P._MASK)
-    w1 = P._mix32(a ^ keys[..., 1])
+    w1 = P._mix32(P._mix32(pair + keys[..., 0]) ^ keys[..., 1])
     w2 = P._mix32(w1 ^ keys[..., 2])
     return w1.to(torch.float32), w2.to(torch.float32)
 
@@ -65,9 +64,9 @@ def main() -> None:
     batch = lm_batch(args.vocab, args.seq, args.batch, args.device)
     views = [p.detach().view(-1).view(torch.int64) for p in model.parameters() if p.numel() % 2 == 0]
     n = 2 * sum(v.numel() for v in views)
-    keys = torch.tensor([[12345, 67890, 13579]], dtype=torch.int64, device=args.device)
+    keys = torch.tensor([[12345, 67890, 13579]], dtype=torch.int32, device=args.device)
     coefs = torch.tensor([1e-3], dtype=torch.float32, device=args.device)
-    start = torch.zeros((), dtype=torch.int64, device=args.device)
+    start = torch.zeros((), dtype=torch.int32, device=args.device)
     opts = {"cpp.dynamic_threads": True} if args.device == "cpu" else {}
     kernels = {name: torch.compile(partial(P._gaussian_packed_, pair_fn=fn), dynamic=True, options=opts)
                for name, fn in PARTS.items()}

@@ -38,13 +38,21 @@ class MeZOOptimizer:
 
     @torch.no_grad()
     def step(self, batch: dict, loss_fn: LossFn, rng: np.random.Generator) -> StepResult:
-        """Perturb +eps, loss, -2eps, loss, then restore and update in one pass (eps - lr*g)."""
+        """Perturb +eps, loss, -2eps, loss, then restore and update in one pass (eps - lr*g).
+
+        The +-eps passes leave the input embedding's rows of tokens outside the batch alone (the losses cannot
+        see them); the last pass gives those rows just their update, -lr*g.
+        """
         index = self.sample_seed_index(rng)
         seed = int(self.seeded.seed_pool[index])
-        perturb = self.seeded.perturbation.perturb_
-        perturb(seed, self.eps)
+        tokens = batch.get("input_ids")
+
+        def perturb(scale: float, rest: float = 0.0) -> None:
+            self.seeded.perturbation.perturb_(seed, scale, tokens, rest)
+
+        perturb(self.eps)
         loss_plus = float(loss_fn(self.seeded.model, batch))
-        perturb(seed, -2.0 * self.eps)
+        perturb(-2.0 * self.eps)
         loss_minus = float(loss_fn(self.seeded.model, batch))
         skipped = None
         if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
@@ -52,9 +60,9 @@ class MeZOOptimizer:
         elif self.grad_clip > 0 and abs(loss_plus - loss_minus) > self.grad_clip:
             skipped = "clip"
         if skipped:
-            perturb(seed, self.eps)
+            perturb(self.eps)
             return StepResult(index, 0.0, float("nan"), skipped)
         grad = (loss_plus - loss_minus) / (2.0 * self.eps)
-        perturb(seed, self.eps - self.lr * grad)
+        perturb(self.eps - self.lr * grad, rest=-self.lr * grad)
         self.seeded.c[index] += grad
         return StepResult(index, grad, (loss_plus + loss_minus) / 2.0)

@@ -12,9 +12,10 @@ The streams:
     rademacher  element i is bit (i mod 32) of the word hashed from i // 32, mapped to {-1, +1}
 Both share their expensive part (hash, log, sqrt, sin/cos) among several elements: a pair, a 32-bit word.
 
-Integer arithmetic is int64 holding uint32 values. The second hash constant is stored as
-(constant - 2**32), which gives the same product mod 2**32 while keeping every product below 2**63, so no
-device ever relies on signed overflow.
+Integer arithmetic is int32 holding the bits of uint32 values: additions and multiplications wrap modulo
+2**32 (two's complement) in torch's CPU kernels, in inductor's vectorised C++ and in Triton alike, and right
+shifts are made logical with a mask. int32 lanes are twice as many per vector as int64 ones, which is what
+makes the hash cheap. The tests check every path bit for bit against an independent int64 reference.
 
 Three ways to apply theta += sum_s coef_s * z(seed_s), all giving the same z:
     eager     blocks of at most _BLOCK elements (x seeds), plain torch ops, one block in cache at a time
@@ -26,6 +27,10 @@ Three ways to apply theta += sum_s coef_s * z(seed_s), all giving the same z:
 
 Public interface (the rest of the project calls only these):
     Perturbation(model).perturb_(seed, scale)     theta += scale * z(seed)
+    Perturbation(model).perturb_(seed, scale, tokens=ids, rest=r)
+                                                  the same, except that the input embedding (when it is not tied
+                                                  to the output layer) gets scale only on the rows of `ids`
+                                                  and r on every other row
     Perturbation(model).replay_(seeds, coefs)     theta += sum_j coefs[j] * z(seeds[j])
     z_for(seed, name, numel, kind)                the reference values, for tests and tools
 """
@@ -39,9 +44,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 KINDS = ("gaussian", "rademacher")
-_MASK = 0xFFFFFFFF
 _MUL1 = 0x7FEB352D
-_MUL2 = 0x846CA68B - (1 << 32)
+_MUL2 = 0x846CA68B - (1 << 32)  # the int32 bits of the uint32 constant
+_LOW32 = 0xFFFFFFFF
 _WORD_BITS = 32  # Rademacher signs per hashed word
 _BLOCK = 1 << 16  # elements (x seeds) per eager block: the block's z stays in L2
 _REPLAY_CHUNK = 64  # seeds folded into one accumulator pass
@@ -49,33 +54,32 @@ _REPLAY_BLOCK = 1 << 16  # elements per compiled call when several seeds are fol
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A bijective 32-bit integer hash (xorshift-multiply, 'lowbias32' constants) on int64-held uint32."""
-    x = x ^ (x >> 16)
-    x = (x * _MUL1) & _MASK
-    x = x ^ (x >> 15)
-    x = (x * _MUL2) & _MASK
-    return x ^ (x >> 16)
+    """A bijective 32-bit integer hash (xorshift-multiply, 'lowbias32' constants) on int32-held uint32 bits."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _MUL1
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _MUL2
+    return x ^ ((x >> 16) & 0xFFFF)
 
 
 def _counters(n: int, start: int | torch.Tensor, device) -> torch.Tensor:
-    """int64 counters start, start+1, ..., start+n-1 (built as int32, which vectorises better)."""
-    return torch.arange(n, dtype=torch.int32, device=device).to(torch.int64) + start
+    """int32 counters start, start+1, ..., start+n-1 (start: an int or an int32 scalar tensor)."""
+    return torch.arange(n, dtype=torch.int32, device=device) + start
 
 
 def gaussian_pairs(pair: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two standard normals (x, y) of int64 pair counters; keys[..., 0:3] are uint32 keys (broadcast)."""
-    a = _mix32((pair + keys[..., 0]) & _MASK)
-    w1 = _mix32(a ^ keys[..., 1])
+    """The two standard normals (x, y) of int32 pair counters; keys[..., 0:3] are int32 keys (broadcast)."""
+    w1 = _mix32(_mix32(pair + keys[..., 0]) ^ keys[..., 1])
     w2 = _mix32(w1 ^ keys[..., 2])
-    u1 = (2 * (w1 >> 9) + 1).to(torch.float32) * (2.0**-24)  # odd multiples of 2**-24: exact, inside (0, 1)
-    angle = (w2 >> 8).to(torch.float32) * (2.0 * math.pi * 2.0**-24)
+    u1 = (((w1 >> 8) & 0xFFFFFE) | 1).to(torch.float32) * (2.0**-24)  # odd multiples of 2**-24: exact, in (0, 1)
+    angle = ((w2 >> 8) & 0xFFFFFF).to(torch.float32) * (2.0 * math.pi * 2.0**-24)
     radius = torch.sqrt(-2.0 * torch.log(u1))
     return radius * torch.cos(angle), radius * torch.sin(angle)
 
 
 def rademacher_words(word: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """The uint32 word (held in int64) whose 32 bits are the signs of elements 32*word ... 32*word+31."""
-    return _mix32(_mix32((word + keys[..., 0]) & _MASK) ^ keys[..., 1])
+    """The 32-bit word (int32 bits) whose bits are the signs of elements 32*word ... 32*word+31."""
+    return _mix32(_mix32(word + keys[..., 0]) ^ keys[..., 1])
 
 
 def gaussian(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -99,11 +103,16 @@ def keys_for(seed: int, name: str) -> tuple[int, int, int]:
     return tuple(int.from_bytes(digest[i : i + 4], "little") for i in (0, 4, 8))
 
 
+def key_tensor(pairs: Sequence[tuple[int, str]], device="cpu") -> torch.Tensor:
+    """The keys of (seed, name) pairs as int32 bits, one row each: [len(pairs), 3]."""
+    rows = [[k - (1 << 32) if k >= 1 << 31 else k for k in keys_for(s, n)] for s, n in pairs]
+    return torch.tensor(rows, dtype=torch.int32, device=device)
+
+
 def z_for(seed: int, name: str, numel: int, kind: str = "gaussian", device="cpu") -> torch.Tensor:
     """Reference: the whole float32 z of one parameter, generated in one go (tests and tools only)."""
-    keys = torch.tensor(keys_for(seed, name), dtype=torch.int64, device=device)
-    counter = torch.arange(numel, dtype=torch.int64, device=device)
-    return _GENERATORS[kind](counter, keys)
+    counter = torch.arange(numel, dtype=torch.int32, device=device)
+    return _GENERATORS[kind](counter, key_tensor([(seed, name)], device)[0])
 
 
 # ----------------------------------------------------------------------------------------------- eager path
@@ -118,7 +127,7 @@ def _block_z(first: int, n: int, keys: torch.Tensor, kind: str, device) -> torch
     else:
         lo, hi = first >> 5, (first + n + _WORD_BITS - 1) >> 5
         words = rademacher_words(_counters(hi - lo, lo, device), keys)
-        shifts = torch.arange(_WORD_BITS, dtype=torch.int64, device=device)
+        shifts = torch.arange(_WORD_BITS, dtype=torch.int32, device=device)
         bits = (words.unsqueeze(-1) >> shifts) & 1  # [seeds, words, 32]
         z = (bits * 2 - 1).to(torch.float32).flatten(1)
         offset = first - _WORD_BITS * lo
@@ -132,17 +141,18 @@ def _axpy_z_(flat: torch.Tensor, start: int, keys: torch.Tensor, coefs: torch.Te
     flat.copy_((flat.to(torch.float32) + update).to(flat.dtype))
 
 
+def _rows_(weight: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor, kind: str) -> None:
+    """weight[rows] += sum_s coefs[s] * z(keys[s]) on those rows of a 2-D parameter only (element-wise stream:
+    every element keeps its own index, so a row's z is the same as in a whole-tensor pass)."""
+    width = weight.shape[1]
+    counter = rows.to(torch.int32).unsqueeze(1) * width + torch.arange(width, dtype=torch.int32,
+                                                                       device=weight.device)
+    z = _GENERATORS[kind](counter.unsqueeze(0), keys[:, None, None, :])  # [seeds, rows, width]
+    update = (coefs[:, None, None] * z).sum(0)
+    weight.index_copy_(0, rows, (weight.index_select(0, rows).to(torch.float32) + update).to(weight.dtype))
+
+
 # -------------------------------------------------------------------------------------------- compiled path
-def _as_uint32(bits: torch.Tensor) -> torch.Tensor:
-    """The uint32 value (held in int64) of int32 bits."""
-    return bits.to(torch.int64) & _MASK
-
-
-def _as_int32(value: torch.Tensor) -> torch.Tensor:
-    """int32 bits of a uint32 value held in int64 (subtracting 2**32 first: no out-of-range conversion)."""
-    return (value - ((value >> 31) << 32)).to(torch.int32)
-
-
 def _gaussian_packed_(pairs: torch.Tensor, start: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor,
                       pair_fn: Callable = gaussian_pairs) -> None:
     """Gaussian update of a float32 parameter seen as int64 `pairs` (element 2p = low half, 2p+1 = high).
@@ -155,16 +165,15 @@ def _gaussian_packed_(pairs: torch.Tensor, start: torch.Tensor, keys: torch.Tens
     x, y = pair_fn(counter, keys.unsqueeze(0))  # [pairs, seeds]; pair_fn: bench/gaussian_floor.py times its parts
     dx = (x * coefs).sum(1)
     dy = (y * coefs).sum(1)
-    low = _as_int32(pairs & _MASK).view(torch.float32) + dx
-    high = (pairs >> 32).to(torch.int32).view(torch.float32) + dy  # the high half is already in int32 range
-    high_bits = high.view(torch.int32).to(torch.int64)  # in [-2**31, 2**31): times 2**32 stays in int64
-    pairs.copy_(high_bits * (1 << 32) + _as_uint32(low.view(torch.int32)))
+    low = pairs.to(torch.int32).view(torch.float32) + dx  # int64 -> int32 keeps the low 32 bits everywhere
+    high = (pairs >> 32).to(torch.int32).view(torch.float32) + dy
+    pairs.copy_((high.view(torch.int32).to(torch.int64) << 32) | (low.view(torch.int32).to(torch.int64) & _LOW32))
 
 
 def _rademacher_words_(rows: torch.Tensor, start: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:
     """Rademacher update (one seed) of a parameter seen as [words, 32]: a word is hashed once for 32 signs."""
     words = rademacher_words(_counters(rows.shape[0], start, rows.device), keys[0])  # [words]
-    shifts = torch.arange(_WORD_BITS, dtype=torch.int64, device=rows.device)
+    shifts = torch.arange(_WORD_BITS, dtype=torch.int32, device=rows.device)
     signs = (((words.unsqueeze(1) >> shifts) & 1) * 2 - 1).to(torch.float32)  # [words, 32]
     rows.copy_((rows.to(torch.float32) + coefs[0] * signs).to(rows.dtype))
 
@@ -176,7 +185,7 @@ def _rademacher_word_table(count: int, start: torch.Tensor, keys: torch.Tensor) 
 
 def _rademacher_fold_(rows: torch.Tensor, words: torch.Tensor, coefs: torch.Tensor) -> None:
     """rows[w, b] += sum_s coefs[s] * sign(bit b of words[w, s]): many seeds onto one cached block."""
-    shifts = torch.arange(_WORD_BITS, dtype=torch.int64, device=rows.device).view(1, _WORD_BITS, 1)
+    shifts = torch.arange(_WORD_BITS, dtype=torch.int32, device=rows.device).view(1, _WORD_BITS, 1)
     signs = (((words.unsqueeze(1) >> shifts) & 1) * 2 - 1).to(torch.float32)  # [words, 32, seeds]
     rows.copy_((rows.to(torch.float32) + (signs * coefs).sum(2)).to(rows.dtype))
 
@@ -201,7 +210,8 @@ def _kernel(name: str) -> Callable:
     """The named kernel compiled once per process, shape-dynamic (one graph serves every parameter size)."""
     if name not in _compiled:
         source = {"gaussian": _gaussian_packed_, "rademacher": _rademacher_words_, "generic": _generic_,
-                  "rademacher_table": _rademacher_word_table, "rademacher_fold": _rademacher_fold_}[name]
+                  "rademacher_table": _rademacher_word_table, "rademacher_fold": _rademacher_fold_,
+                  "rows": _rows_}[name]
         # dynamic_threads: always emit the OpenMP parallel loop. Otherwise inductor decides from the size hint
         # of the first call (often a small bias vector) and every later parameter would run on one thread.
         _compiled[name] = torch.compile(source, dynamic=True, options={"cpp.dynamic_threads": True})
@@ -224,23 +234,52 @@ def _layout(flat: torch.Tensor, seeds: int, kind: str) -> tuple[int, Callable, C
     return 1, lambda part, start, keys, coefs: generic(part, start, keys, coefs, kind), lambda part: part
 
 
+def _single_seed_pass(flat: torch.Tensor, kind: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """flat += coefs[0] * z(keys[0]) as one prepared kernel call over the whole parameter (pure pointwise, no
+    buffer). Kernel, view and start are built once per parameter: a MeZO pass pays only the calls."""
+    unit, kernel, view = _layout(flat, 1, kind)
+    body = flat.numel() - flat.numel() % unit
+    if body < 2 * unit:  # dynamic shapes specialise sizes 0 and 1: leave tiny tensors to eager
+        return lambda keys, coefs: _axpy_z_(flat, 0, keys, coefs, kind)
+    part, tail = view(flat[:body]), flat[body:]
+    start = torch.zeros((), dtype=torch.int32, device=flat.device)
+
+    def apply(keys: torch.Tensor, coefs: torch.Tensor) -> None:
+        kernel(part, start, keys, coefs)
+        if tail.numel():
+            _axpy_z_(tail, body, keys, coefs, kind)
+
+    return apply
+
+
 def _apply_compiled_(flat: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor, kind: str) -> None:
-    """flat += sum_s coefs[s] * z(keys[s]) with the compiled kernels; leftover elements go the eager way."""
+    """flat += sum_s coefs[s] * z(keys[s]) for several seeds, in cache-sized blocks so that each block's
+    accumulators stay in cache while every seed visits it; leftover elements go the eager way."""
     unit, kernel, view = _layout(flat, keys.shape[0], kind)
     n = flat.numel()
     body = n - n % unit
-    # One call per parameter when a single seed is applied (pure pointwise, no buffer); cache-sized blocks
-    # when many seeds are folded, so each block's accumulators stay in cache while every seed visits it.
-    block = body if keys.shape[0] == 1 else _REPLAY_BLOCK
-    for first in range(0, body, max(block, unit)):
+    block = _REPLAY_BLOCK
+    for first in range(0, body, block):
         last = min(body, first + block)
         if last - first < 2 * unit:  # dynamic shapes specialise sizes 0 and 1: leave tiny pieces to eager
             _axpy_z_(flat[first:last], first, keys, coefs, kind)
             continue
-        start = torch.tensor(first // unit, dtype=torch.int64, device=flat.device)
+        start = torch.tensor(first // unit, dtype=torch.int32, device=flat.device)
         kernel(view(flat[first:last]), start, keys, coefs)
     if body < n:
         _axpy_z_(flat[body:], body, keys, coefs, kind)
+
+
+def _row_sparse_name(model: torch.nn.Module, params: list[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the input embedding when a loss reads only its rows of the tokens it sees: an
+    nn.Embedding that is trained and not tied to another module (a tied output layer reads every row)."""
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    if not isinstance(embedding, torch.nn.Embedding):
+        return None
+    uses = [name for name, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight]
+    names = {name for name, _ in params}
+    return uses[0] if len(uses) == 1 and uses[0] in names else None
 
 
 class Perturbation:
@@ -255,11 +294,29 @@ class Perturbation:
             if p.numel() >= 1 << 31:
                 raise ValueError(f"parameter {name} has {p.numel()} elements; counters are 31-bit")
         self.compile = compile_enabled() if compile is None else compile
+        self.row_sparse = _row_sparse_name(model, self.params)
+        self._passes: dict[str, tuple[int, Callable]] = {}  # name -> (data_ptr it was built for, pass)
 
     @torch.no_grad()
-    def perturb_(self, seed: int, scale: float) -> None:
-        """theta += scale * z(seed) for every trainable parameter."""
-        self.replay_([seed], [scale])
+    def perturb_(self, seed: int, scale: float, tokens: torch.Tensor | None = None, rest: float = 0.0) -> None:
+        """theta += scale * z(seed) for every trainable parameter.
+
+        With `tokens` (the batch's input ids), the input embedding gets `scale` only on the rows of those tokens
+        and `rest` on every other row. A loss reads no other row, so the +-eps passes of a MeZO step can skip
+        them (a quarter of a small model's weights); the step's last pass gives them their update as `rest`.
+        """
+        device = self.params[0][1].device if self.params else "cpu"
+        keys = key_tensor([(seed, name) for name, _ in self.params], device)
+        coefs = torch.tensor([scale], dtype=torch.float32, device=device)
+        for i, (name, p) in enumerate(self.params):
+            if tokens is None or name != self.row_sparse:
+                self._apply(name, p, keys[i : i + 1], coefs)
+                continue
+            if rest != 0.0:
+                self._apply(name, p, keys[i : i + 1], torch.tensor([rest], dtype=torch.float32, device=device))
+            rows = torch.unique(tokens.to(p.device))
+            row_coefs = torch.tensor([scale - rest], dtype=torch.float32, device=device)
+            (_kernel("rows") if self.compile else _rows_)(p, rows, keys[i : i + 1], row_coefs, self.kind)
 
     @torch.no_grad()
     def replay_(self, seeds: Sequence[int], coefs: Sequence[float]) -> None:
@@ -268,15 +325,21 @@ class Perturbation:
         for start in range(0, len(pairs), _REPLAY_CHUNK):
             chunk = pairs[start : start + _REPLAY_CHUNK]
             for name, p in self.params:
-                self._apply(p, name, chunk)
+                keys = key_tensor([(s, name) for s, _ in chunk], p.device)
+                self._apply(name, p, keys, torch.tensor([c for _, c in chunk], dtype=torch.float32, device=p.device))
 
-    def _apply(self, p: torch.Tensor, name: str, chunk: list[tuple[int, float]]) -> None:
-        keys = torch.tensor([keys_for(s, name) for s, _ in chunk], dtype=torch.int64, device=p.device)
-        coefs = torch.tensor([c for _, c in chunk], dtype=torch.float32, device=p.device)
+    def _apply(self, name: str, p: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:
         flat = p.view(-1)
+        if self.compile and keys.shape[0] == 1:
+            built_for, apply = self._passes.get(name, (None, None))
+            if built_for != p.data_ptr():  # first use, or the parameter's storage was replaced (e.g. .to())
+                apply = _single_seed_pass(flat, self.kind)
+                self._passes[name] = (p.data_ptr(), apply)
+            apply(keys, coefs)
+            return
         if self.compile:
             _apply_compiled_(flat, keys, coefs, self.kind)
             return
-        block = max(_WORD_BITS, (_BLOCK // len(chunk)) // _WORD_BITS * _WORD_BITS)  # pair- and word-aligned
+        block = max(_WORD_BITS, (_BLOCK // keys.shape[0]) // _WORD_BITS * _WORD_BITS)  # pair- and word-aligned
         for first in range(0, flat.numel(), block):
             _axpy_z_(flat[first : first + block], first, keys, coefs, self.kind)

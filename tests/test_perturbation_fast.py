@@ -82,13 +82,16 @@ SIZES = [1, 2, 3, 31, 33, 95, 65536 + 33, 3 * pert._REPLAY_BLOCK + 37]
 def test_integer_stream_is_bitwise_the_reference():
     seed = 4242
     w1, w2 = ref_gaussian_words(seed, NAME, 5000)
-    keys = torch.tensor(keys_for(seed, NAME), dtype=torch.int64)
-    pairs = torch.arange(5000, dtype=torch.int64)
-    a = pert._mix32((pairs + keys[0]) & U32)
-    assert torch.equal(pert._mix32(a ^ keys[1]), w1)
-    assert torch.equal(pert._mix32(w1 ^ keys[2]), w2)
-    assert torch.equal(pert.rademacher_words(pairs, keys), ref_rademacher_words(seed, NAME, 5000))
-    assert int(w1.min()) >= 0 and int(w1.max()) < 2**32  # uint32 values, never a negative int64
+    keys = pert.key_tensor([(seed, NAME)])[0]  # int32 bits of the uint32 keys
+    assert [k & U32 for k in keys.tolist()] == list(keys_for(seed, NAME))
+    pairs = torch.arange(5000, dtype=torch.int32)
+    a = pert._mix32(pairs + keys[0])
+    assert a.dtype == torch.int32  # the project hashes in int32 with wrapping arithmetic
+    assert torch.equal(pert._mix32(a ^ keys[1]).to(torch.int64) & U32, w1)
+    assert torch.equal(pert._mix32(pert._mix32(a ^ keys[1]) ^ keys[2]).to(torch.int64) & U32, w2)
+    assert torch.equal(pert.rademacher_words(pairs, keys).to(torch.int64) & U32,
+                       ref_rademacher_words(seed, NAME, 5000))
+    assert int(w1.min()) >= 0 and int(w1.max()) < 2**32  # the reference holds uint32 values in int64
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
