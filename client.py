@@ -87,8 +87,7 @@ class Client:
             optimizer = MeZOBiasOptimizer(seeded, local.lr, local.eps, local.grad_clip, config.probabilities)
         rng = client_rng(self.run_seed, config.round, self.client_id)
         indices, grads, losses, skipped = [], [], [], {"nan": 0, "clip": 0}
-        for batch in self.batches(local, rng):
-            result = optimizer.step(batch, lm_loss, rng)
+        for result in optimizer.steps(self.batches(local, rng), lm_loss, rng):
             if result.skipped:
                 skipped[result.skipped] += 1
             else:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from optimizers.perturbation import Term
 from optimizers.seed_pool import SeededModel
 
 LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
@@ -37,32 +38,44 @@ class MeZOOptimizer:
         return int(rng.integers(len(self.seeded.seed_pool)))
 
     @torch.no_grad()
-    def step(self, batch: dict, loss_fn: LossFn, rng: np.random.Generator) -> StepResult:
-        """Perturb +eps, loss, -2eps, loss, then restore and update in one pass (eps - lr*g).
+    def steps(self, batches: Iterable[dict], loss_fn: LossFn, rng: np.random.Generator) -> Iterator[StepResult]:
+        """One MeZO step per batch: +eps, loss, -2eps, loss, then restore and update (scale eps - lr*g).
 
-        The +-eps passes leave the input embedding's rows of tokens outside the batch alone (the losses cannot
-        see them); the last pass gives those rows just their update, -lr*g.
+        Step t's restore-and-update rides on step t+1's +eps: one pass over the weights applies both seeds, so a
+        step costs two passes instead of three. The +-eps passes leave the input embedding's rows of tokens
+        outside the batch alone (no loss can read them); the update gives those rows just -lr*g (Term.rest).
+        While a result is handled the model still holds that step's -eps; the last restore-and-update is applied
+        when the iterator is exhausted or closed.
         """
-        index = self.sample_seed_index(rng)
-        seed = int(self.seeded.seed_pool[index])
-        tokens = batch.get("input_ids")
+        perturb = self.seeded.perturbation.apply_
+        pending: list[Term] = []  # the previous step's restore-and-update, not applied yet
+        try:
+            for batch in batches:
+                index = self.sample_seed_index(rng)
+                seed = int(self.seeded.seed_pool[index])
+                tokens = batch.get("input_ids")
+                perturb([*pending, Term(seed, self.eps, tokens)])
+                pending = []
+                loss_plus = float(loss_fn(self.seeded.model, batch))
+                perturb([Term(seed, -2.0 * self.eps, tokens)])
+                loss_minus = float(loss_fn(self.seeded.model, batch))
+                skipped = None
+                if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+                    skipped = "nan"
+                elif self.grad_clip > 0 and abs(loss_plus - loss_minus) > self.grad_clip:
+                    skipped = "clip"
+                if skipped:
+                    pending = [Term(seed, self.eps, tokens)]
+                    yield StepResult(index, 0.0, float("nan"), skipped)
+                    continue
+                grad = (loss_plus - loss_minus) / (2.0 * self.eps)
+                pending = [Term(seed, self.eps - self.lr * grad, tokens, rest=-self.lr * grad)]
+                self.seeded.c[index] += grad
+                yield StepResult(index, grad, (loss_plus + loss_minus) / 2.0)
+        finally:
+            perturb(pending)
 
-        def perturb(scale: float, rest: float = 0.0) -> None:
-            self.seeded.perturbation.perturb_(seed, scale, tokens, rest)
-
-        perturb(self.eps)
-        loss_plus = float(loss_fn(self.seeded.model, batch))
-        perturb(-2.0 * self.eps)
-        loss_minus = float(loss_fn(self.seeded.model, batch))
-        skipped = None
-        if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-            skipped = "nan"
-        elif self.grad_clip > 0 and abs(loss_plus - loss_minus) > self.grad_clip:
-            skipped = "clip"
-        if skipped:
-            perturb(self.eps)
-            return StepResult(index, 0.0, float("nan"), skipped)
-        grad = (loss_plus - loss_minus) / (2.0 * self.eps)
-        perturb(self.eps - self.lr * grad, rest=-self.lr * grad)
-        self.seeded.c[index] += grad
-        return StepResult(index, grad, (loss_plus + loss_minus) / 2.0)
+    def step(self, batch: dict, loss_fn: LossFn, rng: np.random.Generator) -> StepResult:
+        """A single MeZO step; the model is restored and updated when it returns."""
+        [result] = self.steps([batch], loss_fn, rng)
+        return result

@@ -27,10 +27,10 @@ Three ways to apply theta += sum_s coef_s * z(seed_s), all giving the same z:
 
 Public interface (the rest of the project calls only these):
     Perturbation(model).perturb_(seed, scale)     theta += scale * z(seed)
-    Perturbation(model).perturb_(seed, scale, tokens=ids, rest=r)
-                                                  the same, except that the input embedding (when it is not tied
-                                                  to the output layer) gets scale only on the rows of `ids`
-                                                  and r on every other row
+    Perturbation(model).apply_([Term(seed, scale, tokens, rest), ...])
+                                                  a few terms in one pass; with tokens, the input embedding (when
+                                                  not tied to the output layer) gets scale only on the tokens'
+                                                  rows and rest on every other row
     Perturbation(model).replay_(seeds, coefs)     theta += sum_j coefs[j] * z(seeds[j])
     z_for(seed, name, numel, kind)                the reference values, for tests and tools
 """
@@ -40,6 +40,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -51,6 +52,7 @@ _WORD_BITS = 32  # Rademacher signs per hashed word
 _BLOCK = 1 << 16  # elements (x seeds) per eager block: the block's z stays in L2
 _REPLAY_CHUNK = 64  # seeds folded into one accumulator pass
 _REPLAY_BLOCK = 1 << 16  # elements per compiled call when several seeds are folded (cache-sized block)
+_FEW = 2  # up to this many seeds (a MeZO pass folds two) go through one whole-parameter call, seeds unrolled
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -163,19 +165,41 @@ def _gaussian_packed_(pairs: torch.Tensor, start: torch.Tensor, keys: torch.Tens
     """
     counter = _counters(pairs.numel(), start, pairs.device).unsqueeze(1)
     x, y = pair_fn(counter, keys.unsqueeze(0))  # [pairs, seeds]; pair_fn: bench/gaussian_floor.py times its parts
-    dx = (x * coefs).sum(1)
-    dy = (y * coefs).sum(1)
-    low = pairs.to(torch.int32).view(torch.float32) + dx  # int64 -> int32 keeps the low 32 bits everywhere
-    high = (pairs >> 32).to(torch.int32).view(torch.float32) + dy
-    pairs.copy_((high.view(torch.int32).to(torch.int64) << 32) | (low.view(torch.int32).to(torch.int64) & _LOW32))
+    low, high = _halves(pairs)
+    pairs.copy_(_packed(low + (x * coefs).sum(1), high + (y * coefs).sum(1)))
+
+
+def _gaussian_few_(pairs: torch.Tensor, start: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:
+    """The packed Gaussian update for a few seeds, unrolled: one pass over the weights applies them all (a seeds
+    axis this short would be a reduction the kernel cannot vectorise)."""
+    counter = _counters(pairs.numel(), start, pairs.device)
+    low, high = _halves(pairs)
+    for s in range(keys.shape[0]):
+        x, y = gaussian_pairs(counter, keys[s])
+        low, high = low + coefs[s] * x, high + coefs[s] * y
+    pairs.copy_(_packed(low, high))
+
+
+def _halves(pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two float32 elements held in each int64 (int64 -> int32 keeps the low 32 bits on every backend)."""
+    return pairs.to(torch.int32).view(torch.float32), (pairs >> 32).to(torch.int32).view(torch.float32)
+
+
+def _packed(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """The int64 holding float32 `low` in its low half and `high` in its high half."""
+    return (high.view(torch.int32).to(torch.int64) << 32) | (low.view(torch.int32).to(torch.int64) & _LOW32)
 
 
 def _rademacher_words_(rows: torch.Tensor, start: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:
-    """Rademacher update (one seed) of a parameter seen as [words, 32]: a word is hashed once for 32 signs."""
-    words = rademacher_words(_counters(rows.shape[0], start, rows.device), keys[0])  # [words]
+    """Rademacher update by a few seeds (unrolled) of a parameter seen as [words, 32]: each seed's word is
+    hashed once for its 32 signs, and one pass over the weights applies every seed."""
+    counter = _counters(rows.shape[0], start, rows.device)
     shifts = torch.arange(_WORD_BITS, dtype=torch.int32, device=rows.device)
-    signs = (((words.unsqueeze(1) >> shifts) & 1) * 2 - 1).to(torch.float32)  # [words, 32]
-    rows.copy_((rows.to(torch.float32) + coefs[0] * signs).to(rows.dtype))
+    total = rows.to(torch.float32)
+    for s in range(keys.shape[0]):
+        words = rademacher_words(counter, keys[s])  # [words]
+        total = total + coefs[s] * (((words.unsqueeze(1) >> shifts) & 1) * 2 - 1).to(torch.float32)
+    rows.copy_(total.to(rows.dtype))
 
 
 def _rademacher_word_table(count: int, start: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -209,7 +233,8 @@ _compiled: dict[str, Callable] = {}
 def _kernel(name: str) -> Callable:
     """The named kernel compiled once per process, shape-dynamic (one graph serves every parameter size)."""
     if name not in _compiled:
-        source = {"gaussian": _gaussian_packed_, "rademacher": _rademacher_words_, "generic": _generic_,
+        source = {"gaussian": _gaussian_packed_, "gaussian_few": _gaussian_few_, "generic": _generic_,
+                  "rademacher": _rademacher_words_,
                   "rademacher_table": _rademacher_word_table, "rademacher_fold": _rademacher_fold_,
                   "rows": _rows_}[name]
         # dynamic_threads: always emit the OpenMP parallel loop. Otherwise inductor decides from the size hint
@@ -224,19 +249,19 @@ def compile_enabled() -> bool:
 
 
 def _layout(flat: torch.Tensor, seeds: int, kind: str) -> tuple[int, Callable, Callable]:
-    """(elements per kernel row, the kernel, the view it works on) for one parameter and kind."""
+    """(elements per kernel row, the kernel, the view it works on) for one parameter, kind and seed count."""
     if kind == "gaussian" and flat.dtype == torch.float32 and flat.data_ptr() % 8 == 0:
-        return 2, _kernel("gaussian"), lambda part: part.view(torch.int64)
+        return 2, _kernel("gaussian_few" if seeds <= _FEW else "gaussian"), lambda part: part.view(torch.int64)
     if kind == "rademacher":
-        kernel = _kernel("rademacher") if seeds == 1 else _rademacher_many_
+        kernel = _kernel("rademacher") if seeds <= _FEW else _rademacher_many_
         return _WORD_BITS, kernel, lambda part: part.view(-1, _WORD_BITS)
     generic = _kernel("generic")
     return 1, lambda part, start, keys, coefs: generic(part, start, keys, coefs, kind), lambda part: part
 
 
-def _single_seed_pass(flat: torch.Tensor, kind: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """flat += coefs[0] * z(keys[0]) as one prepared kernel call over the whole parameter (pure pointwise, no
-    buffer). Kernel, view and start are built once per parameter: a MeZO pass pays only the calls."""
+def _few_seed_pass(flat: torch.Tensor, kind: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """flat += sum_s coefs[s] * z(keys[s]) for at most _FEW seeds as one prepared kernel call over the whole
+    parameter (pure pointwise, no buffer). Kernel, view and start are built once per parameter."""
     unit, kernel, view = _layout(flat, 1, kind)
     body = flat.numel() - flat.numel() % unit
     if body < 2 * unit:  # dynamic shapes specialise sizes 0 and 1: leave tiny tensors to eager
@@ -282,6 +307,18 @@ def _row_sparse_name(model: torch.nn.Module, params: list[tuple[str, torch.Tenso
     return uses[0] if len(uses) == 1 and uses[0] in names else None
 
 
+@dataclass(frozen=True)
+class Term:
+    """scale * z(seed). With tokens (a batch's input ids), the row-sparse input embedding gets scale only on the
+    rows of those tokens and rest on every other row: a loss reads no other row, so a MeZO step's +-eps passes
+    skip them (a quarter of a small model's weights) and its last pass gives them just their update, rest."""
+
+    seed: int
+    scale: float
+    tokens: torch.Tensor | None = None
+    rest: float = 0.0
+
+
 class Perturbation:
     """Applies seeded perturbations in place to every trainable parameter of a model."""
 
@@ -299,24 +336,33 @@ class Perturbation:
 
     @torch.no_grad()
     def perturb_(self, seed: int, scale: float, tokens: torch.Tensor | None = None, rest: float = 0.0) -> None:
-        """theta += scale * z(seed) for every trainable parameter.
+        """theta += scale * z(seed) for every trainable parameter (see Term for tokens and rest)."""
+        self.apply_([Term(seed, scale, tokens, rest)])
 
-        With `tokens` (the batch's input ids), the input embedding gets `scale` only on the rows of those tokens
-        and `rest` on every other row. A loss reads no other row, so the +-eps passes of a MeZO step can skip
-        them (a quarter of a small model's weights); the step's last pass gives them their update as `rest`.
-        """
-        device = self.params[0][1].device if self.params else "cpu"
-        keys = key_tensor([(seed, name) for name, _ in self.params], device)
-        coefs = torch.tensor([scale], dtype=torch.float32, device=device)
+    @torch.no_grad()
+    def apply_(self, terms: Sequence[Term]) -> None:
+        """theta += the sum of a few terms in one pass over the weights (a MeZO step folds two into a pass)."""
+        if not self.params or not terms:
+            return
+        device = self.params[0][1].device
+        keys = key_tensor([(t.seed, name) for name, _ in self.params for t in terms], device)
+        keys = keys.view(len(self.params), len(terms), 3)
+        coefs = torch.tensor([t.scale for t in terms], dtype=torch.float32, device=device)
         for i, (name, p) in enumerate(self.params):
-            if tokens is None or name != self.row_sparse:
-                self._apply(name, p, keys[i : i + 1], coefs)
+            if name != self.row_sparse or all(t.tokens is None for t in terms):
+                self._apply(name, p, keys[i], coefs)
                 continue
-            if rest != 0.0:
-                self._apply(name, p, keys[i : i + 1], torch.tensor([rest], dtype=torch.float32, device=device))
-            rows = torch.unique(tokens.to(p.device))
-            row_coefs = torch.tensor([scale - rest], dtype=torch.float32, device=device)
-            (_kernel("rows") if self.compile else _rows_)(p, rows, keys[i : i + 1], row_coefs, self.kind)
+            whole = [(j, t.scale if t.tokens is None else t.rest) for j, t in enumerate(terms)]
+            whole = [(j, c) for j, c in whole if c != 0.0]
+            if whole:
+                self._apply(name, p, keys[i, [j for j, _ in whole]],
+                            torch.tensor([c for _, c in whole], dtype=torch.float32, device=device))
+            for j, t in enumerate(terms):
+                if t.tokens is not None and t.scale != t.rest:
+                    rows = torch.unique(t.tokens.to(p.device))
+                    row_coefs = torch.tensor([t.scale - t.rest], dtype=torch.float32, device=device)
+                    rows_kernel = _kernel("rows") if self.compile else _rows_
+                    rows_kernel(p.detach(), rows, keys[i, j : j + 1], row_coefs, self.kind)
 
     @torch.no_grad()
     def replay_(self, seeds: Sequence[int], coefs: Sequence[float]) -> None:
@@ -329,11 +375,11 @@ class Perturbation:
                 self._apply(name, p, keys, torch.tensor([c for _, c in chunk], dtype=torch.float32, device=p.device))
 
     def _apply(self, name: str, p: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:
-        flat = p.view(-1)
-        if self.compile and keys.shape[0] == 1:
+        flat = p.detach().view(-1)  # kernels never need autograd; a detached view keeps dynamo off the leaf
+        if self.compile and keys.shape[0] <= _FEW:
             built_for, apply = self._passes.get(name, (None, None))
             if built_for != p.data_ptr():  # first use, or the parameter's storage was replaced (e.g. .to())
-                apply = _single_seed_pass(flat, self.kind)
+                apply = _few_seed_pass(flat, self.kind)
                 self._passes[name] = (p.data_ptr(), apply)
             apply(keys, coefs)
             return

@@ -192,3 +192,35 @@ def test_step_uses_the_seed_it_samples_and_changes_only_that_coefficient():
         assert result.seed_index == expected_index
         changed = np.flatnonzero(seeded.c != before)
         assert changed.tolist() == [expected_index]
+
+
+def test_folded_steps_equal_separate_steps_and_leave_the_model_at_theta0_minus_lr_sum_c_z():
+    """steps() rides each restore-and-update on the next +eps pass; the run ends where separate steps end."""
+    model, batch = regression_problem(3)
+    folded_model = copy.deepcopy(model)
+    pool = make_seed_pool(K, np.random.default_rng(2))
+    lr, eps = 0.05, 1e-2
+    separate, folded = SeededModel(model, pool, lr), SeededModel(folded_model, pool, lr)
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    one_by_one = [MeZOOptimizer(separate, lr, eps).step(batch, mse, rng_a) for _ in range(5)]
+    in_a_run = list(MeZOOptimizer(folded, lr, eps).steps([batch] * 5, mse, rng_b))
+    assert [r.seed_index for r in in_a_run] == [r.seed_index for r in one_by_one]
+    assert len({r.seed_index for r in in_a_run}) > 1  # several seeds, so the folded passes mixed two of them
+    np.testing.assert_allclose(folded.c, separate.c, rtol=1e-4, atol=1e-6)
+    for (name, a), (_, b) in zip(folded_model.named_parameters(), model.named_parameters(), strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=1e-5, msg=name)
+
+
+def test_closing_a_run_early_applies_the_pending_update():
+    model, batch = regression_problem(4)
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    pool = make_seed_pool(K, np.random.default_rng(2))
+    seeded = SeededModel(model, pool, 0.05)
+    run = MeZOOptimizer(seeded, 0.05, 1e-2).steps(itertools.repeat(batch), mse, np.random.default_rng(1))
+    results = [next(run), next(run)]
+    run.close()  # an endless run stopped after two steps
+    assert all(r.skipped is None for r in results)
+    for name, p in model.named_parameters():
+        expected = theta0[name] - 0.05 * sum(c * z_for(int(s), name, p.numel()).view(p.shape)
+                                             for s, c in zip(pool, seeded.c, strict=True) if c != 0)
+        torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-6, msg=name)

@@ -182,3 +182,16 @@ def test_no_correlation_between_adjacent_seeds_elements_and_names(kind):
     if kind == "rademacher":
         assert set(torch.unique(z0).tolist()) == {-1.0, 1.0}
         assert abs(float(z0.double().mean())) < 5e-3
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_two_terms_in_one_pass_equal_the_sum_of_their_references(compile):
+    """The folded pass of a MeZO step (restore-and-update of one seed + the next seed's +eps), both kinds,
+    sizes off the pair / word / block boundaries."""
+    for kind, ref in REFERENCE.items():
+        for numel in (33, 2 * pert._REPLAY_BLOCK + 37):
+            model = one_param(numel)
+            Perturbation(model, kind=kind, compile=compile).apply_([pert.Term(11, 0.5), pert.Term(2**31 - 1, -0.25)])
+            expected = 0.5 * ref(11, "w", numel).double() - 0.25 * ref(2**31 - 1, "w", numel).double()
+            torch.testing.assert_close(model.w.detach().double(), expected, rtol=0, atol=1e-6,
+                                       msg=f"{kind} {numel} compile={compile}")
