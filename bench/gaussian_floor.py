@@ -23,7 +23,7 @@ import torch
 from common import add_model_flags, apply_threads, bench_model, best_of_interleaved, lm_batch
 
 from modeling import lm_loss
-from optimizers import perturbation as P
+from optimizers import z_kernels, zstream
 
 TARGET = 1.5
 
@@ -34,8 +34,8 @@ def counter_only(pair: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def hash_only(pair: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    w1 = P._mix32(P._mix32(pair + keys[..., 0]) ^ keys[..., 1])
-    w2 = P._mix32(w1 ^ keys[..., 2])
+    w1 = zstream._mix32(zstream._mix32(pair + keys[..., 0]) ^ keys[..., 1])
+    w2 = zstream._mix32(w1 ^ keys[..., 2])
     return w1.to(torch.float32), w2.to(torch.float32)
 
 
@@ -51,7 +51,7 @@ def float_add_(flat: torch.Tensor, coefs: torch.Tensor) -> None:
 
 
 PARTS = {"memory only": counter_only, "hash only": hash_only, "transcendentals only": transcendentals_only,
-         "full": P.gaussian_pairs}
+         "full": zstream.gaussian_pairs}
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
     coefs = torch.tensor([1e-3], dtype=torch.float32, device=args.device)
     start = torch.zeros((), dtype=torch.int32, device=args.device)
     opts = {"cpp.dynamic_threads": True} if args.device == "cpu" else {}
-    kernels = {name: torch.compile(partial(P._gaussian_packed_, pair_fn=fn), dynamic=True, options=opts)
+    kernels = {name: torch.compile(partial(z_kernels._gaussian_packed_, pair_fn=fn), dynamic=True, options=opts)
                for name, fn in PARTS.items()}
 
     def one_pass(kernel):

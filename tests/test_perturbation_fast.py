@@ -1,7 +1,7 @@
 """The fast perturbation paths (eager blocks, compiled packed/word kernels, many-seed replay) produce exactly
 the stream a plain whole-tensor implementation defines, and that stream looks like what it claims to be.
 
-The reference below is written out independently of optimizers/perturbation.py (only keys_for, the
+The reference below is written out independently of optimizers/zstream.py (only keys_for, the
 blake2b key derivation, is shared). The compiled check compiles every kernel once (tens of seconds on a
 cold inductor cache); it runs whatever FEDKSEED_COMPILE says, because it is the only test of those kernels.
 """
@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from optimizers import perturbation as pert  # noqa: E402
+from optimizers import z_kernels, zstream  # noqa: E402
 from optimizers.perturbation import Perturbation, keys_for  # noqa: E402
 
 U32 = 0xFFFFFFFF
@@ -75,7 +76,7 @@ def one_param(numel: int, dtype=torch.float32, name: str = "w") -> torch.nn.Modu
 
 # Sizes around every block boundary the code has: pairs (2), words (32), eager block (65536) and the compiled
 # replay block, plus tiny tensors that dynamic shapes would special-case.
-SIZES = [1, 2, 3, 31, 33, 95, 65536 + 33, 3 * pert._REPLAY_BLOCK + 37]
+SIZES = [1, 2, 3, 31, 33, 95, 65536 + 33, 3 * z_kernels._REPLAY_BLOCK + 37]
 
 
 # ---------------------------------------------------------------------------------------------------- tests
@@ -85,11 +86,11 @@ def test_integer_stream_is_bitwise_the_reference():
     keys = pert.key_tensor([(seed, NAME)])[0]  # int32 bits of the uint32 keys
     assert [k & U32 for k in keys.tolist()] == list(keys_for(seed, NAME))
     pairs = torch.arange(5000, dtype=torch.int32)
-    a = pert._mix32(pairs + keys[0])
+    a = zstream._mix32(pairs + keys[0])
     assert a.dtype == torch.int32  # the project hashes in int32 with wrapping arithmetic
-    assert torch.equal(pert._mix32(a ^ keys[1]).to(torch.int64) & U32, w1)
-    assert torch.equal(pert._mix32(pert._mix32(a ^ keys[1]) ^ keys[2]).to(torch.int64) & U32, w2)
-    assert torch.equal(pert.rademacher_words(pairs, keys).to(torch.int64) & U32,
+    assert torch.equal(zstream._mix32(a ^ keys[1]).to(torch.int64) & U32, w1)
+    assert torch.equal(zstream._mix32(zstream._mix32(a ^ keys[1]) ^ keys[2]).to(torch.int64) & U32, w2)
+    assert torch.equal(zstream.rademacher_words(pairs, keys).to(torch.int64) & U32,
                        ref_rademacher_words(seed, NAME, 5000))
     assert int(w1.min()) >= 0 and int(w1.max()) < 2**32  # the reference holds uint32 values in int64
 
@@ -116,7 +117,7 @@ def test_compiled_kernels_equal_the_reference_and_replay_equals_per_seed_sums():
     seeds = [3, 17, 2**31 - 1, 123456, 5]
     coefs = [0.05, -0.1, 0.2, 1e-3, -0.025]
     for kind, ref in REFERENCE.items():
-        for numel in (33, 2 * pert._REPLAY_BLOCK + 37):
+        for numel in (33, 2 * z_kernels._REPLAY_BLOCK + 37):
             model = one_param(numel)
             Perturbation(model, kind=kind, compile=True).perturb_(11, 0.5)
             torch.testing.assert_close(model.w.detach(), 0.5 * ref(11, "w", numel), rtol=0, atol=1e-6,
@@ -189,7 +190,7 @@ def test_two_terms_in_one_pass_equal_the_sum_of_their_references(compile):
     """The folded pass of a MeZO step (restore-and-update of one seed + the next seed's +eps), both kinds,
     sizes off the pair / word / block boundaries."""
     for kind, ref in REFERENCE.items():
-        for numel in (33, 2 * pert._REPLAY_BLOCK + 37):
+        for numel in (33, 2 * z_kernels._REPLAY_BLOCK + 37):
             model = one_param(numel)
             Perturbation(model, kind=kind, compile=compile).apply_([pert.Term(11, 0.5), pert.Term(2**31 - 1, -0.25)])
             expected = 0.5 * ref(11, "w", numel).double() - 0.25 * ref(2**31 - 1, "w", numel).double()

@@ -1,0 +1,96 @@
+"""The perturbation z: a pure function of (seed, parameter name, element index), the same on every device.
+
+Each element's value comes from a counter-based hash: the key is derived from (seed, parameter name) with
+blake2b, and the counter is the element's index (or the index of the pair / word it belongs to). Nothing
+depends on the order in which parameters are visited, on the device, on the blocking, or on the model's
+dtype (z is made in float32 and cast at the end). The integer stream is bitwise identical everywhere; the
+float transform (log, sqrt, cos, sin) may differ by an ulp between math libraries.
+
+The streams:
+    gaussian    elements 2p and 2p+1 are the two Box-Muller outputs r*cos(t), r*sin(t) of pair p, with
+                r = sqrt(-2 ln u1), t = 2 pi u2, and (u1, u2) from the words w1, w2 hashed from p
+    rademacher  element i is bit (i mod 32) of the word hashed from i // 32, mapped to {-1, +1}
+Both share their expensive part (hash, log, sqrt, sin/cos) among several elements: a pair, a 32-bit word.
+
+Integer arithmetic is int32 holding the bits of uint32 values: additions and multiplications wrap modulo
+2**32 (two's complement) in torch's CPU kernels, in inductor's vectorised C++ and in Triton alike, and right
+shifts are made logical with a mask. int32 lanes are twice as many per vector as int64 ones, which is what
+makes the hash cheap. The tests check every path bit for bit against an independent int64 reference.
+
+z_for() is the reference: the whole tensor in one go, for tests and tools. optimizers/z_kernels.py applies the
+same stream fast (eager blocks, compiled kernels); optimizers/perturbation.py is what the project calls.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+
+import torch
+
+KINDS = ("gaussian", "rademacher")
+_MUL1 = 0x7FEB352D
+_MUL2 = 0x846CA68B - (1 << 32)  # the int32 bits of the uint32 constant
+WORD_BITS = 32  # Rademacher signs per hashed word
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash (xorshift-multiply, 'lowbias32' constants) on int32-held uint32 bits."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _MUL1
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _MUL2
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def counters(n: int, start: int | torch.Tensor, device) -> torch.Tensor:
+    """int32 counters start, start+1, ..., start+n-1 (start: an int or an int32 scalar tensor)."""
+    return torch.arange(n, dtype=torch.int32, device=device) + start
+
+
+def gaussian_pairs(pair: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two standard normals (x, y) of int32 pair counters; keys[..., 0:3] are int32 keys (broadcast)."""
+    w1 = _mix32(_mix32(pair + keys[..., 0]) ^ keys[..., 1])
+    w2 = _mix32(w1 ^ keys[..., 2])
+    u1 = (((w1 >> 8) & 0xFFFFFE) | 1).to(torch.float32) * (2.0**-24)  # odd multiples of 2**-24: exact, in (0, 1)
+    angle = ((w2 >> 8) & 0xFFFFFF).to(torch.float32) * (2.0 * math.pi * 2.0**-24)
+    radius = torch.sqrt(-2.0 * torch.log(u1))
+    return radius * torch.cos(angle), radius * torch.sin(angle)
+
+
+def rademacher_words(word: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """The 32-bit word (int32 bits) whose bits are the signs of elements 32*word ... 32*word+31."""
+    return _mix32(_mix32(word + keys[..., 0]) ^ keys[..., 1])
+
+
+def gaussian(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Element-wise form of the Gaussian stream: element i is half (i mod 2) of pair i // 2."""
+    x, y = gaussian_pairs(counter >> 1, keys)
+    return torch.where((counter & 1) == 0, x, y)
+
+
+def rademacher(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Element-wise form of the Rademacher stream: bit (i mod 32) of word i // 32, as -1 or +1."""
+    bit = (rademacher_words(counter >> 5, keys) >> (counter & 31)) & 1
+    return (bit * 2 - 1).to(torch.float32)
+
+
+GENERATORS = {"gaussian": gaussian, "rademacher": rademacher}
+
+
+def keys_for(seed: int, name: str) -> tuple[int, int, int]:
+    """Three uint32 keys for one (seed, parameter name): the stream's only link to either."""
+    digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=12).digest()
+    return tuple(int.from_bytes(digest[i : i + 4], "little") for i in (0, 4, 8))
+
+
+def key_tensor(pairs: Sequence[tuple[int, str]], device="cpu") -> torch.Tensor:
+    """The keys of (seed, name) pairs as int32 bits, one row each: [len(pairs), 3]."""
+    rows = [[k - (1 << 32) if k >= 1 << 31 else k for k in keys_for(s, n)] for s, n in pairs]
+    return torch.tensor(rows, dtype=torch.int32, device=device)
+
+
+def z_for(seed: int, name: str, numel: int, kind: str = "gaussian", device="cpu") -> torch.Tensor:
+    """Reference: the whole float32 z of one parameter, generated in one go (tests and tools only)."""
+    counter = torch.arange(numel, dtype=torch.int32, device=device)
+    return GENERATORS[kind](counter, key_tensor([(seed, name)], device)[0])
