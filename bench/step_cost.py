@@ -15,6 +15,7 @@ apart.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import time
 from functools import partial
@@ -76,17 +77,20 @@ def measure(label: str, model: torch.nn.Module, batch: dict, args: argparse.Name
         print(f"first {kind} step (includes compiling its kernels once per process): "
               f"{time.perf_counter() - start:.1f} s")
     counter = iter(range(10**9))
+    # The paper style replaces every parameter's storage each pass (p.data = p.data + s*z); it runs on its own
+    # copy so that the project's cases and the forward keep working on the same, undisturbed weights.
+    naive_model = copy.deepcopy(model)
 
     def forward():
         with torch.no_grad():
             return float(lm_loss(model, batch))
 
     cases = {"forward": forward,
-             "naive (paper style)": lambda: naive_step(model, batch, next(counter)),
+             "naive (paper style)": lambda: naive_step(naive_model, batch, next(counter)),
              **{f"project {kind}": partial(run_of_steps, optimizers[kind], batch, rng, args.run_steps)
                 for kind in optimizers}}
     forward()  # warm-up outside the timing
-    naive_step(model, batch, 0)
+    naive_step(naive_model, batch, 0)
     best = best_of_interleaved(cases, args.repeats, args.device)
     for kind in optimizers:
         best[f"project {kind}"] /= args.run_steps

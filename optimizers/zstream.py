@@ -22,6 +22,7 @@ same stream fast (eager blocks, compiled kernels); optimizers/perturbation.py is
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -78,6 +79,7 @@ def rademacher(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 GENERATORS = {"gaussian": gaussian, "rademacher": rademacher}
 
 
+@functools.lru_cache(maxsize=1 << 17)  # a run draws from K seeds x its parameter names, pass after pass
 def keys_for(seed: int, name: str) -> tuple[int, int, int]:
     """Three uint32 keys for one (seed, parameter name): the stream's only link to either."""
     digest = hashlib.blake2b(f"{seed}:{name}".encode(), digest_size=12).digest()
