@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from optimizers.zstream import GENERATORS, WORD_BITS, counters, gaussian_pairs, rademacher_words
+from optimizers.zstream import GENERATORS, WORD_BITS, counters, gaussian_pairs, rademacher_words, signs
 
 _LOW32 = 0xFFFFFFFF
 BLOCK_ELEMENTS = 1 << 16  # elements (x seeds) per eager block: the block's z stays in L2
@@ -37,8 +37,7 @@ def _block_z(first: int, n: int, keys: torch.Tensor, kind: str, device) -> torch
         lo, hi = first >> 5, (first + n + WORD_BITS - 1) >> 5
         words = rademacher_words(counters(hi - lo, lo, device), keys)
         shifts = torch.arange(WORD_BITS, dtype=torch.int32, device=device)
-        bits = (words.unsqueeze(-1) >> shifts) & 1  # [seeds, words, 32]
-        z = (bits * 2 - 1).to(torch.float32).flatten(1)
+        z = signs(words.unsqueeze(-1), shifts).flatten(1)  # [seeds, words * 32]
         offset = first - WORD_BITS * lo
     return z[:, offset : offset + n]
 
@@ -105,7 +104,7 @@ def _rademacher_words_(rows: torch.Tensor, start: torch.Tensor, keys: torch.Tens
     total = rows.to(torch.float32)
     for s in range(keys.shape[0]):
         words = rademacher_words(counter, keys[s])  # [words]
-        total = total + coefs[s] * (((words.unsqueeze(1) >> shifts) & 1) * 2 - 1).to(torch.float32)
+        total = total + coefs[s] * signs(words.unsqueeze(1), shifts)
     rows.copy_(total.to(rows.dtype))
 
 
@@ -117,8 +116,8 @@ def _rademacher_word_table(count: int, start: torch.Tensor, keys: torch.Tensor) 
 def _rademacher_fold_(rows: torch.Tensor, words: torch.Tensor, coefs: torch.Tensor) -> None:
     """rows[w, b] += sum_s coefs[s] * sign(bit b of words[w, s]): many seeds onto one cached block."""
     shifts = torch.arange(WORD_BITS, dtype=torch.int32, device=rows.device).view(1, WORD_BITS, 1)
-    signs = (((words.unsqueeze(1) >> shifts) & 1) * 2 - 1).to(torch.float32)  # [words, 32, seeds]
-    rows.copy_((rows.to(torch.float32) + (signs * coefs).sum(2)).to(rows.dtype))
+    z = signs(words.unsqueeze(1), shifts)  # [words, 32, seeds]
+    rows.copy_((rows.to(torch.float32) + (z * coefs).sum(2)).to(rows.dtype))
 
 
 def _rademacher_many_(rows: torch.Tensor, start: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:

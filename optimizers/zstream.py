@@ -70,10 +70,14 @@ def gaussian(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     return torch.where((counter & 1) == 0, x, y)
 
 
+def signs(words: torch.Tensor, bit: torch.Tensor) -> torch.Tensor:
+    """Bit `bit` of each word as a Rademacher value: 1 -> +1.0, 0 -> -1.0 (float32; broadcasts)."""
+    return (((words >> bit) & 1) * 2 - 1).to(torch.float32)
+
+
 def rademacher(counter: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Element-wise form of the Rademacher stream: bit (i mod 32) of word i // 32, as -1 or +1."""
-    bit = (rademacher_words(counter >> 5, keys) >> (counter & 31)) & 1
-    return (bit * 2 - 1).to(torch.float32)
+    return signs(rademacher_words(counter >> 5, keys), counter & 31)
 
 
 GENERATORS = {"gaussian": gaussian, "rademacher": rademacher}
