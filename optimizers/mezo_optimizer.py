@@ -54,10 +54,13 @@ class MeZOOptimizer:
                 index = self.sample_seed_index(rng)
                 seed = int(self.seeded.seed_pool[index])
                 tokens = batch.get("input_ids")
-                perturb([*pending, Term(seed, self.eps, tokens)])
+                rows = None  # the input embedding rows the losses read, when that embedding is row-sparse
+                if tokens is not None and self.seeded.perturbation.row_sparse is not None:
+                    rows = torch.unique(tokens)
+                perturb([*pending, Term(seed, self.eps, rows)])
                 pending = []
                 loss_plus = float(loss_fn(self.seeded.model, batch))
-                perturb([Term(seed, -2.0 * self.eps, tokens)])
+                perturb([Term(seed, -2.0 * self.eps, rows)])
                 loss_minus = float(loss_fn(self.seeded.model, batch))
                 skipped = None
                 if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
@@ -65,11 +68,11 @@ class MeZOOptimizer:
                 elif self.grad_clip > 0 and abs(loss_plus - loss_minus) > self.grad_clip:
                     skipped = "clip"
                 if skipped:
-                    pending = [Term(seed, self.eps, tokens)]
+                    pending = [Term(seed, self.eps, rows)]
                     yield StepResult(index, 0.0, float("nan"), skipped)
                     continue
                 grad = (loss_plus - loss_minus) / (2.0 * self.eps)
-                pending = [Term(seed, self.eps - self.lr * grad, tokens, rest=-self.lr * grad)]
+                pending = [Term(seed, self.eps - self.lr * grad, rows, rest=-self.lr * grad)]
                 self.seeded.c[index] += grad
                 yield StepResult(index, grad, (loss_plus + loss_minus) / 2.0)
         finally:

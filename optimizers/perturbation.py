@@ -1,10 +1,11 @@
 """Seeded perturbations of a model's trainable parameters: what the rest of the project calls.
 
     Perturbation(model).perturb_(seed, scale)     theta += scale * z(seed)
-    Perturbation(model).apply_([Term(seed, scale, tokens, rest), ...])
-                                                  a few terms in one pass; with tokens, the input embedding (when
-                                                  not tied to the output layer) gets scale only on the tokens'
-                                                  rows and rest on every other row
+    Perturbation(model).perturb_(seed, scale, tokens, rest)
+                                                  the input embedding (when not tied to the output layer) gets
+                                                  scale only on the rows of those token ids, rest elsewhere
+    Perturbation(model).apply_([Term(seed, scale, rows, rest), ...])
+                                                  a few terms in one pass (rows: distinct embedding rows)
     Perturbation(model).replay_(seeds, coefs)     theta += sum_j coefs[j] * z(seeds[j])
     z_for(seed, name, numel, kind)                the reference values, for tests and tools
 
@@ -47,13 +48,13 @@ def _row_sparse_name(model: torch.nn.Module, params: list[tuple[str, torch.Tenso
 
 @dataclass(frozen=True)
 class Term:
-    """scale * z(seed). With tokens (a batch's input ids), the row-sparse input embedding gets scale only on the
-    rows of those tokens and rest on every other row: a loss reads no other row, so a MeZO step's +-eps passes
-    skip them (a quarter of a small model's weights) and its last pass gives them just their update, rest."""
+    """scale * z(seed). With rows (the distinct input ids of a batch, 1-D), the row-sparse input embedding gets
+    scale only on those rows and rest on every other row: a loss reads no other row, so a MeZO step's +-eps
+    passes skip them (a quarter of a small model's weights) and its last pass gives them just their update."""
 
     seed: int
     scale: float
-    tokens: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
     rest: float = 0.0
 
 
@@ -74,8 +75,8 @@ class Perturbation:
 
     @torch.no_grad()
     def perturb_(self, seed: int, scale: float, tokens: torch.Tensor | None = None, rest: float = 0.0) -> None:
-        """theta += scale * z(seed) for every trainable parameter (see Term for tokens and rest)."""
-        self.apply_([Term(seed, scale, tokens, rest)])
+        """theta += scale * z(seed) for every trainable parameter; tokens: any input ids (see Term for rest)."""
+        self.apply_([Term(seed, scale, None if tokens is None else torch.unique(tokens), rest)])
 
     @torch.no_grad()
     def apply_(self, terms: Sequence[Term]) -> None:
@@ -89,17 +90,17 @@ class Perturbation:
         # Last parameter first: the forward that follows starts with the first layers, whose freshly written
         # weights are then still in cache (z does not depend on the order; ~2% of a step on the bench model).
         for i, (name, p) in reversed(list(enumerate(self.params))):
-            if name != self.row_sparse or all(t.tokens is None for t in terms):
+            if name != self.row_sparse or all(t.rows is None for t in terms):
                 self._apply(name, p, keys[i], coefs)
                 continue
-            whole = [(j, t.scale if t.tokens is None else t.rest) for j, t in enumerate(terms)]
+            whole = [(j, t.scale if t.rows is None else t.rest) for j, t in enumerate(terms)]
             whole = [(j, c) for j, c in whole if c != 0.0]
             if whole:
                 self._apply(name, p, keys[i, [j for j, _ in whole]],
                             torch.tensor([c for _, c in whole], dtype=torch.float32, device=device))
             for j, t in enumerate(terms):
-                if t.tokens is not None and t.scale != t.rest:
-                    rows = torch.unique(t.tokens.to(p.device))
+                if t.rows is not None and t.scale != t.rest:
+                    rows = t.rows.to(p.device)
                     row_coefs = torch.tensor([t.scale - t.rest], dtype=torch.float32, device=device)
                     rows_kernel = compiled("rows") if self.compile else rows_
                     rows_kernel(p.detach(), rows, keys[i, j : j + 1], row_coefs, self.kind)
