@@ -1,0 +1,266 @@
+// theta += sum_s coef_s * z(seed_s) over many float32 CPU tensors in one call: the stream of
+// optimizers/zstream.py, written in C++ so that the compiler fuses hash, transform and update into one
+// vectorised loop over cache-sized blocks. Every operation mirrors zstream.py's float32 arithmetic in the
+// same order; only contraction into fused multiply-adds may move a value by an ulp.
+//
+// Built on first use by optimizers/z_native.py (g++ -O3 -march=native) and called through ctypes.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int64_t GAUSSIAN_BLOCK = 512;  // pairs per block: 4 KiB of weights, accumulators in L1
+constexpr int64_t RADEMACHER_BLOCK = 64;  // words per block: 2048 elements
+constexpr int64_t WORD_BITS = 32;
+constexpr int64_t MIN_BLOCKS_PER_THREAD = 32;  // below this a second thread costs more than it saves
+
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  return x ^ (x >> 16);
+}
+
+inline float bits_to_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+inline uint32_t float_to_bits(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  return bits;
+}
+
+// sqrt(-2 ln u1), u1 = k * 2**-24 for the odd 24-bit k of w1: see zstream._radius.
+inline float radius(uint32_t w1) {
+  const float k = static_cast<float>(static_cast<int32_t>(((w1 >> 8) & 0xFFFFFEu) | 1u));
+  const uint32_t bits = float_to_bits(k);
+  const bool high = (bits & 0x7FFFFFu) > 0x3504F3u;  // mantissa above sqrt(2): use f / 2 and e + 1
+  const float f = bits_to_float((bits & 0x7FFFFFu) | (high ? 0x3F000000u : 0x3F800000u));
+  const int32_t e = static_cast<int32_t>(bits >> 23) - 127 + (high ? 1 : 0);
+  const float s = (f - 1.0f) / (f + 1.0f);
+  const float s2 = s * s;
+  const float series = 1.0f + s2 * (float(1.0 / 3.0) + s2 * (float(1.0 / 5.0) + s2 * (float(1.0 / 7.0)
+                       + s2 * float(1.0 / 9.0))));
+  const float minus_ln_u = static_cast<float>(24 - e) * float(0.6931471805599453) - 2.0f * s * series;
+  return __builtin_sqrtf(2.0f * minus_ln_u);
+}
+
+// (cos, sin) of the angle (a / 2**24) * 2 pi, a the 24-bit value of w2: see zstream._quarter_turns.
+inline void quarter_turns(uint32_t w2, float& cos_out, float& sin_out) {
+  const uint32_t a = (w2 >> 8) & 0xFFFFFFu;
+  const uint32_t rounded = (a + (1u << 21)) >> 22;
+  const uint32_t q = rounded & 3u;
+  const float t = static_cast<float>(static_cast<int32_t>(a) - static_cast<int32_t>(rounded << 22))
+                  * float(1.5707963267948966 / 4194304.0);
+  const float t2 = t * t;
+  const float sn = t * (1.0f + t2 * (float(-1.0 / 6.0) + t2 * (float(1.0 / 120.0) + t2 * (float(-1.0 / 5040.0)
+                   + t2 * float(1.0 / 362880.0)))));
+  const float cs = 1.0f + t2 * (-0.5f + t2 * (float(1.0 / 24.0) + t2 * (float(-1.0 / 720.0)
+                   + t2 * float(1.0 / 40320.0))));
+  const float c = (q & 1u) ? sn : cs;
+  const float s = (q & 1u) ? cs : sn;
+  cos_out = (q == 1u || q == 2u) ? -c : c;
+  sin_out = (q >= 2u) ? -s : s;
+}
+
+struct Key {  // one (seed, parameter name)'s three uint32 keys
+  uint32_t a, b, c;
+  explicit Key(const int32_t* k)
+      : a(static_cast<uint32_t>(k[0])), b(static_cast<uint32_t>(k[1])), c(static_cast<uint32_t>(k[2])) {}
+};
+
+inline void gaussian_pair(uint32_t pair, const Key& key, float& x, float& y) {
+  const uint32_t w1 = mix32(mix32(pair + key.a) ^ key.b);
+  const uint32_t w2 = mix32(w1 ^ key.c);
+  const float r = radius(w1);
+  float c, s;
+  quarter_turns(w2, c, s);
+  x = r * c;
+  y = r * s;
+}
+
+inline uint32_t rademacher_word(uint32_t word, const Key& key) {
+  return mix32(mix32(word + key.a) ^ key.b);
+}
+
+inline float sign_of(uint32_t word, uint32_t bit) {
+  return static_cast<float>(static_cast<int32_t>((word >> bit) & 1u) * 2 - 1);
+}
+
+struct Seeds {  // the seeds with a nonzero coefficient for one tensor
+  int64_t count;
+  const int32_t* const* keys;
+  const float* coefs;
+};
+
+// Pairs [p0, p1) of w (numel elements). One or two seeds write the weights directly; more accumulate the
+// block in L1 first, so the weights are read and written once whatever the number of seeds.
+void gaussian_block(float* w, int64_t numel, int64_t p0, int64_t p1, const Seeds& seeds) {
+  const int64_t full = std::min(p1, numel / 2);  // pairs with both elements present
+  if (seeds.count == 1) {
+    const Key k(seeds.keys[0]);
+    const float c = seeds.coefs[0];
+#pragma omp simd
+    for (int64_t p = p0; p < full; ++p) {
+      float x, y;
+      gaussian_pair(static_cast<uint32_t>(p), k, x, y);
+      w[2 * p] += c * x;
+      w[2 * p + 1] += c * y;
+    }
+  } else if (seeds.count == 2) {
+    const Key k0(seeds.keys[0]), k1(seeds.keys[1]);
+    const float c0 = seeds.coefs[0], c1 = seeds.coefs[1];
+#pragma omp simd
+    for (int64_t p = p0; p < full; ++p) {
+      float x0, y0, x1, y1;
+      gaussian_pair(static_cast<uint32_t>(p), k0, x0, y0);
+      gaussian_pair(static_cast<uint32_t>(p), k1, x1, y1);
+      w[2 * p] += c0 * x0 + c1 * x1;
+      w[2 * p + 1] += c0 * y0 + c1 * y1;
+    }
+  } else {
+    float ax[GAUSSIAN_BLOCK], ay[GAUSSIAN_BLOCK];
+    const int64_t n = full - p0;
+    std::fill(ax, ax + GAUSSIAN_BLOCK, 0.0f);
+    std::fill(ay, ay + GAUSSIAN_BLOCK, 0.0f);
+    for (int64_t s = 0; s < seeds.count; ++s) {
+      const Key k(seeds.keys[s]);
+      const float c = seeds.coefs[s];
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        float x, y;
+        gaussian_pair(static_cast<uint32_t>(p0 + j), k, x, y);
+        ax[j] += c * x;
+        ay[j] += c * y;
+      }
+    }
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) {
+      w[2 * (p0 + j)] += ax[j];
+      w[2 * (p0 + j) + 1] += ay[j];
+    }
+  }
+  if (full < p1) {  // odd numel: the last pair has only its first element
+    float update = 0.0f;
+    for (int64_t s = 0; s < seeds.count; ++s) {
+      float x, y;
+      gaussian_pair(static_cast<uint32_t>(full), Key(seeds.keys[s]), x, y);
+      update += seeds.coefs[s] * x;
+    }
+    w[numel - 1] += update;
+  }
+}
+
+// Words [q0, q1) of w: element 32 q + b gets bit b of word q as -1 or +1.
+void rademacher_block(float* w, int64_t numel, int64_t q0, int64_t q1, const Seeds& seeds) {
+  float acc[RADEMACHER_BLOCK * WORD_BITS];
+  uint32_t words[RADEMACHER_BLOCK];
+  const int64_t base = q0 * WORD_BITS;
+  const int64_t n = std::min(numel, q1 * WORD_BITS) - base;
+  for (int64_t s = 0; s < seeds.count; ++s) {
+    const float c = seeds.coefs[s];
+    const Key k(seeds.keys[s]);
+#pragma omp simd
+    for (int64_t q = q0; q < q1; ++q) words[q - q0] = rademacher_word(static_cast<uint32_t>(q), k);
+    for (int64_t q = 0; q < q1 - q0; ++q) {
+      const int64_t bits = std::min<int64_t>(WORD_BITS, n - q * WORD_BITS);
+      float* a = acc + q * WORD_BITS;
+      const uint32_t word = words[q];
+      if (s == 0) {
+#pragma omp simd
+        for (int64_t b = 0; b < bits; ++b) a[b] = c * sign_of(word, static_cast<uint32_t>(b));
+      } else {
+#pragma omp simd
+        for (int64_t b = 0; b < bits; ++b) a[b] += c * sign_of(word, static_cast<uint32_t>(b));
+      }
+    }
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) w[base + i] += acc[i];
+}
+
+struct Tensor {
+  float* data;
+  int64_t numel;
+  int64_t blocks;
+  Seeds seeds;
+};
+
+// Blocks [first, last) of the whole table, counted tensor after tensor.
+void run(int kind, const std::vector<Tensor>& tensors, int64_t first, int64_t last) {
+  const int64_t block = kind == 0 ? GAUSSIAN_BLOCK : RADEMACHER_BLOCK;
+  int64_t offset = 0;
+  for (const Tensor& t : tensors) {
+    const int64_t lo = std::max(first, offset) - offset, hi = std::min(last, offset + t.blocks) - offset;
+    offset += t.blocks;
+    if (lo >= hi || t.seeds.count == 0) continue;
+    const int64_t units = kind == 0 ? (t.numel + 1) / 2 : (t.numel + WORD_BITS - 1) / WORD_BITS;
+    for (int64_t b = lo; b < hi; ++b) {
+      const int64_t u0 = b * block, u1 = std::min(units, u0 + block);
+      if (kind == 0) gaussian_block(t.data, t.numel, u0, u1, t.seeds);
+      else rademacher_block(t.data, t.numel, u0, u1, t.seeds);
+    }
+  }
+}
+
+// Block boundaries splitting the table into `threads` contiguous ranges of about equal work (blocks x seeds).
+std::vector<int64_t> split(const std::vector<Tensor>& tensors, int64_t threads) {
+  int64_t total = 0, blocks = 0;
+  for (const Tensor& t : tensors) total += t.blocks * t.seeds.count, blocks += t.blocks;
+  threads = std::max<int64_t>(1, std::min(threads, total / MIN_BLOCKS_PER_THREAD));
+  std::vector<int64_t> bounds{0};
+  int64_t cost = 0, offset = 0;
+  for (const Tensor& t : tensors) {
+    const int64_t next = cost + t.blocks * t.seeds.count;
+    for (int64_t k = static_cast<int64_t>(bounds.size()); t.seeds.count > 0 && k < threads && next * threads >= total * k;
+         ++k) {
+      const int64_t need = (total * k + threads - 1) / threads - cost;  // work still to give range k - 1
+      bounds.push_back(offset + (need + t.seeds.count - 1) / t.seeds.count);
+    }
+    cost = next;
+    offset += t.blocks;
+  }
+  bounds.push_back(blocks);
+  return bounds;
+}
+
+}  // namespace
+
+extern "C" {
+
+// kind 0 = gaussian, 1 = rademacher. keys: int32 [tensors][seeds][3]; coefs: float32 [tensors][seeds]
+// (a zero coefficient skips that seed on that tensor).
+void z_apply(int kind, int64_t count, float** data, const int64_t* numel, const int32_t* keys, const float* coefs,
+             int64_t seeds, int64_t threads) {
+  const int64_t unit = kind == 0 ? 2 : WORD_BITS;
+  const int64_t block = kind == 0 ? GAUSSIAN_BLOCK : RADEMACHER_BLOCK;
+  std::vector<const int32_t*> active_keys(count * seeds);
+  std::vector<float> active_coefs(count * seeds);
+  std::vector<Tensor> tensors(count);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t first = i * seeds;
+    int64_t active = 0;
+    for (int64_t s = 0; s < seeds; ++s) {
+      if (coefs[first + s] == 0.0f) continue;
+      active_keys[first + active] = keys + 3 * (first + s);
+      active_coefs[first + active++] = coefs[first + s];
+    }
+    const int64_t units = (numel[i] + unit - 1) / unit;
+    tensors[i] = Tensor{data[i], numel[i], (units + block - 1) / block,
+                        Seeds{active, active_keys.data() + first, active_coefs.data() + first}};
+  }
+  const std::vector<int64_t> bounds = split(tensors, threads);
+  std::vector<std::thread> workers;
+  for (size_t k = 1; k + 1 < bounds.size(); ++k)
+    workers.emplace_back(run, kind, std::cref(tensors), bounds[k], bounds[k + 1]);
+  run(kind, tensors, bounds[0], bounds[1]);
+  for (std::thread& worker : workers) worker.join();
+}
+}

@@ -1,0 +1,96 @@
+"""The native CPU kernel (optimizers/z_native.cpp): built with the machine's C++ compiler on first use, cached,
+and called through ctypes. It applies theta += sum_s coef_s * z(seed_s) to every float32 CPU parameter of a
+model in one call: hash, Box-Muller (or signs) and update fused in one vectorised loop over cache-sized blocks,
+the blocks split across threads by work. Where no compiler is found, the project falls back to the
+torch.compile kernels of optimizers/z_kernels.py (same stream) with a warning.
+
+    FEDKSEED_NATIVE=0     do not build or use it
+    FEDKSEED_CACHE=DIR    where the built library is kept (default ~/.cache/fedkseed)
+    CXX=...               the compiler (default g++)
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SOURCE = Path(__file__).with_name("z_native.cpp")
+FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fopenmp-simd", "-mprefer-vector-width=512", "-std=c++17",
+         "-shared", "-fPIC", "-pthread"]
+KIND_CODES = {"gaussian": 0, "rademacher": 1}
+
+
+def native_enabled() -> bool:
+    """The native kernel is used unless FEDKSEED_NATIVE=0."""
+    return os.environ.get("FEDKSEED_NATIVE", "1") != "0"
+
+
+def _cpu_flags() -> str:
+    """What -march=native depends on: the CPU's feature flags (a cached build never runs on another CPU)."""
+    try:
+        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
+                    "")
+    except OSError:
+        return ""
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The built kernel library, built once per source, flags and CPU; None (with a warning) if it cannot be."""
+    compiler = os.environ.get("CXX", "g++")
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()
+    cache = Path(os.environ.get("FEDKSEED_CACHE", Path.home() / ".cache" / "fedkseed"))
+    built = cache / f"z_native-{digest[:16]}.so"
+    if not built.exists():
+        if shutil.which(compiler) is None:
+            warnings.warn(f"no C++ compiler {compiler!r}: using the torch.compile kernels", stacklevel=2)
+            return None
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as scratch:  # build aside, then move: concurrent builds are safe
+            target = Path(scratch) / built.name
+            done = subprocess.run([compiler, *FLAGS, "-o", str(target), str(SOURCE)], capture_output=True, text=True)
+            if done.returncode != 0:
+                warnings.warn(f"building {SOURCE.name} failed ({done.stderr.strip()[:300]}): using the "
+                              "torch.compile kernels", stacklevel=2)
+                return None
+            os.replace(target, built)
+    lib = ctypes.CDLL(str(built))
+    lib.z_apply.restype = None
+    lib.z_apply.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
+                            ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                            ctypes.c_int64]
+    return lib
+
+
+def supports(p: torch.Tensor) -> bool:
+    """Whether the native kernel can update this parameter in place: float32, contiguous, on the CPU."""
+    return p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous()
+
+
+class NativePass:
+    """A prepared call over a fixed list of parameters (their storage must not move: rebuild if it does)."""
+
+    def __init__(self, lib: ctypes.CDLL, tensors: Sequence[torch.Tensor], kind: str):
+        self.lib, self.kind = lib, KIND_CODES[kind]
+        self.tensors = list(tensors)
+        self.data = (ctypes.c_void_p * len(self.tensors))(*[t.data_ptr() for t in self.tensors])
+        self.numel = (ctypes.c_int64 * len(self.tensors))(*[t.numel() for t in self.tensors])
+
+    def __call__(self, keys: np.ndarray, coefs: np.ndarray) -> None:
+        """keys: int32 [tensors, seeds, 3]; coefs: float32 [tensors, seeds] (zero skips a seed on a tensor)."""
+        keys = np.ascontiguousarray(keys, dtype=np.int32)
+        coefs = np.ascontiguousarray(coefs, dtype=np.float32)
+        if keys.shape != (len(self.tensors), coefs.shape[1], 3) or coefs.shape[0] != len(self.tensors):
+            raise ValueError(f"keys {keys.shape} and coefs {coefs.shape} do not match {len(self.tensors)} tensors")
+        self.lib.z_apply(self.kind, len(self.tensors), self.data, self.numel, keys.ctypes.data, coefs.ctypes.data,
+                         coefs.shape[1], torch.get_num_threads())
