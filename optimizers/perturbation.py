@@ -9,13 +9,18 @@
     Perturbation(model).replay_(seeds, coefs)     theta += sum_j coefs[j] * z(seeds[j])
     z_for(seed, name, numel, kind)                the reference values, for tests and tools
 
-z is defined in optimizers/zstream.py and applied by optimizers/z_kernels.py.
+z is defined in optimizers/zstream.py. Which code applies it (compile=None picks the fastest there is):
+    native    optimizers/z_native.cpp, float32 CPU parameters, every parameter in one call (compile=None)
+    compiled  the torch.compile kernels of optimizers/z_kernels.py (compile=True; CUDA and other dtypes)
+    eager     plain torch ops in cache-sized blocks (compile=False; no build or compile time)
+All three give the same z (integer stream bit for bit, floats within an ulp).
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from optimizers.z_kernels import (
@@ -29,6 +34,7 @@ from optimizers.z_kernels import (
     few_seed_pass,
     rows_,
 )
+from optimizers.z_native import NativePass, apply_rows, library, native_enabled, supports
 from optimizers.zstream import KINDS, WORD_BITS, key_tensor, keys_for, z_for
 
 __all__ = ["KINDS", "Perturbation", "Term", "key_tensor", "keys_for", "z_for"]
@@ -69,9 +75,16 @@ class Perturbation:
         for name, p in self.params:
             if p.numel() >= 1 << 31:
                 raise ValueError(f"parameter {name} has {p.numel()} elements; counters are 31-bit")
+        self.native = compile is None and native_enabled()
         self.compile = compile_enabled() if compile is None else compile
         self.row_sparse = _row_sparse_name(model, self.params)
         self._passes: dict[str, tuple[int, Callable]] = {}  # name -> (data_ptr it was built for, pass)
+        self._native_pass: tuple[tuple[int, ...], NativePass | None, list[int]] | None = None
+
+    def _keys(self, seeds: Sequence[int]) -> np.ndarray:
+        """The int32 keys of every (parameter, seed): [parameters, seeds, 3]."""
+        table = np.array([[keys_for(int(s), name) for s in seeds] for name, _ in self.params], dtype=np.uint32)
+        return table.reshape(len(self.params), len(seeds), 3).view(np.int32)
 
     @torch.no_grad()
     def perturb_(self, seed: int, scale: float, tokens: torch.Tensor | None = None, rest: float = 0.0) -> None:
@@ -83,27 +96,25 @@ class Perturbation:
         """theta += the sum of a few terms in one pass over the weights (a MeZO step folds two into a pass)."""
         if not self.params or not terms:
             return
-        device = self.params[0][1].device
-        keys = key_tensor([(t.seed, name) for name, _ in self.params for t in terms], device)
-        keys = keys.view(len(self.params), len(terms), 3)
-        coefs = torch.tensor([t.scale for t in terms], dtype=torch.float32, device=device)
-        # Last parameter first: the forward that follows starts with the first layers, whose freshly written
-        # weights are then still in cache (z does not depend on the order; ~2% of a step on the bench model).
-        for i, (name, p) in reversed(list(enumerate(self.params))):
-            if name != self.row_sparse or all(t.rows is None for t in terms):
-                self._apply(name, p, keys[i], coefs)
-                continue
-            whole = [(j, t.scale if t.rows is None else t.rest) for j, t in enumerate(terms)]
-            whole = [(j, c) for j, c in whole if c != 0.0]
-            if whole:
-                self._apply(name, p, keys[i, [j for j, _ in whole]],
-                            torch.tensor([c for _, c in whole], dtype=torch.float32, device=device))
+        keys = self._keys([t.seed for t in terms])
+        coefs = np.tile(np.array([t.scale for t in terms], dtype=np.float32), (len(self.params), 1))
+        sparse = [i for i, (name, _) in enumerate(self.params) if name == self.row_sparse]
+        for i in sparse:  # the whole-tensor pass gives the embedding `rest` for terms with rows
+            coefs[i] = [t.scale if t.rows is None else t.rest for t in terms]
+        self._apply_all(keys, coefs)
+        native, covered = self._native()
+        for i in sparse:
+            name, p = self.params[i]
             for j, t in enumerate(terms):
-                if t.rows is not None and t.scale != t.rest:
-                    rows = t.rows.to(p.device)
-                    row_coefs = torch.tensor([t.scale - t.rest], dtype=torch.float32, device=device)
-                    rows_kernel = compiled("rows") if self.compile else rows_
-                    rows_kernel(p.detach(), rows, keys[i, j : j + 1], row_coefs, self.kind)
+                if t.rows is None or t.scale == t.rest:
+                    continue
+                if native is not None and i in covered:
+                    apply_rows(native.lib, p.detach(), t.rows, keys[i, j], t.scale - t.rest, self.kind)
+                    continue
+                row_keys = torch.from_numpy(keys[i, j : j + 1]).to(p.device)
+                row_coefs = torch.tensor([t.scale - t.rest], dtype=torch.float32, device=p.device)
+                rows_kernel = compiled("rows") if self.compile else rows_
+                rows_kernel(p.detach(), t.rows.to(p.device), row_keys, row_coefs, self.kind)
 
     @torch.no_grad()
     def replay_(self, seeds: Sequence[int], coefs: Sequence[float]) -> None:
@@ -111,9 +122,36 @@ class Perturbation:
         pairs = [(int(s), float(c)) for s, c in zip(seeds, coefs, strict=True) if c != 0.0]
         for start in range(0, len(pairs), REPLAY_CHUNK):
             chunk = pairs[start : start + REPLAY_CHUNK]
-            for name, p in self.params:
-                keys = key_tensor([(s, name) for s, _ in chunk], p.device)
-                self._apply(name, p, keys, torch.tensor([c for _, c in chunk], dtype=torch.float32, device=p.device))
+            chunk_coefs = np.array([c for _, c in chunk], dtype=np.float32)
+            self._apply_all(self._keys([s for s, _ in chunk]), np.tile(chunk_coefs, (len(self.params), 1)))
+
+    def _apply_all(self, keys: np.ndarray, coefs: np.ndarray) -> None:
+        """theta_i += sum_s coefs[i, s] * z(keys[i, s]) for every parameter i: the native kernel takes every
+        parameter it supports in one call, the others go one by one. Last parameter first: the forward that
+        follows starts with the first layers, whose freshly written weights are then still in cache."""
+        native, covered = self._native()
+        if native is not None:
+            native(keys[covered], coefs[covered])
+        done = set(covered) if native is not None else set()
+        for i, (name, p) in reversed(list(enumerate(self.params))):
+            active = np.flatnonzero(coefs[i])
+            if i in done or active.size == 0:
+                continue
+            self._apply(name, p, torch.from_numpy(keys[i, active]).to(p.device),
+                        torch.from_numpy(coefs[i, active]).to(p.device))
+
+    def _native(self) -> tuple[NativePass | None, list[int]]:
+        """The native pass over the supported parameters (last first), rebuilt when any storage moved."""
+        if not self.native:
+            return None, []
+        pointers = tuple(p.data_ptr() for _, p in self.params)
+        if self._native_pass is None or self._native_pass[0] != pointers:
+            lib = library()
+            covered = [i for i, (_, p) in reversed(list(enumerate(self.params))) if supports(p)]
+            tensors = [self.params[i][1].detach() for i in covered]
+            native = NativePass(lib, tensors, self.kind) if lib is not None and covered else None
+            self._native_pass = (pointers, native, covered)
+        return self._native_pass[1], self._native_pass[2]
 
     def _apply(self, name: str, p: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:
         flat = p.detach().view(-1)  # kernels never need autograd; a detached view keeps dynamo off the leaf

@@ -235,6 +235,29 @@ std::vector<int64_t> split(const std::vector<Tensor>& tensors, int64_t threads) 
 
 extern "C" {
 
+// Only rows `rows` of a row-major [*, width] tensor: w[i] += coef * z(i) for the elements i of those rows, by
+// the same arithmetic as z_apply with one seed (a loss that reads only these rows sees the same weights).
+void z_rows(int kind, float* w, int64_t width, const int64_t* rows, int64_t count, const int32_t* key,
+            float coef) {
+  const Key k(key);
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t i0 = rows[r] * width, i1 = i0 + width;
+    if (kind == 0) {
+      for (int64_t p = i0 / 2; 2 * p < i1; ++p) {
+        float x, y;
+        gaussian_pair(static_cast<uint32_t>(p), k, x, y);
+        if (2 * p >= i0) w[2 * p] += coef * x;
+        if (2 * p + 1 < i1) w[2 * p + 1] += coef * y;
+      }
+    } else {
+      for (int64_t i = i0; i < i1; ++i) {
+        const uint32_t word = rademacher_word(static_cast<uint32_t>(i / WORD_BITS), k);
+        w[i] += coef * sign_of(word, static_cast<uint32_t>(i % WORD_BITS));
+      }
+    }
+  }
+}
+
 // kind 0 = gaussian, 1 = rademacher. keys: int32 [tensors][seeds][3]; coefs: float32 [tensors][seeds]
 // (a zero coefficient skips that seed on that tensor).
 void z_apply(int kind, int64_t count, float** data, const int64_t* numel, const int32_t* keys, const float* coefs,

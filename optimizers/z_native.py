@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 SOURCE = Path(__file__).with_name("z_native.cpp")
-FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fopenmp-simd", "-mprefer-vector-width=512", "-std=c++17",
+FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fopenmp-simd", "-std=c++17",
          "-shared", "-fPIC", "-pthread"]
 KIND_CODES = {"gaussian": 0, "rademacher": 1}
 
@@ -69,12 +69,29 @@ def library() -> ctypes.CDLL | None:
     lib.z_apply.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
                             ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                             ctypes.c_int64]
+    lib.z_rows.restype = None
+    lib.z_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                           ctypes.c_void_p, ctypes.c_float]
     return lib
 
 
 def supports(p: torch.Tensor) -> bool:
     """Whether the native kernel can update this parameter in place: float32, contiguous, on the CPU."""
     return p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous()
+
+
+def apply_rows(lib: ctypes.CDLL, weight: torch.Tensor, rows: torch.Tensor, key: np.ndarray, coef: float,
+               kind: str) -> None:
+    """weight[rows] += coef * z(key) on those rows of a 2-D float32 parameter only, each element by its own
+    index: bitwise what a whole-tensor pass with one seed gives those rows."""
+    if not supports(weight) or weight.dim() != 2:
+        raise ValueError(f"native rows need a contiguous 2-D float32 CPU tensor, not {weight.dtype} {weight.shape}")
+    rows = rows.to(device="cpu", dtype=torch.int64).contiguous()
+    if rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < weight.shape[0]:
+        raise ValueError(f"row ids must lie in [0, {weight.shape[0]})")
+    key = np.ascontiguousarray(key, dtype=np.int32).reshape(3)
+    lib.z_rows(KIND_CODES[kind], weight.data_ptr(), weight.shape[1], rows.data_ptr(), rows.numel(), key.ctypes.data,
+               coef)
 
 
 class NativePass:

@@ -1,13 +1,13 @@
 """The fast perturbation paths (eager blocks, compiled packed/word kernels, many-seed replay) produce exactly
 the stream a plain whole-tensor implementation defines, and that stream looks like what it claims to be.
+The native kernel has its own tests (test_perturbation_native.py).
 
-The reference below is written out independently of optimizers/zstream.py (only keys_for, the
-blake2b key derivation, is shared). The compiled check compiles every kernel once (tens of seconds on a
+The reference (tests/zstream_reference.py) is written out independently of optimizers/zstream.py (only
+keys_for, the blake2b key derivation, is shared). The compiled check compiles every kernel once (tens of seconds on a
 cold inductor cache); it runs whatever FEDKSEED_COMPILE says, because it is the only test of those kernels.
 """
 from __future__ import annotations
 
-import math
 import os
 
 os.environ.setdefault("FEDKSEED_COMPILE", "0")
@@ -19,53 +19,14 @@ import torch  # noqa: E402
 from optimizers import perturbation as pert  # noqa: E402
 from optimizers import z_kernels, zstream  # noqa: E402
 from optimizers.perturbation import Perturbation, keys_for  # noqa: E402
-
-U32 = 0xFFFFFFFF
-NAME = "model.layers.3.self_attn.q_proj.weight"
-
-
-# ------------------------------------------------------------------------------------------------ reference
-def ref_mix32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on uint32 values held in int64 (the multiplications reduced mod 2**32 right away)."""
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & U32
-    x = x ^ (x >> 15)
-    x = (x * (0x846CA68B - 2**32)) & U32  # == x * 0x846CA68B mod 2**32, products stay below 2**63
-    return x ^ (x >> 16)
-
-
-def ref_gaussian_words(seed: int, name: str, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two hashed words (w1, w2) of pairs 0 .. pairs-1."""
-    k0, k1, k2 = keys_for(seed, name)
-    p = torch.arange(pairs, dtype=torch.int64)
-    w1 = ref_mix32(ref_mix32((p + k0) & U32) ^ k1)
-    return w1, ref_mix32(w1 ^ k2)
-
-
-def ref_gaussian(seed: int, name: str, numel: int) -> torch.Tensor:
-    """Box-Muller on every pair, both outputs, interleaved: z[2p] = r cos t, z[2p+1] = r sin t."""
-    w1, w2 = ref_gaussian_words(seed, name, (numel + 1) // 2)
-    u1 = (2 * (w1 >> 9) + 1).to(torch.float32) * 2.0**-24
-    t = (w2 >> 8).to(torch.float32) * (2 * math.pi * 2.0**-24)
-    r = torch.sqrt(-2.0 * torch.log(u1))
-    z = torch.empty(2 * len(w1), dtype=torch.float32)
-    z[0::2], z[1::2] = r * torch.cos(t), r * torch.sin(t)
-    return z[:numel]
-
-
-def ref_rademacher_words(seed: int, name: str, words: int) -> torch.Tensor:
-    k0, k1, _ = keys_for(seed, name)
-    return ref_mix32(ref_mix32((torch.arange(words, dtype=torch.int64) + k0) & U32) ^ k1)
-
-
-def ref_rademacher(seed: int, name: str, numel: int) -> torch.Tensor:
-    """Element i is bit (i mod 32) of word i // 32: 1 -> +1, 0 -> -1."""
-    words = ref_rademacher_words(seed, name, (numel + 31) // 32)
-    bits = (words.unsqueeze(1) >> torch.arange(32)) & 1
-    return (2 * bits - 1).to(torch.float32).reshape(-1)[:numel]
-
-
-REFERENCE = {"gaussian": ref_gaussian, "rademacher": ref_rademacher}
+from zstream_reference import (  # noqa: E402
+    NAME,
+    REFERENCE,
+    U32,
+    ref_gaussian,
+    ref_gaussian_words,
+    ref_rademacher_words,
+)
 
 
 def one_param(numel: int, dtype=torch.float32, name: str = "w") -> torch.nn.Module:
@@ -74,9 +35,9 @@ def one_param(numel: int, dtype=torch.float32, name: str = "w") -> torch.nn.Modu
     return module
 
 
-# Sizes around every block boundary the code has: pairs (2), words (32), eager block (65536) and the compiled
-# replay block, plus tiny tensors that dynamic shapes would special-case.
-SIZES = [1, 2, 3, 31, 33, 95, 65536 + 33, 3 * z_kernels._REPLAY_BLOCK + 37]
+# Sizes around every block boundary the code has: pairs (2), words (32), native blocks (1024 / 2048), eager
+# block (65536) and the compiled replay block, plus tiny tensors that dynamic shapes would special-case.
+SIZES = [1, 2, 3, 31, 33, 95, 1025, 2048 + 33, 65536 + 33, 3 * z_kernels._REPLAY_BLOCK + 37]
 
 
 # ---------------------------------------------------------------------------------------------------- tests
@@ -185,7 +146,7 @@ def test_no_correlation_between_adjacent_seeds_elements_and_names(kind):
         assert abs(float(z0.double().mean())) < 5e-3
 
 
-@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("compile", [False, True, None])  # eager, compiled, native
 def test_two_terms_in_one_pass_equal_the_sum_of_their_references(compile):
     """The folded pass of a MeZO step (restore-and-update of one seed + the next seed's +eps), both kinds,
     sizes off the pair / word / block boundaries."""
