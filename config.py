@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                        help="model dtype; auto = float16 on CUDA (as the paper), float32 on CPU")
     model.add_argument("--no_compile", action="store_true",
-                       help="generate z eagerly instead of with torch.compile (no compile time)")
+                       help="generate z with plain torch ops: no native kernel build, no torch.compile")
 
     ev = p.add_argument_group("evaluation and output")
     ev.add_argument("--eval_metric", choices=["rouge", "loss"], default="rouge",

@@ -27,6 +27,16 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
 
 
+KERNELS = {"native": None, "compiled": True, "eager": False}  # --kernels -> Perturbation(compile=...)
+
+
+def add_kernel_flag(parser: argparse.ArgumentParser) -> None:
+    """--kernels: which z kernels the project's cases use."""
+    parser.add_argument("--kernels", choices=KERNELS, default="native",
+                        help="native: the default path (optimizers/z_native.cpp for float32 CPU parameters, "
+                             "torch.compile elsewhere); compiled: torch.compile only (as on CUDA); eager: plain torch")
+
+
 def apply_threads(args: argparse.Namespace) -> None:
     """Honour --threads before any work is done."""
     if args.threads > 0:

@@ -11,8 +11,10 @@ a plain float32 pass, then the step's z work they imply against the budget:
     memory only          the packed kernel's load / int64 pack / store, z = a cast of the counter
     hash only            the packed kernel with the three lowbias32 rounds, no log/sqrt/sin/cos
     transcendentals only the packed kernel with log, sqrt, sin and cos of every pair, no hash
-    full                 the project's Gaussian pass
+    full                 the torch.compile Gaussian pass (what CUDA runs)
     full, two seeds      the folded pass: two seeds' pairs added in one pass over the weights
+    native, one seed     the same pass by optimizers/z_native.cpp (the CPU default), one call for all tensors
+    native, two seeds    the folded pass by the native kernel
 "memory only" minus "float add" is what the int64 packing (one loop iteration owning a pair) costs.
 """
 from __future__ import annotations
@@ -21,12 +23,14 @@ import argparse
 import math
 from functools import partial
 
+import numpy as np
 import torch
 from common import add_model_flags, apply_threads, bench_model, best_of_interleaved, lm_batch
 
 from modeling import lm_loss
 from optimizers import z_kernels, zstream
 from optimizers.perturbation import Perturbation
+from optimizers.z_native import NativePass, library
 
 TARGET = 1.5
 
@@ -101,6 +105,12 @@ def main() -> None:
 
     cases = {"forward": forward, "float add": float_pass, **{name: partial(one_pass, k) for name, k in kernels.items()},
              "full, two seeds": two_seed_pass}
+    lib = library() if args.device == "cpu" else None
+    if lib is not None:
+        native = NativePass(lib, flats, "gaussian")
+        for label, k, c in (("native, one seed", keys, coefs), ("native, two seeds", two_keys, two_coefs)):
+            table = np.broadcast_to(k.cpu().numpy(), (len(flats), *k.shape))
+            cases[label] = partial(native, table, np.broadcast_to(c.cpu().numpy(), (len(flats), len(c))))
     for fn in cases.values():  # compile and warm up outside the timing
         fn()
     best = best_of_interleaved(cases, args.repeats, args.device)
@@ -108,13 +118,17 @@ def main() -> None:
     print(f"{n / 1e6:.1f}M parameters in {len(views)} tensors (input embedding {embedding / 1e6:.1f}M); forward "
           f"{best['forward']:.3f} s; {torch.get_num_threads()} threads, device {args.device}")
     print(f"{'pass over every parameter':<28}{'ms':>8}{'ns/element':>12}")
-    for name in ("float add", *PARTS, "full, two seeds"):
-        print(f"{name:<28}{best[name] * 1e3:8.1f}{best[name] / n * 1e9:12.3f}")
+    for name in best:
+        if name != "forward":
+            print(f"{name:<28}{best[name] * 1e3:8.1f}{best[name] / n * 1e9:12.3f}")
     dense = (n - embedding) / n
-    step = best["full, two seeds"] * dense + best["full"] * (1 - dense) + best["full"] * dense
     print(f"a step's z work (two-seed pass without the embedding + one-seed pass over it + one-seed pass without "
-          f"it): {step * 1e3:.1f} ms; budget at step/(2*forward) <= {TARGET}: {budget * 1e3:.1f} ms "
-          f"({step / budget:.2f}x the budget)")
+          f"it); budget at step/(2*forward) <= {TARGET}: {budget * 1e3:.1f} ms")
+    for label, one, two in (("torch.compile", "full", "full, two seeds"),
+                            ("native", "native, one seed", "native, two seeds")):
+        if two in best:
+            step = best[two] * dense + best[one] * (1 - dense) + best[one] * dense
+            print(f"  {label:<14}{step * 1e3:8.1f} ms = {step / budget:.2f}x the budget")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,16 @@ import time
 
 import numpy as np
 import torch
-from common import add_model_flags, apply_threads, bench_model, count_params, naive_apply, timed
+from common import (
+    KERNELS,
+    add_kernel_flag,
+    add_model_flags,
+    apply_threads,
+    bench_model,
+    count_params,
+    naive_apply,
+    timed,
+)
 
 from optimizers.perturbation import Perturbation
 from optimizers.seed_pool import make_seed_pool
@@ -31,7 +40,7 @@ def main() -> None:
     parser.add_argument("--project-seeds", type=int, default=128, help="seeds timed for the project's replay")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; each figure is the min over them")
     parser.add_argument("--kind", default="gaussian", choices=("gaussian", "rademacher"))
-    parser.add_argument("--no-compile", action="store_true", help="project's eager path (no torch.compile)")
+    add_kernel_flag(parser)
     args = parser.parse_args()
     apply_threads(args)
     model = bench_model(args)
@@ -42,12 +51,12 @@ def main() -> None:
     coefs = (-LR * delta).tolist()
     naive_k, project_k = min(args.naive_seeds, args.K), min(args.project_seeds, args.K)
     print(f"{n / 1e6:.1f}M parameters, K = {args.K} nonzero Delta c, {args.kind}, device {args.device}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {args.kernels} z kernels")
 
-    perturbation = Perturbation(model, kind=args.kind, compile=not args.no_compile)
+    perturbation = Perturbation(model, kind=args.kind, compile=KERNELS[args.kernels])
     start = time.perf_counter()
-    perturbation.replay_(seeds[:2], coefs[:2])  # compiles the many-seed kernel once per process
-    print(f"first replay call (includes compiling once per process): {time.perf_counter() - start:.1f} s")
+    perturbation.replay_(seeds[:2], coefs[:2])  # builds the many-seed kernel once per process
+    print(f"first replay call (includes building the kernels once per process): {time.perf_counter() - start:.1f} s")
 
     def naive() -> None:
         for seed, coef in zip(seeds[:naive_k], coefs[:naive_k], strict=True):

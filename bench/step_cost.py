@@ -23,6 +23,8 @@ from functools import partial
 import numpy as np
 import torch
 from common import (
+    KERNELS,
+    add_kernel_flag,
     add_model_flags,
     apply_threads,
     bench_model,
@@ -64,17 +66,17 @@ def measure(label: str, model: torch.nn.Module, batch: dict, args: argparse.Name
     """Print forward time, step times and the ratios for one model."""
     n = count_params(model)
     print(f"\n== {label}: {n / 1e6:.1f}M trainable parameters, seq {args.seq}, batch {args.batch}, "
-          f"device {args.device}, {torch.get_num_threads()} threads")
+          f"device {args.device}, {torch.get_num_threads()} threads, {args.kernels} z kernels")
     pool = make_seed_pool(1024, np.random.default_rng(0))
     rng = np.random.default_rng(1)
     optimizers = {}
     for kind in ("gaussian", "rademacher"):
-        seeded = SeededModel(model, pool, LR, kind=kind, compile=not args.no_compile)
+        seeded = SeededModel(model, pool, LR, kind=kind, compile=KERNELS[args.kernels])
         optimizers[kind] = MeZOOptimizer(seeded, LR, EPS)
         start = time.perf_counter()
         optimizers[kind].step(batch, lm_loss, rng)  # first step compiles the kernels
         sync(args.device)
-        print(f"first {kind} step (includes compiling its kernels once per process): "
+        print(f"first {kind} step (includes building its {args.kernels} kernels once per process): "
               f"{time.perf_counter() - start:.1f} s")
     counter = iter(range(10**9))
     # The paper style replaces every parameter's storage each pass (p.data = p.data + s*z); it runs on its own
@@ -115,7 +117,7 @@ def main() -> None:
     parser.add_argument("--skip-smollm2", action="store_true", help="only the LLaMA-shape bench model")
     parser.add_argument("--smollm2-seq", type=int, default=256)
     parser.add_argument("--smollm2-repeats", type=int, default=3)
-    parser.add_argument("--no-compile", action="store_true", help="project's eager path (no torch.compile)")
+    add_kernel_flag(parser)
     args = parser.parse_args()
     apply_threads(args)
     measure("LLaMA-shape bench model", bench_model(args), lm_batch(args.vocab, args.seq, args.batch, args.device),

@@ -104,30 +104,32 @@ struct Seeds {  // the seeds with a nonzero coefficient for one tensor
 // block in L1 first, so the weights are read and written once whatever the number of seeds.
 void gaussian_block(float* w, int64_t numel, int64_t p0, int64_t p1, const Seeds& seeds) {
   const int64_t full = std::min(p1, numel / 2);  // pairs with both elements present
+  const int64_t n = full - p0;
+  const uint32_t first = static_cast<uint32_t>(p0);  // pair counters in uint32 lanes (counters are 31-bit)
+  float* out = w + 2 * p0;
   if (seeds.count == 1) {
     const Key k(seeds.keys[0]);
     const float c = seeds.coefs[0];
 #pragma omp simd
-    for (int64_t p = p0; p < full; ++p) {
+    for (int64_t j = 0; j < n; ++j) {
       float x, y;
-      gaussian_pair(static_cast<uint32_t>(p), k, x, y);
-      w[2 * p] += c * x;
-      w[2 * p + 1] += c * y;
+      gaussian_pair(first + static_cast<uint32_t>(j), k, x, y);
+      out[2 * j] += c * x;
+      out[2 * j + 1] += c * y;
     }
   } else if (seeds.count == 2) {
     const Key k0(seeds.keys[0]), k1(seeds.keys[1]);
     const float c0 = seeds.coefs[0], c1 = seeds.coefs[1];
 #pragma omp simd
-    for (int64_t p = p0; p < full; ++p) {
+    for (int64_t j = 0; j < n; ++j) {
       float x0, y0, x1, y1;
-      gaussian_pair(static_cast<uint32_t>(p), k0, x0, y0);
-      gaussian_pair(static_cast<uint32_t>(p), k1, x1, y1);
-      w[2 * p] += c0 * x0 + c1 * x1;
-      w[2 * p + 1] += c0 * y0 + c1 * y1;
+      gaussian_pair(first + static_cast<uint32_t>(j), k0, x0, y0);
+      gaussian_pair(first + static_cast<uint32_t>(j), k1, x1, y1);
+      out[2 * j] += c0 * x0 + c1 * x1;
+      out[2 * j + 1] += c0 * y0 + c1 * y1;
     }
   } else {
     float ax[GAUSSIAN_BLOCK], ay[GAUSSIAN_BLOCK];
-    const int64_t n = full - p0;
     std::fill(ax, ax + GAUSSIAN_BLOCK, 0.0f);
     std::fill(ay, ay + GAUSSIAN_BLOCK, 0.0f);
     for (int64_t s = 0; s < seeds.count; ++s) {
@@ -136,15 +138,15 @@ void gaussian_block(float* w, int64_t numel, int64_t p0, int64_t p1, const Seeds
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) {
         float x, y;
-        gaussian_pair(static_cast<uint32_t>(p0 + j), k, x, y);
+        gaussian_pair(first + static_cast<uint32_t>(j), k, x, y);
         ax[j] += c * x;
         ay[j] += c * y;
       }
     }
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
-      w[2 * (p0 + j)] += ax[j];
-      w[2 * (p0 + j) + 1] += ay[j];
+      out[2 * j] += ax[j];
+      out[2 * j + 1] += ay[j];
     }
   }
   if (full < p1) {  // odd numel: the last pair has only its first element
