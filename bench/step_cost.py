@@ -118,11 +118,12 @@ def measure(label: str, model: torch.nn.Module, batch: dict, args: argparse.Name
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(parser)
-    parser.add_argument("--repeats", type=int, default=5, help="rounds; each figure is the min over them")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the min over them")
     parser.add_argument("--run-steps", type=int, default=10, help="steps per timed local run (figure: per step)")
     parser.add_argument("--skip-smollm2", action="store_true", help="only the LLaMA-shape bench model")
     parser.add_argument("--smollm2-seq", type=int, default=256)
-    parser.add_argument("--smollm2-repeats", type=int, default=3)
+    parser.add_argument("--smollm2-repeats", type=int, default=2)
+    parser.add_argument("--smollm2-run-steps", type=int, default=4)
     add_kernel_flag(parser)
     args = parser.parse_args()
     apply_threads(args)
@@ -136,7 +137,7 @@ def main() -> None:
     from modeling import load_model
 
     model = load_model("smollm2-135m-instruct", device=args.device)
-    args.seq, args.repeats = args.smollm2_seq, args.smollm2_repeats
+    args.seq, args.repeats, args.run_steps = args.smollm2_seq, args.smollm2_repeats, args.smollm2_run_steps
     vocab = model.get_input_embeddings().weight.shape[0]
     measure("SmolLM2-135M-Instruct", model, lm_batch(vocab, args.seq, args.batch, args.device), args)
 
