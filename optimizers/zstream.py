@@ -3,22 +3,25 @@
 Each element's value comes from a counter-based hash: the key is derived from (seed, parameter name) with
 blake2b, and the counter is the element's index (or the index of the pair / word it belongs to). Nothing
 depends on the order in which parameters are visited, on the device, on the blocking, or on the model's
-dtype (z is made in float32 and cast at the end). The integer stream is bitwise identical everywhere; the
-float transform (log, sqrt, cos, sin) may differ by an ulp between math libraries.
+dtype (z is made in float32 and cast at the end). The integer stream is bitwise identical everywhere. The
+float transform calls no math library: ln and sin/cos are short series after an exact reduction (_radius,
+_quarter_turns), so it is float32 +, -, *, / and sqrt in a fixed order, which every backend evaluates alike
+up to a few ulps (a fused multiply-add, a vector sqrt). z is within 1e-6 of Box-Muller computed in float64.
 
 The streams:
     gaussian    elements 2p and 2p+1 are the two Box-Muller outputs r*cos(t), r*sin(t) of pair p, with
                 r = sqrt(-2 ln u1), t = 2 pi u2, and (u1, u2) from the words w1, w2 hashed from p
     rademacher  element i is bit (i mod 32) of the word hashed from i // 32, mapped to {-1, +1}
-Both share their expensive part (hash, log, sqrt, sin/cos) among several elements: a pair, a 32-bit word.
+Both share their expensive part (hash, ln, sqrt, sin/cos) among several elements: a pair, a 32-bit word.
 
 Integer arithmetic is int32 holding the bits of uint32 values: additions and multiplications wrap modulo
 2**32 (two's complement) in torch's CPU kernels, in inductor's vectorised C++ and in Triton alike, and right
 shifts are made logical with a mask. int32 lanes are twice as many per vector as int64 ones, which is what
 makes the hash cheap. The tests check every path bit for bit against an independent int64 reference.
 
-z_for() is the reference: the whole tensor in one go, for tests and tools. optimizers/z_kernels.py applies the
-same stream fast (eager blocks, compiled kernels); optimizers/perturbation.py is what the project calls.
+z_for() is the reference: the whole tensor in one go, for tests and tools. optimizers/z_native.cpp (CPU) and
+optimizers/z_kernels.py (eager blocks, torch.compile kernels) apply the same stream fast;
+optimizers/perturbation.py is what the project calls.
 """
 from __future__ import annotations
 
