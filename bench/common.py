@@ -33,7 +33,7 @@ KERNELS = {"native": None, "compiled": True, "eager": False}  # --kernels -> Per
 def add_kernel_flag(parser: argparse.ArgumentParser) -> None:
     """--kernels: which z kernels the project's cases use."""
     parser.add_argument("--kernels", choices=KERNELS, default="native",
-                        help="native: the default path (optimizers/z_native.cpp for float32 CPU parameters, "
+                        help="native: the default path (optimizers/z_native_source.py for float32 CPU parameters, "
                              "torch.compile elsewhere); compiled: torch.compile only (as on CUDA); eager: plain torch")
 
 

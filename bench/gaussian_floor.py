@@ -13,7 +13,7 @@ a plain float32 pass, then the step's z work they imply against the budget:
     transcendentals only the packed kernel with log, sqrt, sin and cos of every pair, no hash
     full                 the torch.compile Gaussian pass (what CUDA runs)
     full, two seeds      the folded pass: two seeds' pairs added in one pass over the weights
-    native, one seed     the same pass by optimizers/z_native.cpp (the CPU default), one call for all tensors
+    native, one seed     the same pass by optimizers/z_native_source.py (the CPU default), one call for all tensors
     native, two seeds    the folded pass by the native kernel
 "memory only" minus "float add" is what the int64 packing (one loop iteration owning a pair) costs.
 """

@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--skip-smollm2", action="store_true", help="only the LLaMA-shape bench model")
     parser.add_argument("--smollm2-seq", type=int, default=256)
     parser.add_argument("--smollm2-repeats", type=int, default=2)
-    parser.add_argument("--smollm2-run-steps", type=int, default=4)
+    parser.add_argument("--smollm2-run-steps", type=int, default=3)
     add_kernel_flag(parser)
     args = parser.parse_args()
     apply_threads(args)

@@ -10,7 +10,7 @@
     z_for(seed, name, numel, kind)                the reference values, for tests and tools
 
 z is defined in optimizers/zstream.py. Which code applies it (compile=None picks the fastest there is):
-    native    optimizers/z_native.cpp, float32 CPU parameters, every parameter in one call (compile=None)
+    native    optimizers/z_native_source.py, float32 CPU parameters, every parameter in one call (compile=None)
     compiled  the torch.compile kernels of optimizers/z_kernels.py (compile=True; CUDA and other dtypes)
     eager     plain torch ops in cache-sized blocks (compile=False; no build or compile time)
 All three give the same z (integer stream bit for bit, floats within an ulp).

@@ -1,8 +1,8 @@
-"""The native CPU kernel (optimizers/z_native.cpp): built with the machine's C++ compiler on first use, cached,
-and called through ctypes. It applies theta += sum_s coef_s * z(seed_s) to every float32 CPU parameter of a
-model in one call: hash, Box-Muller (or signs) and update fused in one vectorised loop over cache-sized blocks,
-the blocks split across threads by work. Where no compiler is found, the project falls back to the
-torch.compile kernels of optimizers/z_kernels.py (same stream) with a warning.
+"""The native CPU kernel (the C++ in optimizers/z_native_source.py): built with the machine's C++ compiler on
+first use, cached, and called through ctypes. It applies theta += sum_s coef_s * z(seed_s) to every float32
+CPU parameter of a model in one call: hash, Box-Muller (or signs) and update fused in one vectorised loop
+over cache-sized blocks, the blocks split across threads by work. Where it cannot be built or loaded, the
+project falls back to the torch.compile kernels of optimizers/z_kernels.py (same stream) with a warning.
 
     FEDKSEED_NATIVE=0     do not build or use it
     FEDKSEED_CACHE=DIR    where the built library is kept (default ~/.cache/fedkseed)
@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-SOURCE = Path(__file__).with_name("z_native.cpp")
+from optimizers.z_native_source import SOURCE
+
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fopenmp-simd", "-std=c++17",
          "-shared", "-fPIC", "-pthread"]
 KIND_CODES = {"gaussian": 0, "rademacher": 1}
@@ -48,23 +49,16 @@ def _cpu_flags() -> str:
 def library() -> ctypes.CDLL | None:
     """The built kernel library, built once per source, flags and CPU; None (with a warning) if it cannot be."""
     compiler = os.environ.get("CXX", "g++")
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()
+    digest = hashlib.sha256(" ".join([SOURCE, compiler, *FLAGS, _cpu_flags()]).encode()).hexdigest()
     cache = Path(os.environ.get("FEDKSEED_CACHE", Path.home() / ".cache" / "fedkseed"))
     built = cache / f"z_native-{digest[:16]}.so"
-    if not built.exists():
-        if shutil.which(compiler) is None:
-            warnings.warn(f"no C++ compiler {compiler!r}: using the torch.compile kernels", stacklevel=2)
-            return None
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as scratch:  # build aside, then move: concurrent builds are safe
-            target = Path(scratch) / built.name
-            done = subprocess.run([compiler, *FLAGS, "-o", str(target), str(SOURCE)], capture_output=True, text=True)
-            if done.returncode != 0:
-                warnings.warn(f"building {SOURCE.name} failed ({done.stderr.strip()[:300]}): using the "
-                              "torch.compile kernels", stacklevel=2)
-                return None
-            os.replace(target, built)
-    lib = ctypes.CDLL(str(built))
+    try:
+        if not built.exists():
+            _build(compiler, built)
+        lib = ctypes.CDLL(str(built))
+    except (OSError, RuntimeError) as err:
+        warnings.warn(f"native z kernel unavailable ({err}): using the torch.compile kernels", stacklevel=2)
+        return None
     lib.z_apply.restype = None
     lib.z_apply.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
                             ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
@@ -73,6 +67,20 @@ def library() -> ctypes.CDLL | None:
     lib.z_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                            ctypes.c_void_p, ctypes.c_float]
     return lib
+
+
+def _build(compiler: str, built: Path) -> None:
+    """Compile SOURCE into `built`: aside in a scratch folder, then moved, so concurrent builds are safe."""
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler {compiler!r}")
+    built.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=built.parent) as scratch:
+        source, target = Path(scratch) / "z_native.cpp", Path(scratch) / built.name
+        source.write_text(SOURCE)
+        done = subprocess.run([compiler, *FLAGS, "-o", str(target), str(source)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[:300]}")
+        os.replace(target, built)
 
 
 def supports(p: torch.Tensor) -> bool:

@@ -19,7 +19,7 @@ Integer arithmetic is int32 holding the bits of uint32 values: additions and mul
 shifts are made logical with a mask. int32 lanes are twice as many per vector as int64 ones, which is what
 makes the hash cheap. The tests check every path bit for bit against an independent int64 reference.
 
-z_for() is the reference: the whole tensor in one go, for tests and tools. optimizers/z_native.cpp (CPU) and
+z_for() is the reference: the whole tensor in one go, for tests and tools. optimizers/z_native_source.py (CPU) and
 optimizers/z_kernels.py (eager blocks, torch.compile kernels) apply the same stream fast;
 optimizers/perturbation.py is what the project calls.
 """
@@ -60,7 +60,7 @@ def _radius(w1: torch.Tensor) -> torch.Tensor:
 
     ln k comes from k's float32 exponent e and mantissa f (moved into [sqrt(1/2), sqrt(2))) as
     e ln 2 + 2 atanh((f - 1) / (f + 1)), the series to s**9 (error < 1e-9): plain float32 arithmetic that every
-    backend (eager, inductor's C++, Triton, optimizers/z_native.cpp) evaluates the same way, step for step.
+    backend (eager, inductor's C++, Triton, optimizers/z_native_source.py) evaluates the same way, step for step.
     """
     k = (((w1 >> 8) & 0xFFFFFE) | 1).to(torch.float32)  # exact: below 2**24
     bits = k.view(torch.int32)

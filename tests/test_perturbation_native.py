@@ -1,4 +1,4 @@
-"""The native kernel (optimizers/z_native.cpp) applies the same z as the reference and the eager path: signs
+"""The native kernel (optimizers/z_native_source.py) applies the same z as the reference and the eager path: signs
 bit for bit, Gaussian floats within a few ulps (fused multiply-adds), for any size, table of tensors, seed
 count and thread count; it is rebuilt when storage moves, and the project falls back when it is off or
 cannot be built."""
@@ -164,3 +164,15 @@ def test_rows_are_bitwise_the_whole_tensor_pass_on_those_rows(kind):
     others = torch.ones(41, dtype=torch.bool)
     others[rows] = False
     assert not sparse[others].any()
+
+
+def test_an_unwritable_cache_warns_and_the_project_falls_back(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FEDKSEED_CACHE", str(blocker / "cache"))  # below a file: cannot be created
+    z_native.library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="native z kernel unavailable"):
+            assert z_native.library() is None
+    finally:
+        z_native.library.cache_clear()

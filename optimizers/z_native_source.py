@@ -1,9 +1,14 @@
+"""The C++ source of the native z kernel, compiled by optimizers/z_native.py."""
+
+SOURCE = r"""
 // theta += sum_s coef_s * z(seed_s) over many float32 CPU tensors in one call: the stream of
 // optimizers/zstream.py, written in C++ so that the compiler fuses hash, transform and update into one
 // vectorised loop over cache-sized blocks. Every operation mirrors zstream.py's float32 arithmetic in the
 // same order; only contraction into fused multiply-adds may move a value by an ulp.
 //
-// Built on first use by optimizers/z_native.py (g++ -O3 -march=native) and called through ctypes.
+// Built on first use by optimizers/z_native.py (g++ -O3 -march=native) and called through ctypes. The source
+// lives in this Python string so that it travels wherever the Python code goes (a Flower app bundle carries
+// only .py, .toml, .md, .json and .yaml files).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -221,8 +226,8 @@ std::vector<int64_t> split(const std::vector<Tensor>& tensors, int64_t threads) 
   int64_t cost = 0, offset = 0;
   for (const Tensor& t : tensors) {
     const int64_t next = cost + t.blocks * t.seeds.count;
-    for (int64_t k = static_cast<int64_t>(bounds.size()); t.seeds.count > 0 && k < threads && next * threads >= total * k;
-         ++k) {
+    int64_t k = static_cast<int64_t>(bounds.size());
+    for (; t.seeds.count > 0 && k < threads && next * threads >= total * k; ++k) {
       const int64_t need = (total * k + threads - 1) / threads - cost;  // work still to give range k - 1
       bounds.push_back(offset + (need + t.seeds.count - 1) / t.seeds.count);
     }
@@ -289,3 +294,4 @@ void z_apply(int kind, int64_t count, float** data, const int64_t* numel, const 
   for (std::thread& worker : workers) worker.join();
 }
 }
+"""
