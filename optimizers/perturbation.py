@@ -13,7 +13,7 @@ z is defined in optimizers/zstream.py. Which code applies it (compile=None picks
     native    optimizers/z_native_source.py, float32 CPU parameters, every parameter in one call (compile=None)
     compiled  the torch.compile kernels of optimizers/z_kernels.py (compile=True; CUDA and other dtypes)
     eager     plain torch ops in cache-sized blocks (compile=False; no build or compile time)
-All three give the same z (integer stream bit for bit, floats within an ulp).
+All three give the same z (integer stream bit for bit, floats within a few ulps).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from optimizers.z_kernels import (
     rows_,
 )
 from optimizers.z_native import NativePass, apply_rows, library, native_enabled, supports
-from optimizers.zstream import KINDS, WORD_BITS, key_tensor, keys_for, z_for
+from optimizers.zstream import KINDS, WORD_BITS, key_array, key_tensor, keys_for, z_for
 
 __all__ = ["KINDS", "Perturbation", "Term", "key_tensor", "keys_for", "z_for"]
 
@@ -83,8 +83,7 @@ class Perturbation:
 
     def _keys(self, seeds: Sequence[int]) -> np.ndarray:
         """The int32 keys of every (parameter, seed): [parameters, seeds, 3]."""
-        table = np.array([[keys_for(int(s), name) for s in seeds] for name, _ in self.params], dtype=np.uint32)
-        return table.reshape(len(self.params), len(seeds), 3).view(np.int32)
+        return key_array([(s, name) for name, _ in self.params for s in seeds]).reshape(len(self.params), -1, 3)
 
     @torch.no_grad()
     def perturb_(self, seed: int, scale: float, tokens: torch.Tensor | None = None, rest: float = 0.0) -> None:
@@ -101,8 +100,8 @@ class Perturbation:
         sparse = [i for i, (name, _) in enumerate(self.params) if name == self.row_sparse]
         for i in sparse:  # the whole-tensor pass gives the embedding `rest` for terms with rows
             coefs[i] = [t.scale if t.rows is None else t.rest for t in terms]
-        self._apply_all(keys, coefs)
         native, covered = self._native()
+        self._apply_all(keys, coefs, native, covered)
         for i in sparse:
             name, p = self.params[i]
             for j, t in enumerate(terms):
@@ -123,13 +122,13 @@ class Perturbation:
         for start in range(0, len(pairs), REPLAY_CHUNK):
             chunk = pairs[start : start + REPLAY_CHUNK]
             chunk_coefs = np.array([c for _, c in chunk], dtype=np.float32)
-            self._apply_all(self._keys([s for s, _ in chunk]), np.tile(chunk_coefs, (len(self.params), 1)))
+            self._apply_all(self._keys([s for s, _ in chunk]), np.tile(chunk_coefs, (len(self.params), 1)),
+                            *self._native())
 
-    def _apply_all(self, keys: np.ndarray, coefs: np.ndarray) -> None:
-        """theta_i += sum_s coefs[i, s] * z(keys[i, s]) for every parameter i: the native kernel takes every
-        parameter it supports in one call, the others go one by one. Last parameter first: the forward that
+    def _apply_all(self, keys: np.ndarray, coefs: np.ndarray, native: NativePass | None, covered: list[int]) -> None:
+        """theta_i += sum_s coefs[i, s] * z(keys[i, s]) for every parameter i: `native` (see _native) takes
+        the parameters it covers in one call, the others go one by one. Last parameter first: the forward that
         follows starts with the first layers, whose freshly written weights are then still in cache."""
-        native, covered = self._native()
         if native is not None:
             native(keys[covered], coefs[covered])
         done = set(covered) if native is not None else set()

@@ -30,6 +30,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 KINDS = ("gaussian", "rademacher")
@@ -133,10 +134,14 @@ def keys_for(seed: int, name: str) -> tuple[int, int, int]:
     return tuple(int.from_bytes(digest[i : i + 4], "little") for i in (0, 4, 8))
 
 
-def key_tensor(pairs: Sequence[tuple[int, str]], device="cpu") -> torch.Tensor:
+def key_array(pairs: Sequence[tuple[int, str]]) -> np.ndarray:
     """The keys of (seed, name) pairs as int32 bits, one row each: [len(pairs), 3]."""
-    rows = [[k - (1 << 32) if k >= 1 << 31 else k for k in keys_for(s, n)] for s, n in pairs]
-    return torch.tensor(rows, dtype=torch.int32, device=device)
+    return np.array([keys_for(int(s), n) for s, n in pairs], dtype=np.uint32).reshape(len(pairs), 3).view(np.int32)
+
+
+def key_tensor(pairs: Sequence[tuple[int, str]], device="cpu") -> torch.Tensor:
+    """key_array as a torch tensor on `device`."""
+    return torch.from_numpy(key_array(pairs)).to(device)
 
 
 def z_for(seed: int, name: str, numel: int, kind: str = "gaussian", device="cpu") -> torch.Tensor:
