@@ -10,6 +10,7 @@ from modeling import lm_loss
 from optimizers.mezo_bias_optimizer import MeZOBiasOptimizer
 from optimizers.mezo_optimizer import MeZOOptimizer
 from optimizers.seed_pool import SeededModel
+from streams import stream
 from utils_data.llm_dataset import collate_right_pad
 
 
@@ -49,7 +50,7 @@ class ClientUpdate:
 
 def client_rng(run_seed: int, round_idx: int, client_id: int) -> np.random.Generator:
     """The RNG of one client in one round: the same wherever the client runs."""
-    return np.random.default_rng([run_seed, round_idx, client_id])
+    return stream(run_seed, "client", round_idx, client_id)
 
 
 class Client:
@@ -65,11 +66,12 @@ class Client:
         return len(self.dataset)
 
     def batches(self, config: LocalTraining, rng: np.random.Generator):
-        """Batches in a fresh random order: local_step of them (cycling), or one epoch."""
+        """Batches in a fresh random order, cycling: local_step of them, or local_step epochs (local_step times the
+        number of batches) with --batch_or_epoch epoch, as the authors' client."""
         size = config.batch_size
         order = rng.permutation(len(self.dataset))
         starts = range(0, len(order), size)
-        count = len(starts) if config.batch_or_epoch == "epoch" else config.local_step
+        count = config.local_step * (len(starts) if config.batch_or_epoch == "epoch" else 1)
         for i in range(count):
             if i and i % len(starts) == 0:
                 order = rng.permutation(len(self.dataset))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import torch
 
 from errors import FedKSeedError
 from optimizers.perturbation import KINDS
+from optimizers.seed_pool import SEED_RANGE
+from server import state_bytes
 from utils_data.partition_data import parse_iid
 
 
@@ -17,6 +20,16 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message}\n")
+
+
+def parse_bool(value: str) -> bool:
+    """A boolean flag's value: true/false, yes/no, on/off, 1/0 (any case)."""
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch_size", type=int, default=1, help="examples per MeZO step")
     data.add_argument("--max_length", type=int, default=1024, help="token limit of a training example "
                       "(and the character limit of an NI input, as in the paper)")
-    data.add_argument("--use_prompts", action="store_true", help="wrap examples in instruction templates")
+    data.add_argument("--use_prompts", type=parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                      help="Natural Instructions: the Alpaca template (on), or '{definition} Input: ... Output:' "
+                      "(--use_prompts false / --no_use_prompts); Dolly is always templated, as the authors' code")
+    data.add_argument("--no_use_prompts", dest="use_prompts", action="store_false", help=argparse.SUPPRESS)
     data.add_argument("--iid", default="dir0.5", help="Dolly split: dir<alpha> (Dirichlet over categories) or 0 (IID)")
     data.add_argument("--zerotask", type=int, default=7,
                       help="index (sorted name order) of the Dolly category held out for evaluation; 7 = summarization")
@@ -79,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="metric evaluated at the end (eval loss is evaluated every --eval_every rounds)")
     ev.add_argument("--eval_every", type=int, default=1, help="rounds between eval-loss evaluations; 0 = at the end")
     ev.add_argument("--eval_examples", type=int, default=0, help="held-out examples evaluated; 0 = all")
-    ev.add_argument("--eval_base", action="store_true", help="also evaluate the base model (loss and metric) first")
+    ev.add_argument("--eval_base", type=parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
+                    help="evaluate the base model (loss and metric) as round 0, as the authors' code; "
+                    "--eval_base false / --no_eval_base skips it")
+    ev.add_argument("--no_eval_base", dest="eval_base", action="store_false", help=argparse.SUPPRESS)
     ev.add_argument("--eval_batch_size", type=int, default=8, help="batch size of evaluation")
     ev.add_argument("--max_new_tokens", type=int, default=128, help="greedy generation length for Rouge-L")
     ev.add_argument("--seed", type=int, default=42, help="seed of every random choice of the run")
@@ -159,11 +178,14 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.flower_timeout > 0, f"--flower_timeout {args.flower_timeout}: must be positive"),
         (0 <= args.trim_fraction < 0.5, f"--trim_fraction {args.trim_fraction}: must be in [0, 0.5)"),
         (args.max_abs_grad >= 0, f"--max_abs_grad {args.max_abs_grad}: must be >= 0"),
+        (args.seed >= 0, f"--seed {args.seed}: must be a non-negative integer"),
+        (args.K <= SEED_RANGE, f"-K {args.K}: at most {SEED_RANGE} distinct seeds exist"),
     ]
     for ok, message in checks:
         if not ok:
             raise FedKSeedError(message)
     parse_iid(args.iid)
+    check_seed_state_fits(args)
     args.device = resolve_device(args.device)
     if args.dtype == "auto":
         args.dtype = "float16" if args.device.startswith("cuda") else "float32"
@@ -171,6 +193,26 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.output_dir = str(Path(args.log_root) / f"{args.dataset}-{method_name(args)}-{stamp}")
     return args
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give (MemAvailable; all physical memory where /proc is absent)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_seed_state_fits(args: argparse.Namespace) -> None:
+    """Refuse a -K whose seed state cannot fit in half of the free memory (the model needs the rest)."""
+    pairs = min(args.num_clients, max(1, int(args.m * args.num_clients) + 1)) * args.local_step
+    need, free = state_bytes(args.K, args.rounds, pairs), available_memory()
+    if need > free // 2:
+        raise FedKSeedError(f"-K {args.K}: the seed state (seed pool, c, Pro history, Delta c record) needs about "
+                            f"{need / 2**30:.1f} GiB, more than half of the {free / 2**30:.1f} GiB of free memory")
 
 
 def method_name(args: argparse.Namespace) -> str:

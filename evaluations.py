@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from utils_data.default_tokens import IGNORE_INDEX, build_prompt
+from utils_data.default_tokens import IGNORE_INDEX
 from utils_data.llm_dataset import collate_right_pad
 
 
@@ -37,13 +37,12 @@ def _bar(iterable, progress: bool, desc: str):
 
 
 @torch.inference_mode()
-def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 8,
+def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 128, batch_size: int = 8,
                     progress: bool = False) -> list[str]:
-    """Greedy continuations of `prompts` (new text only, stripped), in input order.
+    """Greedy continuations of tokenized `prompts` (new text only, stripped), in input order.
 
-    Prompts are tokenized as LLMDataset does (no special tokens) and padded on the left, so each
-    ends right where generation starts; the caller's tokenizer is not changed (padding_side is
-    passed per call).
+    Prompts are token ids as training saw them (LLMDataset.prompt_ids: BOS when the tokenizer adds it, then the
+    template), padded on the left so that each ends right where generation starts.
     """
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -53,15 +52,25 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int = 
         eos.append(tokenizer.eos_token_id)  # training appends the tokenizer's EOS: stop on it too
     outputs: list[str] = []
     for start in _bar(range(0, len(prompts), batch_size), progress, "generate"):
-        enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                        padding_side="left", add_special_tokens=False)
-        ids = enc["input_ids"].to(device)
-        out = model.generate(input_ids=ids, attention_mask=enc["attention_mask"].to(device),
+        ids, mask = _left_pad(prompts[start:start + batch_size], pad_id)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
                              pad_token_id=pad_id, eos_token_id=eos or None)
         new = out[:, ids.shape[1]:]
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of rows padded on the left to the longest."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids, mask
 
 
 def _per_example_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,14 +104,14 @@ def eval_loss(model, dataset, batch_size: int = 1, pad_id: int = 0, progress: bo
 
 
 def evaluate(model, tokenizer, dataset, metric: str, max_new_tokens: int = 128, batch_size: int = 8,
-             use_prompts: bool = True, progress: bool = False) -> dict:
+             progress: bool = False) -> dict:
     """{"eval_loss"} always, plus {"rouge_l"} of greedy generations when metric == "rouge"."""
     if metric not in ("loss", "rouge"):
         raise ValueError(f"evaluate: unknown metric {metric!r} (expected 'loss' or 'rouge')")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     result = {"eval_loss": eval_loss(model, dataset, batch_size, pad_id, progress=progress)}
     if metric == "rouge":
-        prompts = [build_prompt(r, use_prompts) for r in dataset.records]
+        prompts = [dataset.prompt_ids(i) for i in range(len(dataset))]
         predictions = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
         result["rouge_l"] = rouge_l(predictions, [r["response"] for r in dataset.records])
     return result

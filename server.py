@@ -10,7 +10,8 @@ import torch
 
 from client import ClientUpdate, LocalTraining, TrainConfig
 from optimizers.mezo_bias_optimizer import GradientHistory
-from optimizers.seed_pool import SeededModel, make_seed_pool
+from optimizers.seed_pool import SEED_RANGE, SeededModel, make_seed_pool
+from streams import stream
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,12 @@ class ServerConfig:
 
 
 AGGREGATIONS = ("mean", "median", "trimmed_mean")
+
+
+def clients_per_round(fraction: float, num_clients: int) -> int:
+    """int(m * N) as the authors' main.py, but at least 1 (theirs can draw none); m * N is rounded to 9 decimals
+    first, so that 0.29 * 100 = 28.999999999999996 counts 29 clients, not 28."""
+    return min(num_clients, max(1, int(round(fraction * num_clients, 9))))
 
 
 def client_weights(updates: list[ClientUpdate], equal_weight: bool) -> np.ndarray:
@@ -126,12 +133,21 @@ def validate_update(update: ClientUpdate, k: int, round_idx: int, max_pairs: int
     return None
 
 
+def state_bytes(k: int, rounds: int, pairs_per_round: int) -> int:
+    """A generous bound on the memory the seed state of a run takes: the seed pool (and the temporary of drawing
+    it), c and its copies and replay temporaries, the Pro history and probabilities, and the Delta c record of
+    every round (an int32 index and a float64 value per changed seed)."""
+    per_seed = 256  # ~10 float64/int64 arrays of length K plus the Python floats of one full replay
+    draw = 8 * SEED_RANGE if k > SEED_RANGE // 50 else 32 * k  # numpy draws a large share by a full permutation
+    return per_seed * k + draw + 12 * rounds * min(k, pairs_per_round)
+
+
 class Server:
     """Holds the global model as (theta0, seed pool, c) and runs the round's bookkeeping."""
 
     def __init__(self, model: torch.nn.Module, config: ServerConfig, compile: bool | None = None):
         self.config = config
-        self.rng = np.random.default_rng(config.seed)
+        self.rng = stream(config.seed, "server")
         self.seed_pool = make_seed_pool(config.k, self.rng)
         self.seeded = SeededModel(model, self.seed_pool, config.local.lr, kind=config.perturbation, compile=compile)
         self.history = (GradientHistory(config.k, config.grad_initial, config.bias_loss_clip)
@@ -142,9 +158,9 @@ class Server:
         return self.seeded.c
 
     def select_clients(self) -> list[int]:
-        """ceil(m * N) distinct clients from the server's RNG; m * N rounded first (0.07 * 100 = 7.000000000000001)."""
+        """clients_per_round distinct clients from the server's RNG."""
         n = self.config.num_clients
-        count = min(n, max(1, math.ceil(round(self.config.client_fraction * n, 9))))
+        count = clients_per_round(self.config.client_fraction, n)
         return sorted(self.rng.choice(n, size=count, replace=False).tolist())
 
     def probabilities(self) -> np.ndarray | None:
@@ -168,7 +184,7 @@ class Server:
         """The most (seed, g) pairs an honest client can upload in a round."""
         local = self.config.local
         if local.batch_or_epoch == "epoch":
-            return max(1, math.ceil(int(num_samples) / local.batch_size))
+            return local.local_step * max(1, math.ceil(int(num_samples) / local.batch_size))
         return local.local_step
 
     def accept(self, updates: list[ClientUpdate], round_idx: int) -> list[ClientUpdate]:

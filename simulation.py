@@ -20,6 +20,8 @@ from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel
 from run_files import MetricsFile, setup_logging, write_config
 from server import Server, ServerConfig
+from streams import stream
+from utils_data.default_tokens import prompt_format
 from utils_data.llm_dataset import LLMDataset
 from utils_data.load_data import load_for_run
 
@@ -42,7 +44,7 @@ def eval_subset(records: list[dict], n: int, seed: int) -> list[dict]:
     """n held-out records from a seeded shuffle, in their original order (all of them when n is 0)."""
     if n == 0 or n >= len(records):
         return records
-    order = np.random.default_rng([seed, 1]).permutation(len(records))[:n]
+    order = stream(seed, "eval").permutation(len(records))[:n]
     return [records[i] for i in sorted(order)]
 
 
@@ -65,11 +67,12 @@ def changed_since(deltas: list[tuple[np.ndarray, np.ndarray]], since_round: int)
 
 def build_clients(args, data, tokenizer) -> tuple[list[Client], LLMDataset]:
     pad_id = tokenizer.pad_token_id
-    clients = [Client(i, LLMDataset(records, tokenizer, args.use_prompts, args.max_length), pad_id, args.seed)
+    fmt = prompt_format(args.dataset, args.use_prompts)
+    clients = [Client(i, LLMDataset(records, tokenizer, fmt, args.max_length), pad_id, args.seed)
                for i, records in enumerate(data.clients)]
     clients = [c for c in clients if len(c) > 0]
     eval_set = LLMDataset(eval_subset(data.eval_records, args.eval_examples, args.seed), tokenizer,
-                          args.use_prompts, args.max_length)
+                          fmt, args.max_length)
     if not clients or len(eval_set) == 0:
         raise FedKSeedError("no usable training or evaluation examples after tokenisation (check --max_length)")
     return clients, eval_set
@@ -82,9 +85,12 @@ def open_run_dir(args, resume: RunState | None) -> Path:
     out = Path(args.output_dir)
     if resume is None and (out / CHECKPOINT_FILE).exists():
         raise FedKSeedError(f"--output_dir {out}: already holds a run; continue it with --resume {out}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(out / "config.json", args)
+    except OSError as exc:
+        raise FedKSeedError(f"--output_dir {out}: cannot write the run directory ({exc.strerror or exc})") from None
     setup_logging(out / "train.log" if args.log else None)
-    write_config(out / "config.json", args)
     return out
 
 
@@ -111,7 +117,7 @@ def run(args, resume: RunState | None = None) -> dict:
     fingerprint = model_fingerprint(server_model)
     server = Server(server_model, server_config(args, len(clients)), compile=compile_z)
     work = SeededModel(copy.deepcopy(server_model), server.seed_pool, args.lr, kind=args.perturbation,
-                       compile=compile_z)
+                       compile=compile_z, theta0=server.seeded.theta0)
     state = fresh_state(args, server, fingerprint, clients)
     metrics = MetricsFile(out / "metrics.jsonl", fresh=resume is None)
     if resume is not None:
@@ -121,7 +127,7 @@ def run(args, resume: RunState | None = None) -> dict:
 
     def run_eval(round_idx: int, metric: str) -> dict:
         result = evaluate(server.seeded.model, tokenizer, eval_set, metric, args.max_new_tokens,
-                          args.eval_batch_size, args.use_prompts, progress=show)
+                          args.eval_batch_size, progress=show)
         logger.info("round %d: %s", round_idx, "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
         return result
 
@@ -133,7 +139,7 @@ def run(args, resume: RunState | None = None) -> dict:
         start = time.time()
         selected = [clients[i] for i in server.select_clients()]
         train_config = server.train_config(round_idx)
-        steps = len(selected) * args.local_step if args.batch_or_epoch == "batch" else None
+        steps = sum(server.max_pairs(len(c)) for c in selected)
         updates, down = [], []
         with tqdm(total=steps, desc=f"round {round_idx}", unit="step", leave=False, disable=not show) as bar:
             for n, client in enumerate(selected, start=1):

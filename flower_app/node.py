@@ -41,6 +41,7 @@ from flower_app.messages import Instruction
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 from simulation import build_clients
+from streams import stream
 from utils_data.load_data import load_for_run
 
 logger = logging.getLogger("fedkseed.flower")
@@ -124,7 +125,7 @@ class NodeRuntime:
         data = load_for_run(args)
         clients, _ = build_clients(args, data, load_tokenizer(args.model))
         self.clients = {c.client_id: c for c in clients}
-        self.seed_pool = make_seed_pool(args.K, np.random.default_rng(args.seed))  # the server's first draw
+        self.seed_pool = make_seed_pool(args.K, stream(args.seed, "server"))  # the server's first draw
         self.work = self.load_theta0()
         self.fingerprint = model_fingerprint(self.work.model)
         self.pristine: SeededModel | None = None

@@ -109,6 +109,7 @@ class FlowerServer:
 
         if args.eval_base and self.resume is None:
             state.base_eval = self.run_eval(0, args.eval_metric)
+            metrics.write({"round": 0, **state.base_eval})
         row, traffic = {}, []
         for round_idx in range(state.round + 1, args.rounds + 1):
             start = time.time()
@@ -167,7 +168,7 @@ class FlowerServer:
     def run_eval(self, round_idx: int, metric: str) -> dict:
         args = self.args
         result = evaluate(self.server.seeded.model, self.tokenizer, self.eval_set, metric, args.max_new_tokens,
-                          args.eval_batch_size, args.use_prompts, progress=not args.quiet and sys.stderr.isatty())
+                          args.eval_batch_size, progress=not args.quiet and sys.stderr.isatty())
         logger.info("round %d: %s", round_idx, "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
         return result
 

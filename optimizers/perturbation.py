@@ -125,6 +125,34 @@ class Perturbation:
             self._apply_all(self._keys([s for s, _ in chunk]), np.tile(chunk_coefs, (len(self.params), 1)),
                             *self._native())
 
+    @torch.no_grad()
+    def materialise_(self, theta0: dict[str, torch.Tensor], seeds: Sequence[int], coefs: Sequence[float]) -> None:
+        """theta = theta0 + sum_j coefs[j] * z(seeds[j]), summed per element in float32 and rounded once to each
+        parameter's dtype. A half-precision model then holds the closed form to within an ulp, where adding each
+        round's change to its weights would round small changes away. theta0 maps parameter names to their base
+        values (any device); one parameter's float32 buffer is alive at a time."""
+        pairs = [(int(s), float(c)) for s, c in zip(seeds, coefs, strict=True) if c != 0.0]
+        for name, p in reversed(self.params):
+            buf = theta0[name].to(device=p.device, dtype=torch.float32, copy=True).contiguous()
+            for start in range(0, len(pairs), REPLAY_CHUNK):
+                chunk = pairs[start : start + REPLAY_CHUNK]
+                keys = key_array([(s, name) for s, _ in chunk])
+                self._accumulate(buf, keys, np.array([c for _, c in chunk], dtype=np.float32))
+            p.detach().copy_(buf.view_as(p))
+
+    def _accumulate(self, buf: torch.Tensor, keys: np.ndarray, coefs: np.ndarray) -> None:
+        """buf += sum_s coefs[s] * z(keys[s]) on a temporary float32 buffer (nothing prepared for it is kept)."""
+        lib = library() if self.native and supports(buf) else None
+        if lib is not None:
+            NativePass(lib, [buf], self.kind)(keys[None], coefs[None])
+            return
+        flat = buf.view(-1)
+        keys_t, coefs_t = torch.from_numpy(keys).to(buf.device), torch.from_numpy(coefs).to(buf.device)
+        if self.compile:
+            apply_compiled_(flat, keys_t, coefs_t, self.kind)
+        else:
+            self._eager(flat, keys_t, coefs_t)
+
     def _apply_all(self, keys: np.ndarray, coefs: np.ndarray, native: NativePass | None, covered: list[int]) -> None:
         """theta_i += sum_s coefs[i, s] * z(keys[i, s]) for every parameter i: `native` (see _native) takes
         the parameters it covers in one call, the others go one by one. Last parameter first: the forward that
@@ -164,6 +192,10 @@ class Perturbation:
         if self.compile:
             apply_compiled_(flat, keys, coefs, self.kind)
             return
+        self._eager(flat, keys, coefs)
+
+    def _eager(self, flat: torch.Tensor, keys: torch.Tensor, coefs: torch.Tensor) -> None:
+        """flat += sum_s coefs[s] * z(keys[s]) with plain torch ops, in cache-sized blocks."""
         block = max(WORD_BITS, (BLOCK_ELEMENTS // keys.shape[0]) // WORD_BITS * WORD_BITS)  # pair- and word-aligned
         for first in range(0, flat.numel(), block):
             axpy_z_(flat[first : first + block], first, keys, coefs, self.kind)

@@ -14,36 +14,63 @@ def make_seed_pool(k: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(SEED_RANGE, size=k, replace=False)).astype(np.int64)
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def half_precision_theta0(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """A host-memory copy of the trainable weights when any is half precision (what materialisation rebuilds
+    from), else None: float32 weights take each change incrementally without losing it."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not any(p.dtype in HALF_DTYPES for _, p in params):
+        return None
+    return {n: p.detach().to("cpu", copy=True) for n, p in params}
+
+
 class SeededModel:
     """A model copy together with the coefficient vector c that describes it exactly.
 
     Every change to the weights goes through c: a local MeZO update of seed j by g is `c[j] += g`, and
     catching up with another coefficient vector replays only the difference (the paper's mechanism for
-    clients that missed rounds).
+    clients that missed rounds). A half-precision model is instead rebuilt from theta0 with the whole target c
+    (Perturbation.materialise_): it must hold theta0 when built; theta0 may be passed to share one host copy.
     """
 
     def __init__(self, model: torch.nn.Module, seed_pool: np.ndarray, lr: float,
-                 kind: str = "gaussian", compile: bool | None = None):
+                 kind: str = "gaussian", compile: bool | None = None,
+                 theta0: dict[str, torch.Tensor] | None = None):
         self.model = model
         self.seed_pool = seed_pool
         self.lr = lr
         self.c = np.zeros(len(seed_pool), dtype=np.float64)
         self.perturbation = Perturbation(model, kind=kind, compile=compile)
+        self.theta0 = theta0 if theta0 is not None else half_precision_theta0(model)
 
     def move_to(self, target_c: np.ndarray) -> int:
-        """Replay target_c - c onto the weights; returns how many seeds were replayed."""
-        delta = np.asarray(target_c, dtype=np.float64) - self.c
-        changed = np.flatnonzero(delta)
-        self.perturbation.replay_(self.seed_pool[changed].tolist(), (-self.lr * delta[changed]).tolist())
-        self.c = np.array(target_c, dtype=np.float64)
+        """Bring the weights to target_c: replay target_c - c, or, in half precision, rebuild from theta0 with
+        target_c. Returns how many seeds changed."""
+        target = np.array(target_c, dtype=np.float64)
+        changed = np.flatnonzero(target - self.c)
+        if self.theta0 is not None:
+            used = np.flatnonzero(target)
+            coefs = (-self.lr * target[used]).tolist()
+            self.perturbation.materialise_(self.theta0, self.seed_pool[used].tolist(), coefs)
+        else:
+            delta = target - self.c
+            self.perturbation.replay_(self.seed_pool[changed].tolist(), (-self.lr * delta[changed]).tolist())
+        self.c = target
         return len(changed)
 
     def replay_rounds(self, deltas: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Apply rounds' sparse Delta c (indices, values) in order, each as the server's move_to(c + delta)."""
+        """Apply rounds' sparse Delta c (indices, values) in order, each as the server's move_to(c + delta); in half
+        precision the model depends on the final c alone, so it is rebuilt once."""
+        target = self.c
         for indices, values in deltas:
             delta = np.zeros(len(self.seed_pool), dtype=np.float64)
             delta[indices] = values
-            self.move_to(self.c + delta)
+            target = target + delta
+            if self.theta0 is None:
+                self.move_to(target)
+        self.move_to(target)
 
     @torch.no_grad()
     def copy_from(self, other: SeededModel) -> None:

@@ -202,7 +202,7 @@ def test_plot_runs_draws_two_real_runs(setup, uninterrupted, tmp_path):
     assert "bytes" in fig.axes[2].get_title().lower() or "KiB" in fig.axes[2].get_ylabel()
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels[0].startswith("FedKSeed-Pro") and labels[1].startswith("FedKSeed dolly")
-    assert len(fig.axes[1].get_lines()) == 2 and len(fig.axes[1].get_lines()[0].get_xdata()) == ROUNDS
+    assert len(fig.axes[1].get_lines()) == 2 and len(fig.axes[1].get_lines()[0].get_xdata()) == ROUNDS + 1
     png = tmp_path / "runs.png"
     assert plot_runs.main([str(uninterrupted), str(second), "--out", str(png)]) == 0
     height, width = matplotlib.image.imread(png).shape[:2]

@@ -93,8 +93,8 @@ def test_tiny_run_writes_one_metrics_line_per_round(inputs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [row["round"] for row in rows] == [1, 2]
-    for row in rows:
+    assert [row["round"] for row in rows] == [0, 1, 2]  # round 0: the base model
+    for row in rows[1:]:
         assert np.isfinite(row["eval_loss"]) and np.isfinite(row["train_loss"])
         assert row["bytes_up_per_client"] == 8 * 2 + 8  # two (index, g) pairs and the sample count
     saved = np.load(out / "coefficients.npz")

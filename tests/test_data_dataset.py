@@ -9,7 +9,7 @@ import torch
 import modeling
 from conftest import dolly_records
 from errors import FedKSeedError
-from utils_data.default_tokens import IGNORE_INDEX, PROMPT_NO_INPUT, PROMPT_WITH_INPUT, build_prompt
+from utils_data.default_tokens import IGNORE_INDEX, build_prompt
 from utils_data.llm_dataset import LLMDataset, collate_right_pad
 
 
@@ -26,31 +26,20 @@ def n_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def test_build_prompt_plain_and_templated():
-    assert build_prompt(record(), use_prompts=False) == "what is the river ?\nthe paris river\n"
-    assert build_prompt(record(context=""), use_prompts=False) == "what is the river ?\n"
-    with_input = build_prompt(record(), use_prompts=True)
-    assert with_input == PROMPT_WITH_INPUT.format(instruction="what is the river ?", input="the paris river")
-    assert with_input.endswith("### Input:\nthe paris river\n\n### Response:\n")
-    without = build_prompt(record(context=""), use_prompts=True)
-    assert without == PROMPT_NO_INPUT.format(instruction="what is the river ?")
-    assert "### Input:" not in without and without.endswith("### Instruction:\nwhat is the river ?\n\n### Response:\n")
-
-
 def test_braces_in_records_are_kept_verbatim():
     r = record(instruction="fill {input} and {0}", context="{x}")
-    assert "### Instruction:\nfill {input} and {0}\n\n### Input:\n{x}\n" in build_prompt(r, use_prompts=True)
+    assert "### Instruction:\nfill {input} and {0}\n\n### Input:\n{x}\n" in build_prompt(r, "dolly")
 
 
-@pytest.mark.parametrize("use_prompts", [False, True])
-def test_labels_mask_exactly_the_prompt(tokenizer, use_prompts):
+@pytest.mark.parametrize("fmt", ["plain", "alpaca", "dolly"])
+def test_labels_mask_exactly_the_prompt(tokenizer, fmt):
     records = dolly_records(3)
-    ds = LLMDataset(records, tokenizer, use_prompts=use_prompts, max_length=512)
+    ds = LLMDataset(records, tokenizer, fmt, max_length=512)
     assert len(ds) == len(records) and ds.dropped == 0 and ds.records == records
     for item, r in zip(ds, records, strict=True):
         ids, labels = item["input_ids"], item["labels"]
         assert ids.dtype == torch.long and labels.shape == ids.shape and ids.dim() == 1
-        n_prompt = n_tokens(tokenizer, build_prompt(r, use_prompts))
+        n_prompt = n_tokens(tokenizer, build_prompt(r, fmt))
         assert n_prompt > 0
         assert (labels[:n_prompt] == IGNORE_INDEX).all()
         assert torch.equal(labels[n_prompt:], ids[n_prompt:])
@@ -63,8 +52,8 @@ def test_labels_mask_exactly_the_prompt(tokenizer, use_prompts):
 
 def test_truncation_keeps_the_head_of_the_response(tokenizer):
     r = record()
-    n_prompt = n_tokens(tokenizer, build_prompt(r, False))
-    ds = LLMDataset([r], tokenizer, use_prompts=False, max_length=n_prompt + 2)
+    n_prompt = n_tokens(tokenizer, build_prompt(r, "plain"))
+    ds = LLMDataset([r], tokenizer, "plain", max_length=n_prompt + 2)
     ids, labels = ds[0]["input_ids"], ds[0]["labels"]
     assert len(ids) == n_prompt + 2
     assert tokenizer.decode(labels[n_prompt:]) == "it is"  # two response tokens, no EOS
@@ -72,12 +61,12 @@ def test_truncation_keeps_the_head_of_the_response(tokenizer):
 
 
 def test_records_without_a_response_token_are_dropped(tokenizer, caplog):
-    max_length = 12
+    max_length = 16
     short, long_prompt = record(), record(instruction="what is the river ? " * 10)
     edge = record(instruction="what is the city ? a a a a a a", context="")
-    assert n_tokens(tokenizer, build_prompt(edge, False)) == max_length - 1  # room for one label token
+    assert n_tokens(tokenizer, build_prompt(edge, "plain")) == max_length - 1  # room for one label token
     with caplog.at_level(logging.INFO, logger="utils_data.llm_dataset"):
-        ds = LLMDataset([short, long_prompt, edge], tokenizer, use_prompts=False, max_length=max_length)
+        ds = LLMDataset([short, long_prompt, edge], tokenizer, "plain", max_length=max_length)
     assert ds.dropped == 1
     assert ds.records == [short, edge]
     assert (ds[1]["labels"] != IGNORE_INDEX).sum().item() == 1
@@ -86,17 +75,17 @@ def test_records_without_a_response_token_are_dropped(tokenizer, caplog):
 
 def test_bad_max_length_is_an_error(tokenizer):
     with pytest.raises(FedKSeedError, match="--max_length 1"):
-        LLMDataset([record()], tokenizer, use_prompts=False, max_length=1)
+        LLMDataset([record()], tokenizer, "plain", max_length=1)
 
 
 def test_empty_record_list(tokenizer):
-    ds = LLMDataset([], tokenizer, use_prompts=True, max_length=64)
+    ds = LLMDataset([], tokenizer, "dolly", max_length=64)
     assert len(ds) == 0 and ds.dropped == 0
 
 
 @pytest.mark.parametrize("pad_id", [0, 3])  # 3 = EOS: the mask must not be inferred from pad ids
 def test_collate_right_pads(tokenizer, pad_id):
-    ds = LLMDataset([record(), record(context="", response="yes .")], tokenizer, use_prompts=False,
+    ds = LLMDataset([record(), record(context="", response="yes .")], tokenizer, "plain",
                     max_length=64)
     a, b = ds[0], ds[1]
     batch = collate_right_pad([a, b], pad_id=pad_id)
@@ -117,7 +106,7 @@ def test_collate_right_pads(tokenizer, pad_id):
 
 def test_padding_does_not_change_the_loss(tiny_model_dir, tokenizer):
     model = modeling.load_model(str(tiny_model_dir))
-    ds = LLMDataset([record(), record(context="", response="yes .")], tokenizer, use_prompts=False,
+    ds = LLMDataset([record(), record(context="", response="yes .")], tokenizer, "plain",
                     max_length=64)
     alone = collate_right_pad([ds[1]], pad_id=tokenizer.pad_token_id)
     padded = collate_right_pad([ds[0], ds[1]], pad_id=tokenizer.pad_token_id)

@@ -1,17 +1,14 @@
 """Rouge-L against hand-computed LCS values, left-padded greedy generation, and the eval loss."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import processors
 
 from conftest import dolly_records
 from evaluations import eval_loss, evaluate, generate_greedy, rouge_l
 from modeling import lm_loss, load_model, load_tokenizer
-from utils_data.default_tokens import IGNORE_INDEX, build_prompt
+from utils_data.default_tokens import IGNORE_INDEX
 from utils_data.llm_dataset import LLMDataset, collate_right_pad
 
 PROMPTS = ["what is the river ?", "tell me about paris", "a",
@@ -33,7 +30,7 @@ def dataset(tiny):
     # Responses of 1-3 repeats, so examples have different numbers of response tokens.
     records = [dict(r, response=" ".join([r["response"]] * (1 + i % 3)))
                for i, r in enumerate(dolly_records(2))]
-    return LLMDataset(records[:10], tiny[1], use_prompts=True, max_length=64)
+    return LLMDataset(records[:10], tiny[1], "dolly", max_length=64)
 
 
 # --- rouge_l ---------------------------------------------------------------------------------------
@@ -67,6 +64,10 @@ def test_rouge_l_edges():
 
 # --- generate_greedy -------------------------------------------------------------------------------
 
+def encode(tokenizer, prompts: list[str]) -> list[list[int]]:
+    return [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+
+
 def manual_greedy(model, tokenizer, prompt: str, n: int) -> str:
     """Reference: argmax of a full forward pass per step, no cache, no padding."""
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -82,28 +83,18 @@ def manual_greedy(model, tokenizer, prompt: str, n: int) -> str:
 
 def test_generate_returns_only_the_greedy_continuation(tiny):
     model, tok = tiny
-    out = generate_greedy(model, tok, PROMPTS[:2], max_new_tokens=10)
+    out = generate_greedy(model, tok, encode(tok, PROMPTS[:2]), max_new_tokens=10)
     assert out == [manual_greedy(model, tok, p, 10) for p in PROMPTS[:2]]
     assert all(o and not o.startswith(p) for o, p in zip(out, PROMPTS[:2], strict=True))
 
 
-def test_generate_tokenizes_prompts_like_llm_dataset(tiny):
-    model, tok = tiny
-    bos_tok = copy.deepcopy(tok)  # a tokenizer that adds <s>, as LLaMA's do; LLMDataset never adds it
-    bos_tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
-    assert bos_tok("a")["input_ids"][0] == tok.bos_token_id
-    assert generate_greedy(model, bos_tok, PROMPTS[:3], max_new_tokens=8) == [
-        manual_greedy(model, tok, p, 8) for p in PROMPTS[:3]]
-
-
 def test_batched_left_padding_equals_one_by_one(tiny):
     model, tok = tiny
-    assert tok.padding_side == "right"  # the default here: generate_greedy must not rely on it, nor change it
-    single = [generate_greedy(model, tok, [p], max_new_tokens=12)[0] for p in PROMPTS]
+    assert tok.padding_side == "right"  # the default here: generate_greedy must not rely on it
+    single = [generate_greedy(model, tok, encode(tok, [p]), max_new_tokens=12)[0] for p in PROMPTS]
     assert all(single) and len(set(single)) == len(PROMPTS)  # non-trivial, distinct outputs
     for bs in (2, len(PROMPTS)):
-        assert generate_greedy(model, tok, PROMPTS, max_new_tokens=12, batch_size=bs) == single
+        assert generate_greedy(model, tok, encode(tok, PROMPTS), max_new_tokens=12, batch_size=bs) == single
     assert tok.padding_side == "right"
 
     # The comparison has teeth: right-padded batched generation gives different text on this model.
@@ -151,7 +142,7 @@ def test_evaluate_keys_by_metric(tiny, dataset):
     assert evaluate(model, tok, dataset, "loss") == pytest.approx({"eval_loss": loss}, abs=1e-5)
     out = evaluate(model, tok, dataset, "rouge", max_new_tokens=8, batch_size=4, progress=True)
     assert set(out) == {"eval_loss", "rouge_l"}
-    preds = generate_greedy(model, tok, [build_prompt(r, True) for r in dataset.records], max_new_tokens=8)
+    preds = generate_greedy(model, tok, [dataset.prompt_ids(i) for i in range(len(dataset))], max_new_tokens=8)
     assert out["rouge_l"] == pytest.approx(rouge_l(preds, [r["response"] for r in dataset.records]))
     assert 0.0 <= out["rouge_l"] <= 1.0 and out["eval_loss"] == pytest.approx(loss, abs=1e-5)
     with pytest.raises(ValueError):

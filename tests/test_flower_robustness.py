@@ -65,7 +65,7 @@ def test_max_pairs_follows_the_round_mode():
     batch = Server(torch.nn.Linear(2, 1), ServerConfig(3, 1.0, 4, LocalTraining(0.1, 0.01, 7)), compile=False)
     epoch = Server(torch.nn.Linear(2, 1), ServerConfig(3, 1.0, 4, LocalTraining(
         0.1, 0.01, 7, batch_or_epoch="epoch", batch_size=4)), compile=False)
-    assert batch.max_pairs(100) == 7 and epoch.max_pairs(10) == 3
+    assert batch.max_pairs(100) == 7 and epoch.max_pairs(10) == 7 * 3  # local_step epochs of ceil(10 / 4) batches
 
 
 # --- poisoning ----------------------------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ def honest_uploads(tiny_model_dir):
         config = TrainConfig(round=1, local=LocalTraining(lr=1e-3, eps=1e-3, local_step=STEPS))
         uploads = []
         for i in range(CLIENTS):
-            client = Client(i, LLMDataset(records[6 * i:6 * i + 6], tokenizer, False, 64), tokenizer.pad_token_id, 0)
+            client = Client(i, LLMDataset(records[6 * i:6 * i + 6], tokenizer, "plain", 64), tokenizer.pad_token_id, 0)
             work.copy_from(start)
             uploads.append(client.train(work, start.c, config))
         return uploads

@@ -75,6 +75,8 @@ def test_flower_simulation_c_is_bit_identical_to_the_inprocess_run(inprocess, fl
     for p, q in zip(a["server"].seeded.model.parameters(), b["server"].seeded.model.parameters(), strict=True):
         assert torch.equal(p, q)
     rows_a, rows_b = read_metrics(a_dir / "metrics.jsonl"), read_metrics(b_dir / "metrics.jsonl")
+    assert rows_a[0]["round"] == rows_b[0]["round"] == 0 and rows_a[0]["eval_loss"] == rows_b[0]["eval_loss"]
+    rows_a, rows_b = rows_a[1:], rows_b[1:]  # round 0 is the base model's evaluation
     assert [r["clients"] for r in rows_a] == [r["clients"] for r in rows_b]
     assert [r["train_loss"] for r in rows_a] == [r["train_loss"] for r in rows_b]
     assert a["summary"]["final"] == b["summary"]["final"]
@@ -83,7 +85,8 @@ def test_flower_simulation_c_is_bit_identical_to_the_inprocess_run(inprocess, fl
 
 def test_flower_metrics_report_measured_bytes_within_the_bounds(flower):
     _, out = flower
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if r["round"] > 0]  # round 0: the base model
+    assert len(rows) == 3
     for row in rows:
         assert row["bytes_up_payload_per_client"] == STEPS * 8  # int32 index + float32 g a step
         assert row["bytes_up_record_per_client"] <= 2048  # ~2 KB at 200 local steps
@@ -109,7 +112,8 @@ def test_hostile_replies_are_rejected_per_message_and_the_round_goes_on(tiny_mod
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
-    (row,) = read_metrics(tmp_path / "hostile" / "metrics.jsonl")
+    base, row = read_metrics(tmp_path / "hostile" / "metrics.jsonl")
+    assert base["round"] == 0
     assert row["selected"] == list(range(10))
     assert row["clients"] == [8, 9]  # the honest ones, aggregated
     reasons = {r["client"]: r["reason"] for r in row["rejected"]}

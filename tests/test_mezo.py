@@ -41,7 +41,7 @@ def mse(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    data = LLMDataset(dolly_records(1)[:2], tokenizer, use_prompts=False, max_length=64)
+    data = LLMDataset(dolly_records(1)[:2], tokenizer, "plain", max_length=64)
     batch = collate_right_pad([data[0], data[1]], tokenizer.pad_token_id)
     return load_model(str(tiny_model_dir)), batch
 

@@ -64,12 +64,12 @@ def small_server(num_clients: int, fraction: float, seed: int = 0, **kw) -> Serv
     return Server(torch.nn.Linear(3, 2), cfg, compile=False)
 
 
-@pytest.mark.parametrize(("n", "m", "expected"), [(10, 0.25, 3), (200, 0.05, 10), (7, 1.0, 7), (10, 0.01, 1),
-                                                  (3, 0.5, 2), (1, 0.05, 1),
+@pytest.mark.parametrize(("n", "m", "expected"), [(10, 0.25, 2), (200, 0.05, 10), (7, 1.0, 7), (10, 0.01, 1),
+                                                  (3, 0.5, 1), (1, 0.05, 1), (626, 0.003, 1), (10, 0.15, 1),
                                                   # m * n in floats is 7.000000000000001 and 28.999999999999996:
                                                   # still exactly 7 and 29 clients
                                                   (100, 0.07, 7), (50, 0.14, 7), (100, 0.29, 29)])
-def test_select_clients_draws_ceil_m_times_n_distinct_clients(n, m, expected):
+def test_select_clients_draws_int_m_times_n_distinct_clients(n, m, expected):
     server = small_server(n, m)
     selections = [server.select_clients() for _ in range(20)]
     for chosen in selections:
@@ -186,7 +186,7 @@ def tokenizer(tiny_model_dir):
 
 def make_clients(tokenizer, n: int, run_seed: int) -> list[Client]:
     records = dolly_records(4)
-    return [Client(i, LLMDataset(records[i::n], tokenizer, False, 64), tokenizer.pad_token_id, run_seed)
+    return [Client(i, LLMDataset(records[i::n], tokenizer, "plain", 64), tokenizer.pad_token_id, run_seed)
             for i in range(n)]
 
 

@@ -12,25 +12,39 @@ from utils_data.default_tokens import IGNORE_INDEX, build_prompt
 logger = logging.getLogger(__name__)
 
 
-class LLMDataset(Dataset):
-    """Tokenized records: input_ids = prompt + response + EOS (truncated), labels mask the prompt.
+def special_prefix(tokenizer) -> list[int]:
+    """The ids a tokenizer puts before the text by default (BOS for LLaMA-family tokenizers; often none)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start])
+    return []
 
-    Records left with no supervised token after truncation are dropped; `self.dropped` counts them
-    and `self.records` holds the kept records, aligned with the items.
+
+class LLMDataset(Dataset):
+    """Tokenized records: input_ids = [BOS] + prompt + response + EOS (truncated), labels mask [BOS] + prompt.
+
+    The BOS (or whatever special_prefix finds) is there when the tokenizer adds it by default, as in the authors'
+    pipeline. Records left with no supervised token after truncation are dropped; `self.dropped` counts them,
+    `self.records` holds the kept records and `self.prompt_lengths` their prompt lengths (prefix included),
+    aligned with the items.
     """
 
-    def __init__(self, records: list[dict], tokenizer, use_prompts: bool, max_length: int):
+    def __init__(self, records: list[dict], tokenizer, prompt_format: str, max_length: int):
         if max_length < 2:
             raise FedKSeedError(f"--max_length {max_length}: expected at least 2 tokens")
         eos = tokenizer.eos_token_id
         if eos is None:
             raise FedKSeedError("the tokenizer has no EOS token, so responses cannot be terminated")
         # Separate calls without special tokens, so the prompt/response boundary is exact.
-        prompt_ids = _tokenize(tokenizer, [build_prompt(r, use_prompts) for r in records])
+        prefix = special_prefix(tokenizer)
+        prompt_ids = [prefix + p for p in _tokenize(tokenizer, [build_prompt(r, prompt_format) for r in records])]
         response_ids = _tokenize(tokenizer, [r["response"] for r in records])
 
         self.records: list[dict] = []
         self.items: list[dict[str, torch.Tensor]] = []
+        self.prompt_lengths: list[int] = []
         self.dropped = 0
         for record, p, r in zip(records, prompt_ids, response_ids, strict=True):
             ids = (list(p) + list(r) + [eos])[:max_length]
@@ -40,6 +54,7 @@ class LLMDataset(Dataset):
                 self.dropped += 1
                 continue
             self.records.append(record)
+            self.prompt_lengths.append(len(p))
             self.items.append({"input_ids": torch.tensor(ids, dtype=torch.long),
                                "labels": torch.tensor(labels, dtype=torch.long)})
         if self.dropped:
@@ -51,6 +66,10 @@ class LLMDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return self.items[i]
+
+    def prompt_ids(self, i: int) -> list[int]:
+        """Item i's prompt as generation starts from it: the training tokens before the response."""
+        return self.items[i]["input_ids"][:self.prompt_lengths[i]].tolist()
 
 
 def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:

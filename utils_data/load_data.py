@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from errors import FedKSeedError
+from streams import stream
 from utils_data.natural_instruction_loader import load_natural_instructions
 from utils_data.partition_data import dirichlet_partition, parse_iid
 
@@ -57,7 +58,7 @@ def read_jsonl(path: Path) -> list[dict]:
 def load_federated_data(dataset: str, data_path: str, num_clients: int, iid: str, zerotask: int,
                         dataset_subsample: float, max_length: int, seed: int) -> FederatedData:
     """Clients' training records and the eval records for --dataset dolly or instruct."""
-    rng = np.random.default_rng(seed)
+    rng = stream(seed, "data")
     if dataset == "dolly":
         return _load_dolly(Path(data_path), num_clients, iid, zerotask, dataset_subsample, rng)
     if dataset == "instruct":

@@ -22,8 +22,9 @@ def load_natural_instructions(root: Path, max_length: int, rng: np.random.Genera
     """(train clients' records, their task names, eval records) from `root` = .../natural-instructions.
 
     Instances with len(input) >= max_length characters are dropped. A train task with at least 20
-    left becomes a client holding round(20%) of them (>= 4); a test task with more than 20 left gives
-    max(20, round(2%)) eval records, otherwise all of them. Split tasks missing on disk are skipped.
+    left becomes a client holding int(20%) of them (>= 4); a test task with more than 20 left gives
+    max(20, int(2%)) eval records, otherwise all of them, as the authors' loader. Split tasks missing on disk
+    are skipped.
     """
     root = Path(root)
     clients, names = [], []
@@ -34,7 +35,7 @@ def load_natural_instructions(root: Path, max_length: int, rng: np.random.Genera
         if len(records) < MIN_TRAIN_INSTANCES:
             too_small += 1
             continue
-        clients.append(_sample(records, max(1, round(TRAIN_FRACTION * len(records))), rng))
+        clients.append(_sample(records, int(TRAIN_FRACTION * len(records)), rng))
         names.append(task)
     if too_small:
         logger.info("natural-instructions: skipped %d train tasks with fewer than %d instances "
@@ -48,7 +49,7 @@ def load_natural_instructions(root: Path, max_length: int, rng: np.random.Genera
     for task in test_tasks:
         records = _load_task(root, task, max_length)
         if len(records) > MIN_TEST_INSTANCES:
-            records = _sample(records, max(MIN_TEST_INSTANCES, round(TEST_FRACTION * len(records))), rng)
+            records = _sample(records, max(MIN_TEST_INSTANCES, int(TEST_FRACTION * len(records))), rng)
         eval_records.extend(records)
     if not eval_records:
         raise FedKSeedError(f"{root}: the test tasks have no instance with input shorter than "
