@@ -2,9 +2,9 @@
 # The CPU study of docs/results.md, then its tables and plots. Usage: scripts/run_study.sh [OUT_DIR] (default
 # runs/study). Three parts, each skipping runs that already finished (a summary.json), so an interrupted study
 # resumes where it stopped:
-#   sweep/     lr x eps on Dolly, one client, eval loss only (scripts/small/sweep.sh)
 #   dolly/     base vs FedKSeed vs FedKSeed-Pro on the Dolly sample, seeds 0 1 2
 #   instruct/  the same on Natural Instructions, when NI_DATA (default ../shared/data) has its task files
+#   sweep/     lr x eps on Dolly, one client, eval loss only (scripts/small/sweep.sh)
 set -euo pipefail
 source "$(dirname "$0")/small/common.sh"
 OUT=${1:-runs/study}
@@ -14,22 +14,22 @@ timed() {  # timed NAME COMMAND...: run and append its wall time to $OUT/wall_ti
   "$@"
   echo "$name: $(( $(date +%s) - start )) s" | tee -a "$OUT/wall_time.txt"
 }
-arm() {  # arm DIR FLAGS...: FedKSeed (with the base model evaluated first) and FedKSeed-Pro, 3 seeds
+arm() {  # arm DIR FLAGS...: FedKSeed (with the base model evaluated first) and FedKSeed-Pro (same base), 3 seeds
   local dir=$1; shift
   for seed in 0 1 2; do
     [ -f "$dir/fedkseed-s$seed/summary.json" ] || \
       python main.py "$@" --seed "$seed" --eval_base --output_dir "$dir/fedkseed-s$seed"
     [ -f "$dir/fedkseed_pro-s$seed/summary.json" ] || \
-      python main.py "$@" --seed "$seed" --bias_sampling --output_dir "$dir/fedkseed_pro-s$seed"
+      python main.py "$@" --seed "$seed" --bias_sampling --no_eval_base --output_dir "$dir/fedkseed_pro-s$seed"
   done
 }
-timed sweep bash scripts/small/sweep.sh "$OUT/sweep"
 timed dolly arm "$OUT/dolly" "${SMALL[@]}"
 if [ -f "$NI_DATA/natural-instructions/splits/default/train_tasks.txt" ]; then
   timed instruct arm "$OUT/instruct" "${SMALL_NI[@]}"
 else
   echo "instruct: skipped, no Natural Instructions under $NI_DATA" | tee -a "$OUT/wall_time.txt"
 fi
+timed sweep bash scripts/small/sweep.sh "$OUT/sweep"
 python scripts/summarize_study.py "$OUT" --json "$OUT/study_results.json" | tee "$OUT/table.md"
 for part in dolly instruct; do
   if [ -d "$OUT/$part" ]; then
