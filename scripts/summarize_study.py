@@ -4,8 +4,9 @@ client; and the lr x eps sweep's eval loss by round.
     python scripts/summarize_study.py runs/study [--json docs/study_results.json]
 
 The study folder holds dolly/ and instruct/ (runs named fedkseed-s<seed>, fedkseed_pro-s<seed>) and sweep/
-(runs named lr<lr>-eps<eps>); parts that are absent are left out. --json also writes every seed's numbers
-(what tests/test_study_small.py checks a rerun against).
+(runs named lr<lr>-eps<eps>); parts that are absent are left out. --json also writes every seed's numbers, and
+the rerun of Dolly seed 0 in one torch thread (dolly/rerun-1thread) when present: tests/test_study_small.py checks
+a rerun against seed 0 within a tolerance derived from that rerun-to-rerun difference.
 """
 from __future__ import annotations
 
@@ -89,6 +90,10 @@ def main(study: Path) -> str:
 def write_json(study: Path, out: Path) -> None:
     doc = {name: {"fedkseed": collect(study / name, "fedkseed"), "fedkseed_pro": collect(study / name, "fedkseed_pro")}
            for name in DATASETS if (study / name).is_dir()}
+    rerun = study / "dolly" / "rerun-1thread" / "summary.json"
+    if rerun.exists():
+        final = json.loads(rerun.read_text())["final"]
+        doc["dolly"]["rerun_seed0_1thread"] = {"rouge_l": final["rouge_l"], "eval_loss": final["eval_loss"]}
     out.write_text(json.dumps(doc, indent=2) + "\n")
 
 
