@@ -38,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
         "zeroth-order steps drawn from K seeds (arXiv 2312.06353).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument("--method", choices=["fedkseed", "fedit", "fedavg"], default="fedkseed",
+                   help="fedkseed: zeroth-order steps on K seeds, seeds and scalars on the wire (--bias_sampling: "
+                   "FedKSeed-Pro); fedit: LoRA adapters trained with AdamW, FedAvg of the adapters; fedavg: all "
+                   "weights trained with AdamW, FedAvg of the weights (the paper's baselines)")
+    lora = p.add_argument_group("LoRA (--method fedit)")
+    lora.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
+    lora.add_argument("--lora_alpha", type=int, default=16, help="LoRA scaling numerator (scale = alpha / r)")
+    lora.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA input")
+    lora.add_argument("--lora_target_modules", default="q_proj,v_proj",
+                      help="comma-separated module names that get adapters (LLaMA-family attention projections)")
     fed = p.add_argument_group("federation")
     fed.add_argument("--num_clients", type=int, default=200,
                      help="clients (Dolly); on Natural Instructions the number of usable train tasks")
@@ -166,8 +176,16 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.zo_eps > 0, f"--zo_eps {args.zo_eps}: must be positive"),
         (0 < args.dataset_subsample <= 1, f"--dataset_subsample {args.dataset_subsample}: must be in (0, 1]"),
         (args.dataset in ("instruct", "dolly"), f"--dataset {args.dataset}: expected instruct or dolly"),
-        (args.weight_decay == 0, f"--weight_decay {args.weight_decay}: not supported; decay would make the "
-         "model differ from theta0 - lr*sum c_j z_j, which every client and the server rely on"),
+        (args.weight_decay == 0 or args.method != "fedkseed", f"--weight_decay {args.weight_decay}: not supported "
+         "with fedkseed; decay would make the model differ from theta0 - lr*sum c_j z_j, which every client and "
+         "the server rely on"),
+        (args.weight_decay >= 0, f"--weight_decay {args.weight_decay}: must be >= 0"),
+        (not args.bias_sampling or args.method == "fedkseed", f"--bias_sampling: FedKSeed-Pro's seed sampling; "
+         f"--method {args.method} has no seeds"),
+        (args.lora_r >= 1, f"--lora_r {args.lora_r}: must be at least 1"),
+        (args.engine == "inprocess" or args.method == "fedkseed", f"--engine {args.engine}: runs --method fedkseed "
+         f"only so far; run --method {args.method} with the in-process engine"),
+        (0 <= args.lora_dropout < 1, f"--lora_dropout {args.lora_dropout}: must be in [0, 1)"),
         (args.bias_loss_clip > 0, f"--bias_loss_clip {args.bias_loss_clip}: must be positive"),
         (args.eval_every >= 0, f"--eval_every {args.eval_every}: must be >= 0"),
         (args.save_every >= 0, f"--save_every {args.save_every}: must be >= 0"),
@@ -185,6 +203,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         if not ok:
             raise FedKSeedError(message)
     parse_iid(args.iid)
+    check_lora_flags(args)
     check_seed_state_fits(args)
     args.device = resolve_device(args.device)
     if args.dtype == "auto":
@@ -193,6 +212,19 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.output_dir = str(Path(args.log_root) / f"{args.dataset}-{method_name(args)}-{stamp}")
     return args
+
+
+LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+
+
+def check_lora_flags(args: argparse.Namespace) -> None:
+    """LoRA flags only make sense for a method that trains adapters."""
+    if args.method == "fedit":
+        return
+    defaults = build_parser().parse_args([])
+    given = [f"--{name}" for name in LORA_FLAGS if getattr(args, name) != getattr(defaults, name)]
+    if given:
+        raise FedKSeedError(f"{', '.join(given)}: LoRA flags need --method fedit (this run is --method {args.method})")
 
 
 def available_memory() -> int:
@@ -216,6 +248,8 @@ def check_seed_state_fits(args: argparse.Namespace) -> None:
 
 
 def method_name(args: argparse.Namespace) -> str:
+    if args.method != "fedkseed":
+        return args.method
     return "fedkseed-pro" if args.bias_sampling else "fedkseed"
 
 
@@ -224,7 +258,7 @@ TRAJECTORY_FLAGS = (
     "dataset", "data_path", "num_clients", "m", "local_step", "batch_or_epoch", "equal_weight", "client_sync",
     "batch_size", "max_length", "use_prompts", "iid", "zerotask", "dataset_subsample", "model", "lr",
     "weight_decay", "grad_clip", "K", "zo_eps", "perturbation", "bias_sampling", "bias_loss_clip",
-    "grad_initial", "dtype", "seed", "aggregation", "trim_fraction", "max_abs_grad",
+    "grad_initial", "dtype", "seed", "aggregation", "trim_fraction", "max_abs_grad", "method", *LORA_FLAGS,
 )
 
 

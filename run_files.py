@@ -8,6 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+MEASURED = ("seconds", "client_seconds", "peak_memory_bytes")  # metrics that are timings or memory, not results
 PACKAGES = ("torch", "transformers", "numpy", "rouge-score", "gguf", "accelerate")
 
 

@@ -1,7 +1,7 @@
-"""The in-process engine: every client runs in this process on one shared client-side model copy."""
+"""The in-process engine: every client runs in this process, one after another, on the method's work copy of the
+model. It moves work and records metrics; what a client computes and how uploads combine is the method's."""
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import sys
@@ -12,14 +12,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkpoint
-from client import Client, LocalTraining
+from checkpoint import CHECKPOINT_FILE, RunState
+from client import Client
 from errors import FedKSeedError
 from evaluations import evaluate
+from methods import LocalReport, build_method
 from modeling import load_model, load_tokenizer
-from optimizers.seed_pool import SeededModel
 from run_files import MetricsFile, setup_logging, write_config
-from server import Server, ServerConfig
 from streams import stream
 from utils_data.default_tokens import prompt_format
 from utils_data.llm_dataset import LLMDataset
@@ -28,41 +27,12 @@ from utils_data.load_data import load_for_run
 logger = logging.getLogger("fedkseed")
 
 
-def server_config(args, num_clients: int) -> ServerConfig:
-    return ServerConfig(
-        num_clients=num_clients, client_fraction=args.m, k=args.K,
-        local=LocalTraining(lr=args.lr, eps=args.zo_eps, local_step=args.local_step,
-                            batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size, grad_clip=args.grad_clip),
-        equal_weight=args.equal_weight, bias_sampling=args.bias_sampling,
-        bias_loss_clip=args.bias_loss_clip, grad_initial=args.grad_initial, perturbation=args.perturbation,
-        seed=args.seed, aggregation=args.aggregation, max_abs_grad=args.max_abs_grad,
-        trim_fraction=args.trim_fraction,
-    )
-
-
 def eval_subset(records: list[dict], n: int, seed: int) -> list[dict]:
     """n held-out records from a seeded shuffle, in their original order (all of them when n is 0)."""
     if n == 0 or n >= len(records):
         return records
     order = stream(seed, "eval").permutation(len(records))[:n]
     return [records[i] for i in sorted(order)]
-
-
-def bytes_up(update) -> int:
-    """Upload size: one int32 seed index and one float32 scalar gradient a step, plus the sample count."""
-    return 8 * len(update.seed_indices) + 8
-
-
-def bytes_down(changed_seeds: int, k: int, pro: bool) -> int:
-    """Download size: the changed entries of c since the client last synced (int32 index, float64 value),
-    plus the Pro probabilities (float32 each) when seeds are sampled by them."""
-    return 12 * changed_seeds + (4 * k if pro else 0)
-
-
-def changed_since(deltas: list[tuple[np.ndarray, np.ndarray]], since_round: int) -> int:
-    """How many entries of c changed after round `since_round` (the client's catch-up size)."""
-    touched = [idx for idx, _ in deltas[since_round:]]
-    return len(np.unique(np.concatenate(touched))) if touched else 0
 
 
 def build_clients(args, data, tokenizer) -> tuple[list[Client], LLMDataset]:
@@ -94,113 +64,69 @@ def open_run_dir(args, resume: RunState | None) -> Path:
     return out
 
 
-def fresh_state(args, server: Server, fingerprint: str, clients: list[Client]) -> RunState:
-    """The run's state before its first round."""
-    return RunState(round=0, fingerprint=fingerprint, flags=vars(args).copy(), seed_pool=server.seed_pool,
-                    c=server.c, deltas=[], server_rng=server.rng.bit_generator.state,
-                    last_round={c.client_id: 0 for c in clients})
+def cost_metrics(reports: list[LocalReport]) -> dict:
+    """What the round's clients sent, received and spent, per client (the same keys for every method)."""
+    skipped = sorted({kind for r in reports for kind in r.skipped})
+    return {
+        "train_loss": float(np.nanmean([r.train_loss for r in reports])) if reports else float("nan"),
+        **{f"skipped_{kind}": sum(r.skipped.get(kind, 0) for r in reports) for kind in skipped},
+        "bytes_down_per_client": float(np.mean([r.bytes_down for r in reports])),
+        "bytes_up_per_client": float(np.mean([r.bytes_up for r in reports])),
+        "forward_equivalents_per_client": float(np.mean([r.forward_equivalents for r in reports])),
+        "client_seconds": round(float(np.mean([r.seconds for r in reports])), 3),
+        "peak_memory_bytes": int(max(r.peak_bytes for r in reports)),
+    }
 
 
 def run(args, resume: RunState | None = None) -> dict:
-    """Train for args.rounds rounds (continuing `resume` when given); returns summary, c and the server."""
+    """Train for args.rounds rounds (continuing `resume` when given); returns the summary and the method."""
     out = open_run_dir(args, resume)
     show = not args.quiet and sys.stderr.isatty()
 
     data = load_for_run(args)
     tokenizer = load_tokenizer(args.model)
     clients, eval_set = build_clients(args, data, tokenizer)
-    logger.info("%d clients (%d training examples), %d evaluation examples, %s on %s (%s)",
-                len(clients), sum(len(c) for c in clients), len(eval_set), args.model, args.device, args.dtype)
-
-    compile_z = False if args.no_compile else None
-    server_model = load_model(args.model, args.dtype, args.device)
-    fingerprint = model_fingerprint(server_model)
-    server = Server(server_model, server_config(args, len(clients)), compile=compile_z)
-    work = SeededModel(copy.deepcopy(server_model), server.seed_pool, args.lr, kind=args.perturbation,
-                       compile=compile_z, theta0=server.seeded.theta0)
-    state = fresh_state(args, server, fingerprint, clients)
+    logger.info("%d clients (%d training examples), %d evaluation examples, %s on %s (%s), %s",
+                len(clients), sum(len(c) for c in clients), len(eval_set), args.model, args.device, args.dtype,
+                args.method)
+    method = build_method(args, load_model(args.model, args.dtype, args.device), clients, resume)
     metrics = MetricsFile(out / "metrics.jsonl", fresh=resume is None)
     if resume is not None:
-        state = restore(server, resume, fingerprint)
-        metrics.keep_rounds_up_to(state.round)
-        logger.info("resumed %s at round %d", out, state.round)
+        metrics.keep_rounds_up_to(method.round)
+        logger.info("resumed %s at round %d", out, method.round)
 
     def run_eval(round_idx: int, metric: str) -> dict:
-        result = evaluate(server.seeded.model, tokenizer, eval_set, metric, args.max_new_tokens,
+        result = evaluate(method.global_model(), tokenizer, eval_set, metric, args.max_new_tokens,
                           args.eval_batch_size, progress=show)
         logger.info("round %d: %s", round_idx, "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
         return result
 
     if args.eval_base and resume is None:
-        state.base_eval = run_eval(0, args.eval_metric)
-        metrics.write({"round": 0, **state.base_eval})
+        method.base_eval = run_eval(0, args.eval_metric)
+        metrics.write({"round": 0, **method.base_eval})
     row = {}
-    for round_idx in tqdm(range(state.round + 1, args.rounds + 1), desc="rounds", disable=not show):
+    for round_idx in tqdm(range(method.round + 1, args.rounds + 1), desc="rounds", disable=not show):
         start = time.time()
-        selected = [clients[i] for i in server.select_clients()]
-        train_config = server.train_config(round_idx)
-        steps = sum(server.max_pairs(len(c)) for c in selected)
-        updates, down = [], []
-        with tqdm(total=steps, desc=f"round {round_idx}", unit="step", leave=False, disable=not show) as bar:
+        selected = [clients[i] for i in method.select_clients(round_idx)]
+        with tqdm(total=None, desc=f"round {round_idx}", unit="step", leave=False, disable=not show) as bar:
+            reports = []
             for n, client in enumerate(selected, start=1):
                 bar.set_postfix_str(f"client {n}/{len(selected)}")
-                changed = changed_since(state.deltas, state.last_round[client.client_id])
-                down.append(bytes_down(changed, args.K, args.bias_sampling))
-                if args.client_sync == "copy":
-                    work.copy_from(server.seeded)
-                updates.append(client.train(work, server.c, train_config, progress=bar))
-                state.last_round[client.client_id] = round_idx - 1
-        delta = server.apply_round(server.accept(updates, round_idx))
-        nonzero = np.flatnonzero(delta)
-        state.deltas.append((nonzero.astype(np.int32), delta[nonzero]))
-        row = {
-            "round": round_idx,
-            "clients": [u.client_id for u in updates],
-            "train_loss": float(np.nanmean([u.mean_loss for u in updates])),
-            "skipped_nan": sum(u.skipped["nan"] for u in updates),
-            "skipped_clip": sum(u.skipped["clip"] for u in updates),
-            "bytes_down_per_client": float(np.mean(down)),
-            "bytes_up_per_client": float(np.mean([bytes_up(u) for u in updates])),
-        }
+                reports.append(method.train_client(client, round_idx, progress=bar))
+        row = {"round": round_idx, **method.finish_round(round_idx, reports), **cost_metrics(reports)}
         final = round_idx == args.rounds
         if final or (args.eval_every and round_idx % args.eval_every == 0):
             row.update(run_eval(round_idx, args.eval_metric if final else "loss"))
         row["seconds"] = round(time.time() - start, 3)
         metrics.write(row)
-        logger.info("round %d: train loss %.4f, %d clients, skipped %d nan / %d clip, %.0f B up, %.0f B down",
-                    round_idx, row["train_loss"], len(updates), row["skipped_nan"], row["skipped_clip"],
-                    row["bytes_up_per_client"], row["bytes_down_per_client"])
-        state.round = round_idx
+        logger.info("round %d: train loss %.4f, %d clients, %.0f B up, %.0f B down, %.0f forward-equivalents "
+                    "per client", round_idx, row["train_loss"], len(reports), row["bytes_up_per_client"],
+                    row["bytes_down_per_client"], row["forward_equivalents_per_client"])
         if final or (args.save_every and round_idx % args.save_every == 0):
-            checkpoint(out, state, server)
+            method.save(out)
 
-    summary = {"base": state.base_eval, "final": {k: row[k] for k in ("eval_loss", "rouge_l") if k in row},
-               "rounds": args.rounds, "method": "fedkseed-pro" if args.bias_sampling else "fedkseed"}
-    if args.save:
-        np.savez(out / "coefficients.npz", c=server.c, seed_pool=server.seed_pool, lr=args.lr)
+    summary = {"base": method.base_eval, "final": {k: row[k] for k in ("eval_loss", "rouge_l") if k in row},
+               "rounds": args.rounds, **method.summary()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return {"summary": summary, "c": server.c, "server": server}
-
-
-def checkpoint(out: Path, state: RunState, server: Server) -> None:
-    """Snapshot the server's state into the run state and write it atomically."""
-    state.c = server.c.copy()
-    state.server_rng = server.rng.bit_generator.state
-    if server.history is not None:
-        state.history = (server.history.abs_sum.copy(), server.history.counts.copy())
-    save_checkpoint(out / CHECKPOINT_FILE, state)
-
-
-def restore(server: Server, state: RunState, fingerprint: str) -> RunState:
-    """Bring a fresh server to the checkpointed round: same seeds, same RNG, same model bit for bit."""
-    if state.fingerprint != fingerprint:
-        raise FedKSeedError("--resume: the base model differs from the checkpoint's (fingerprint mismatch)")
-    if not np.array_equal(state.seed_pool, server.seed_pool):
-        raise FedKSeedError("--resume: the seed pool differs from the checkpoint's (different -K or --seed)")
-    server.replay_rounds(state.deltas)
-    if not np.array_equal(server.c, state.c):
-        raise FedKSeedError("--resume: replaying the checkpoint's rounds does not reproduce its c (corrupt?)")
-    server.rng.bit_generator.state = state.server_rng
-    if server.history is not None and state.history is not None:
-        server.history.abs_sum, server.history.counts = (a.copy() for a in state.history)
-    return state
+    return {"summary": summary, "method": method, "c": getattr(method, "c", None),
+            "server": getattr(method, "server", None)}

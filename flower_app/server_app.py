@@ -30,10 +30,11 @@ from errors import FedKSeedError
 from evaluations import evaluate
 from flower_app import messages
 from flower_app.node import read_run_file
+from methods.fedkseed import checkpoint, fresh_state, restore, server_config
 from modeling import load_model, load_tokenizer
 from run_files import MetricsFile
 from server import Server, validate_update
-from simulation import build_clients, checkpoint, fresh_state, open_run_dir, restore, server_config
+from simulation import build_clients, open_run_dir
 from utils_data.load_data import load_for_run
 
 logger = logging.getLogger("fedkseed")

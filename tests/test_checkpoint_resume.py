@@ -18,7 +18,7 @@ import torch
 from checkpoint import CHECKPOINT_FILE, load_checkpoint
 from conftest import ROOT, dolly_records, write_tiny_model
 from errors import FedKSeedError
-from run_files import read_metrics
+from run_files import MEASURED, read_metrics
 
 ENV = {**os.environ, "FEDKSEED_COMPILE": "0", "PYTHONUNBUFFERED": "1"}
 ROUNDS = 6
@@ -46,7 +46,7 @@ def main_py(*argv: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [{k: v for k, v in r.items() if k not in MEASURED} for r in rows]
 
 
 def pro_probabilities_of(state) -> np.ndarray:

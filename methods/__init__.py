@@ -1,0 +1,26 @@
+"""Federated fine-tuning methods behind one interface (methods.base.Method): FedKSeed (and Pro), FedIT, FedAvg."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from checkpoint import RunState
+from client import Client
+from methods.base import LocalReport, Method
+
+METHODS = ("fedkseed", "fedit", "fedavg")
+
+__all__ = ["METHODS", "LocalReport", "Method", "build_method"]
+
+
+def build_method(args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
+                 resume: RunState | None = None) -> Method:
+    """The method --method names, around the loaded base model."""
+    if args.method == "fedkseed":
+        from methods.fedkseed import FedKSeed
+
+        return FedKSeed(args, model, clients, resume)
+    from methods.first_order import FirstOrder
+
+    return FirstOrder(args, model, clients)

@@ -1,0 +1,65 @@
+"""The seam between the engines and the methods: what a method does in a round, and what a client's work cost.
+
+An engine (simulation.py in-process; the Flower app) moves work to clients and records metrics; it knows nothing
+of how a method trains or aggregates. A method knows nothing of the engine that runs it.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from client import Client
+
+ZO_STEP_FORWARDS = 2  # a zeroth-order step: two forward passes
+FO_STEP_FORWARDS = 3  # a first-order step: a forward and a backward, counted as two forwards
+
+
+@dataclass
+class LocalReport:
+    """One client's round: its upload (method-specific), what crossed the wire, and what the work cost."""
+
+    client_id: int
+    upload: object
+    bytes_down: int
+    bytes_up: int
+    forward_equivalents: int
+    train_loss: float
+    seconds: float = 0.0
+    peak_bytes: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """A federated fine-tuning method: the server's plan for a round, a client's local work, the server's
+    combination of uploads, its state for checkpoints, and the model to evaluate and export."""
+
+    name: str
+    round: int = 0  # the last finished round
+    base_eval: dict | None = None
+
+    @abstractmethod
+    def select_clients(self, round_idx: int) -> list[int]:
+        """The ids of the round's clients (and whatever the server prepares for the round)."""
+
+    @abstractmethod
+    def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
+        """What one client computes from what the server sends it, and uploads."""
+
+    @abstractmethod
+    def finish_round(self, round_idx: int, reports: list[LocalReport]) -> dict:
+        """Combine the round's uploads into the global model; returns the method's own metrics of the round."""
+
+    @abstractmethod
+    def global_model(self) -> torch.nn.Module:
+        """The global model as it stands (for evaluation)."""
+
+    @abstractmethod
+    def save(self, out: Path) -> None:
+        """Checkpoint the run's state into the run directory (atomically)."""
+
+    @abstractmethod
+    def summary(self) -> dict:
+        """The method's entries of summary.json."""

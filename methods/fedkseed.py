@@ -1,0 +1,141 @@
+"""FedKSeed and FedKSeed-Pro as a method: seed indices and scalar gradients on the wire, the global model as
+theta0 - lr * sum_j c_j z_j, each round's Delta c recorded for catch-up, replay and exact resume."""
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkpoint
+from client import Client, ClientUpdate, LocalTraining
+from errors import FedKSeedError
+from measure import LocalCost
+from methods.base import ZO_STEP_FORWARDS, LocalReport, Method
+from optimizers.seed_pool import SeededModel
+from server import Server, ServerConfig
+
+
+def server_config(args: argparse.Namespace, num_clients: int) -> ServerConfig:
+    return ServerConfig(
+        num_clients=num_clients, client_fraction=args.m, k=args.K,
+        local=LocalTraining(lr=args.lr, eps=args.zo_eps, local_step=args.local_step,
+                            batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size, grad_clip=args.grad_clip),
+        equal_weight=args.equal_weight, bias_sampling=args.bias_sampling,
+        bias_loss_clip=args.bias_loss_clip, grad_initial=args.grad_initial, perturbation=args.perturbation,
+        seed=args.seed, aggregation=args.aggregation, max_abs_grad=args.max_abs_grad,
+        trim_fraction=args.trim_fraction,
+    )
+
+
+def bytes_up(update: ClientUpdate) -> int:
+    """Upload size: one int32 seed index and one float32 scalar gradient a step, plus the sample count."""
+    return 8 * len(update.seed_indices) + 8
+
+
+def bytes_down(changed_seeds: int, k: int, pro: bool) -> int:
+    """Download size: the changed entries of c since the client last synced (int32 index, float64 value),
+    plus the Pro probabilities (float32 each) when seeds are sampled by them."""
+    return 12 * changed_seeds + (4 * k if pro else 0)
+
+
+def changed_since(deltas: list[tuple[np.ndarray, np.ndarray]], since_round: int) -> int:
+    """How many entries of c changed after round `since_round` (the client's catch-up size)."""
+    touched = [idx for idx, _ in deltas[since_round:]]
+    return len(np.unique(np.concatenate(touched))) if touched else 0
+
+
+def fresh_state(args: argparse.Namespace, server: Server, fingerprint: str, clients: list[Client]) -> RunState:
+    """The run's state before its first round."""
+    return RunState(round=0, fingerprint=fingerprint, flags=vars(args).copy(), seed_pool=server.seed_pool,
+                    c=server.c, deltas=[], server_rng=server.rng.bit_generator.state,
+                    last_round={c.client_id: 0 for c in clients})
+
+
+def checkpoint(out: Path, state: RunState, server: Server) -> None:
+    """Snapshot the server's state into the run state and write it atomically."""
+    state.c = server.c.copy()
+    state.server_rng = server.rng.bit_generator.state
+    if server.history is not None:
+        state.history = (server.history.abs_sum.copy(), server.history.counts.copy())
+    save_checkpoint(out / CHECKPOINT_FILE, state)
+
+
+def restore(server: Server, state: RunState, fingerprint: str) -> RunState:
+    """Bring a fresh server to the checkpointed round: same seeds, same RNG, same model bit for bit."""
+    if state.fingerprint != fingerprint:
+        raise FedKSeedError("--resume: the base model differs from the checkpoint's (fingerprint mismatch)")
+    if not np.array_equal(state.seed_pool, server.seed_pool):
+        raise FedKSeedError("--resume: the seed pool differs from the checkpoint's (different -K or --seed)")
+    server.replay_rounds(state.deltas)
+    if not np.array_equal(server.c, state.c):
+        raise FedKSeedError("--resume: replaying the checkpoint's rounds does not reproduce its c (corrupt?)")
+    server.rng.bit_generator.state = state.server_rng
+    if server.history is not None and state.history is not None:
+        server.history.abs_sum, server.history.counts = (a.copy() for a in state.history)
+    return state
+
+
+class FedKSeed(Method):
+    """The server (seed pool, sampling, per-seed aggregation, c, Pro) and one in-process client model copy."""
+
+    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
+                 resume: RunState | None = None):
+        self.args = args
+        self.name = "fedkseed-pro" if args.bias_sampling else "fedkseed"
+        compile_z = False if args.no_compile else None
+        fingerprint = model_fingerprint(model)
+        self.server = Server(model, server_config(args, len(clients)), compile=compile_z)
+        self.work = SeededModel(copy.deepcopy(model), self.server.seed_pool, args.lr, kind=args.perturbation,
+                                compile=compile_z, theta0=self.server.seeded.theta0)
+        self.state = fresh_state(args, self.server, fingerprint, clients)
+        if resume is not None:
+            self.state = restore(self.server, resume, fingerprint)
+        self.round, self.base_eval = self.state.round, self.state.base_eval
+        self._train_config = None
+
+    def select_clients(self, round_idx: int) -> list[int]:
+        selected = self.server.select_clients()
+        self._train_config = self.server.train_config(round_idx)
+        return selected
+
+    def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
+        args, state = self.args, self.state
+        changed = changed_since(state.deltas, state.last_round[client.client_id])
+        with LocalCost(args.device) as cost:
+            if args.client_sync == "copy":
+                self.work.copy_from(self.server.seeded)
+            update = client.train(self.work, self.server.c, self._train_config, progress=progress)
+        state.last_round[client.client_id] = round_idx - 1
+        steps = len(update.seed_indices) + sum(update.skipped.values())
+        return LocalReport(client_id=client.client_id, upload=update,
+                           bytes_down=bytes_down(changed, args.K, args.bias_sampling), bytes_up=bytes_up(update),
+                           forward_equivalents=ZO_STEP_FORWARDS * steps, train_loss=update.mean_loss,
+                           seconds=cost.seconds, peak_bytes=cost.peak_bytes, skipped=update.skipped)
+
+    def finish_round(self, round_idx: int, reports: list[LocalReport]) -> dict:
+        server = self.server
+        delta = server.apply_round(server.accept([r.upload for r in reports], round_idx))
+        nonzero = np.flatnonzero(delta)
+        self.state.deltas.append((nonzero.astype(np.int32), delta[nonzero]))
+        self.round = self.state.round = round_idx
+        return {"clients": [r.client_id for r in reports]}
+
+    def global_model(self) -> torch.nn.Module:
+        return self.server.seeded.model
+
+    def save(self, out: Path) -> None:
+        self.state.base_eval = self.base_eval
+        checkpoint(out, self.state, self.server)
+
+    def summary(self) -> dict:
+        if self.args.save:
+            np.savez(Path(self.args.output_dir) / "coefficients.npz", c=self.server.c,
+                     seed_pool=self.server.seed_pool, lr=self.args.lr)
+        return {"method": self.name}
+
+    @property
+    def c(self) -> np.ndarray:
+        return self.server.c

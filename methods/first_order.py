@@ -1,0 +1,141 @@
+"""The paper's weight-shipping baselines: first-order local training and FedAvg of the trained tensors.
+
+    fedit   LoRA adapters (peft) on the frozen base model; the adapters cross the wire
+    fedavg  every weight of the model is trained; the full weights cross the wire
+
+A round: each selected client loads the global tensors into the in-process work copy, trains them with AdamW for
+--local_step steps (or epochs) on its data, in the order FedKSeed's client would see it, and uploads them; the
+server averages them by data size (or equally with --equal_weight)."""
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from client import Client, LocalTraining, client_rng
+from errors import FedKSeedError
+from measure import LocalCost
+from methods.base import FO_STEP_FORWARDS, LocalReport, Method
+from modeling import lm_loss
+from server import clients_per_round
+from streams import stream
+
+Tensors = dict[str, np.ndarray]
+
+
+def with_lora(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """The base model wrapped with LoRA adapters on --lora_target_modules (only the adapters train)."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise FedKSeedError(f"--lora_target_modules: the model has no module named {', '.join(missing)}")
+    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                        target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def read_tensors(model: torch.nn.Module) -> Tensors:
+    """The trainable tensors as float32 numpy arrays: what a client uploads and the server sends."""
+    return {name: p.detach().float().cpu().numpy().copy() for name, p in trainable(model).items()}
+
+
+@torch.no_grad()
+def write_tensors(model: torch.nn.Module, tensors: Tensors) -> None:
+    for name, p in trainable(model).items():
+        p.copy_(torch.from_numpy(tensors[name]).to(device=p.device, dtype=p.dtype))
+
+
+def tensors_bytes(tensors: Tensors) -> int:
+    return sum(a.nbytes for a in tensors.values())
+
+
+def fedavg(uploads: list[Tensors], weights: np.ndarray) -> Tensors:
+    """The weighted mean of the clients' tensors, name by name (float64 sums, float32 result)."""
+    return {name: sum(w * u[name].astype(np.float64) for w, u in zip(weights, uploads, strict=True)).astype(np.float32)
+            for name in uploads[0]}
+
+
+def local_train(model: torch.nn.Module, batches, lr: float, weight_decay: float) -> list[float]:
+    """AdamW on the model's trainable tensors, one step a batch, a fresh optimizer state (as FedIT's clients);
+    returns the training losses."""
+    params = list(trainable(model).values())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    model.train()
+    losses = []
+    try:
+        for batch in batches:
+            loss = lm_loss(model, batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+    finally:
+        model.eval()
+    return losses
+
+
+class FirstOrder(Method):
+    """FedIT (--method fedit: LoRA) or full-parameter FedAvg (--method fedavg)."""
+
+    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list[Client]):
+        self.args, self.name = args, args.method
+        self.server_model = with_lora(model, args) if args.method == "fedit" else model
+        if args.method == "fedavg":
+            for p in self.server_model.parameters():
+                p.requires_grad_(True)
+        self.server_model.eval()
+        self.work = copy.deepcopy(self.server_model)
+        self.global_tensors = read_tensors(self.server_model)
+        self.rng = stream(args.seed, "server")
+        self.sizes = {c.client_id: len(c) for c in clients}
+        self.local = LocalTraining(lr=args.lr, eps=0.0, local_step=args.local_step,
+                                   batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size)
+
+    def select_clients(self, round_idx: int) -> list[int]:
+        n = len(self.sizes)
+        return sorted(self.rng.choice(n, size=clients_per_round(self.args.m, n), replace=False).tolist())
+
+    def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
+        with LocalCost(self.args.device) as cost:
+            write_tensors(self.work, self.global_tensors)
+            batches = client.batches(self.local, client_rng(self.args.seed, round_idx, client.client_id))
+            losses = local_train(self.work, _counted(batches, progress), self.args.lr, self.args.weight_decay)
+            upload = read_tensors(self.work)
+        size = tensors_bytes(upload)
+        return LocalReport(client_id=client.client_id, upload=upload, bytes_down=size, bytes_up=size + 8,
+                           forward_equivalents=FO_STEP_FORWARDS * len(losses),
+                           train_loss=float(np.mean(losses)) if losses else float("nan"),
+                           seconds=cost.seconds, peak_bytes=cost.peak_bytes)
+
+    def finish_round(self, round_idx: int, reports: list[LocalReport]) -> dict:
+        sizes = np.array([1.0 if self.args.equal_weight else self.sizes[r.client_id] for r in reports])
+        self.global_tensors = fedavg([r.upload for r in reports], sizes / sizes.sum())
+        write_tensors(self.server_model, self.global_tensors)
+        self.round = round_idx
+        return {"clients": [r.client_id for r in reports]}
+
+    def global_model(self) -> torch.nn.Module:
+        return self.server_model
+
+    def save(self, out: Path) -> None:
+        """Checkpoints of first-order methods are not written yet: such a run cannot be resumed."""
+
+    def summary(self) -> dict:
+        return {"method": self.name, "trainable_parameters": int(sum(a.size for a in self.global_tensors.values()))}
+
+
+def _counted(batches, progress):
+    for batch in batches:
+        yield batch
+        if progress is not None:
+            progress.update(1)

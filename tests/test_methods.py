@@ -1,0 +1,130 @@
+"""The weight-shipping baselines behind the method seam: FedIT (LoRA + FedAvg) and full-parameter FedAvg, on the
+tiny model; their bytes, compute and flag checks."""
+from __future__ import annotations
+
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("FEDKSEED_COMPILE", "0")
+
+import config
+import main
+import modeling
+from client import Client
+from conftest import dolly_records
+from evaluations import eval_loss
+from methods.first_order import FirstOrder, fedavg, read_tensors
+from run_files import read_metrics
+from utils_data.llm_dataset import LLMDataset
+
+
+def parse(*argv: str):
+    return config.validate(config.build_parser().parse_args([*argv, "--output_dir", "/tmp/unused", "--quiet"]))
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return modeling.load_model(str(tiny_model_dir)), modeling.load_tokenizer(str(tiny_model_dir))
+
+
+def make_client(tok, client_id: int = 0, n: int = 6) -> Client:
+    return Client(client_id, LLMDataset(dolly_records(1)[:n], tok, "dolly", 128), tok.pad_token_id, run_seed=0)
+
+
+def test_fedit_local_training_lowers_the_clients_training_loss(tiny):
+    model, tok = tiny
+    client = make_client(tok)
+    method = FirstOrder(parse("--method", "fedit", "--lr", "1e-2", "--local_step", "30", "--lora_dropout", "0"),
+                        copy.deepcopy(model), [client])
+    before = eval_loss(method.global_model(), client.dataset, pad_id=tok.pad_token_id)
+    report = method.train_client(client, round_idx=1)
+    method.finish_round(1, [report])
+    after = eval_loss(method.global_model(), client.dataset, pad_id=tok.pad_token_id)
+    assert after < before - 0.1
+    base = dict(model.named_parameters())
+    for name, p in method.global_model().named_parameters():  # only the adapters moved
+        if "lora_" not in name:
+            assert torch.equal(p, base[name.replace("base_model.model.", "").replace(".base_layer", "")])
+
+
+def test_fedavg_of_identical_clients_equals_one_clients_training(tiny):
+    model, tok = tiny
+    args = parse("--method", "fedit", "--lr", "1e-2", "--local_step", "5", "--lora_dropout", "0", "-m", "1")
+    torch.manual_seed(0)
+    one = FirstOrder(args, copy.deepcopy(model), [make_client(tok)])
+    torch.manual_seed(0)
+    two = FirstOrder(args, copy.deepcopy(model), [make_client(tok), make_client(tok)])
+    one.finish_round(1, [one.train_client(make_client(tok), 1)])
+    two.finish_round(1, [two.train_client(make_client(tok), 1), two.train_client(make_client(tok), 1)])
+    a, b = read_tensors(one.global_model()), read_tensors(two.global_model())
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert any(not np.array_equal(a[k], read_tensors(FirstOrder(args, copy.deepcopy(model), [])
+                                                         .global_model())[k]) for k in a)
+
+
+def test_fedavg_weights_clients_by_data_size():
+    uploads = [{"w": np.array([1.0, 2.0], dtype=np.float32)}, {"w": np.array([3.0, 6.0], dtype=np.float32)}]
+    np.testing.assert_array_equal(fedavg(uploads, np.array([0.25, 0.75]))["w"], [2.5, 5.0])
+
+
+def test_fedit_bytes_are_the_adapter_arrays(tiny):
+    model, tok = tiny
+    method = FirstOrder(parse("--method", "fedit", "--local_step", "2"), copy.deepcopy(model), [make_client(tok)])
+    report = method.train_client(make_client(tok), 1)
+    # tiny model: 2 layers, hidden 32, 2 KV heads of 8; r 8 on q_proj (32 -> 32) and v_proj (32 -> 16)
+    per_layer = (8 * 32 + 32 * 8) + (8 * 32 + 16 * 8)
+    assert report.bytes_down == 2 * per_layer * 4 == sum(a.nbytes for a in report.upload.values())
+    assert report.bytes_up == report.bytes_down + 8
+    assert report.forward_equivalents == 3 * 2
+
+
+def test_fedavg_ships_every_weight(tiny):
+    model, tok = tiny
+    method = FirstOrder(parse("--method", "fedavg", "--local_step", "1"), copy.deepcopy(model), [make_client(tok)])
+    report = method.train_client(make_client(tok), 1)
+    assert report.bytes_down == 4 * sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("argv", "phrase"), [
+    (["--lora_r", "4"], "--lora_r: LoRA flags need --method fedit"),
+    (["--method", "fedavg", "--lora_target_modules", "q_proj"], "LoRA flags need --method fedit"),
+    (["--method", "fedit", "--bias_sampling"], "--bias_sampling: FedKSeed-Pro's seed sampling"),
+    (["--method", "fedit", "--engine", "flower"], "--engine flower: runs --method fedkseed only"),
+    (["--method", "fedit", "--lora_r", "0"], "--lora_r 0: must be at least 1"),
+])
+def test_bad_method_flag_combinations_are_one_line_exit_2(argv, phrase, capsys):
+    assert main.main(["--dataset", "dolly", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and phrase in err and err.count("\n") == 1
+
+
+def run_flags(model_dir, data_file, out, *extra):
+    return ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "--num_clients", "2",
+            "-m", "1", "--rounds", "2", "--local_step", "3", "--lr", "1e-2", "--eval_examples", "3",
+            "--max_new_tokens", "2", "--output_dir", str(out), "--quiet", *extra]
+
+
+def test_a_target_module_the_model_lacks_is_one_line(tiny_model_dir, dolly_file, tmp_path, capsys):
+    argv = run_flags(tiny_model_dir, dolly_file, tmp_path / "r", "--method", "fedit", "--lora_target_modules",
+                     "q_proj,query_key_value")
+    assert main.main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the data's log lines
+    assert last == "error: --lora_target_modules: the model has no module named query_key_value"
+
+
+@pytest.mark.parametrize("method", ["fedit", "fedavg", "fedkseed"])
+def test_every_method_reports_the_same_cost_metrics(tiny_model_dir, dolly_file, tmp_path, method):
+    out = tmp_path / method
+    assert main.main(run_flags(tiny_model_dir, dolly_file, out, "--method", method)) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    steps = 3
+    for row in rows[1:]:
+        assert row["forward_equivalents_per_client"] == (2 if method == "fedkseed" else 3) * steps
+        assert row["bytes_up_per_client"] > 0 and row["bytes_down_per_client"] >= 0
+        assert row["client_seconds"] > 0 and row["peak_memory_bytes"] > 0
+    assert rows[2]["eval_loss"] != rows[0]["eval_loss"]
