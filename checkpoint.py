@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -76,19 +77,53 @@ class RunState:
         )
 
 
-def save_checkpoint(path: Path, state: RunState) -> None:
-    """Write-then-rename: a crash mid-write leaves the previous checkpoint, never a torn one."""
-    body = json.dumps(state.to_json(), separators=(",", ":")).encode()
-    header = f"{MAGIC} {len(body)} {hashlib.sha256(body).hexdigest()}\n".encode()
+TENSORS_FILE = "tensors.npz"
+
+
+@dataclass
+class TensorState:
+    """The state of a run whose model crosses the wire (FedIT, FedAvg): the global trained tensors, the server's
+    RNG and the round. The tensors live in tensors.npz beside checkpoint.json, which holds their SHA-256."""
+
+    round: int
+    fingerprint: str
+    flags: dict
+    server_rng: dict
+    tensors: dict[str, np.ndarray]
+    base_eval: dict | None = None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write-then-rename: a crash mid-write leaves the previous file, never a torn one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(header + body)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path) -> RunState:
+def _write_verified(path: Path, doc: dict) -> None:
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    _write_atomic(path, f"{MAGIC} {len(body)} {hashlib.sha256(body).hexdigest()}\n".encode() + body)
+
+
+def save_checkpoint(path: Path, state: RunState | TensorState) -> None:
+    """checkpoint.json, written atomically with a length and checksum header (and tensors.npz first, for a
+    TensorState: a crash between the two leaves a checkpoint.json whose checksum the new tensors fail)."""
+    if isinstance(state, RunState):
+        _write_verified(path, state.to_json())
+        return
+    buffer = io.BytesIO()
+    np.savez(buffer, **state.tensors)
+    data = buffer.getvalue()
+    _write_atomic(path.with_name(TENSORS_FILE), data)
+    _write_verified(path, {"kind": "tensors", "round": state.round, "fingerprint": state.fingerprint,
+                           "flags": state.flags, "server_rng": state.server_rng, "base_eval": state.base_eval,
+                           "tensors_sha256": hashlib.sha256(data).hexdigest()})
+
+
+def load_checkpoint(path: Path) -> RunState | TensorState:
     """Read and verify a checkpoint; any damage is a one-line FedKSeedError."""
     path = Path(path)
     if path.is_dir():
@@ -104,6 +139,23 @@ def load_checkpoint(path: Path) -> RunState:
     if not parts[1].isdigit() or int(parts[1]) != len(body) or hashlib.sha256(body).hexdigest() != parts[2]:
         raise FedKSeedError(f"--resume {path}: checkpoint is truncated or corrupt (length or checksum mismatch)")
     try:
-        return RunState.from_json(json.loads(body))
+        doc = json.loads(body)
+        if doc.get("kind") == "tensors":
+            return _load_tensor_state(path, doc)
+        return RunState.from_json(doc)
     except (ValueError, KeyError, TypeError) as exc:
         raise FedKSeedError(f"--resume {path}: unreadable checkpoint ({exc.__class__.__name__})") from None
+
+
+def _load_tensor_state(path: Path, doc: dict) -> TensorState:
+    tensors_path = path.with_name(TENSORS_FILE)
+    try:
+        data = tensors_path.read_bytes()
+    except OSError:
+        raise FedKSeedError(f"--resume {tensors_path}: the checkpoint's tensors are missing") from None
+    if hashlib.sha256(data).hexdigest() != doc["tensors_sha256"]:
+        raise FedKSeedError(f"--resume {tensors_path}: tensors do not match the checkpoint (checksum mismatch)")
+    with np.load(io.BytesIO(data)) as archive:
+        tensors = {name: archive[name] for name in archive.files}
+    return TensorState(round=doc["round"], fingerprint=doc["fingerprint"], flags=doc["flags"],
+                       server_rng=doc["server_rng"], tensors=tensors, base_eval=doc["base_eval"])

@@ -3,23 +3,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from checkpoint import load_checkpoint, model_fingerprint
+from checkpoint import TensorState, load_checkpoint, model_fingerprint
 from errors import FedKSeedError
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel
 
 
 def rebuild_model(run_dir: Path, device: str = "cpu"):
-    """The run's final global model, rebuilt bit for bit from theta0 and its checkpoint."""
+    """The run's final global model, rebuilt bit for bit from theta0 and its checkpoint (LoRA merged)."""
     state = load_checkpoint(run_dir)
     flags = state.flags
     model = load_model(flags["model"], flags["dtype"], device)
     if model_fingerprint(model) != state.fingerprint:
         raise FedKSeedError(f"{run_dir}: the base model {flags['model']} differs from the one the run started from")
+    if isinstance(state, TensorState):
+        return merged_model(model, state), flags
     compile_z = False if flags.get("no_compile") else None  # the path the run used: its floats, bit for bit
     seeded = SeededModel(model, state.seed_pool, flags["lr"], kind=flags["perturbation"], compile=compile_z)
     seeded.replay_rounds(state.deltas)
     return model, flags
+
+
+def merged_model(model, state: TensorState):
+    """A first-order run's model: the trained tensors written in, LoRA adapters merged into the weights."""
+    from argparse import Namespace
+
+    from methods.first_order import with_lora, write_tensors
+
+    args = Namespace(**state.flags)
+    if args.method == "fedit":
+        model = with_lora(model, args)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    write_tensors(model, state.tensors)
+    return model.merge_and_unload() if args.method == "fedit" else model
 
 
 def as_plain_weights(model) -> None:

@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from checkpoint import RunState
+from checkpoint import RunState, TensorState
 from client import Client
 from methods.base import LocalReport, Method
 
@@ -15,7 +15,7 @@ __all__ = ["METHODS", "LocalReport", "Method", "build_method"]
 
 
 def build_method(args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
-                 resume: RunState | None = None) -> Method:
+                 resume: RunState | TensorState | None = None) -> Method:
     """The method --method names, around the loaded base model."""
     if args.method == "fedkseed":
         from methods.fedkseed import FedKSeed
@@ -23,4 +23,4 @@ def build_method(args: argparse.Namespace, model: torch.nn.Module, clients: list
         return FedKSeed(args, model, clients, resume)
     from methods.first_order import FirstOrder
 
-    return FirstOrder(args, model, clients)
+    return FirstOrder(args, model, clients, resume)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from checkpoint import CHECKPOINT_FILE, TensorState, model_fingerprint, save_checkpoint
 from client import Client, LocalTraining, client_rng
 from errors import FedKSeedError
 from measure import LocalCost
@@ -87,8 +88,10 @@ def local_train(model: torch.nn.Module, batches, lr: float, weight_decay: float)
 class FirstOrder(Method):
     """FedIT (--method fedit: LoRA) or full-parameter FedAvg (--method fedavg)."""
 
-    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list[Client]):
+    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
+                 resume: TensorState | None = None):
         self.args, self.name = args, args.method
+        self.fingerprint = model_fingerprint(model)
         self.server_model = with_lora(model, args) if args.method == "fedit" else model
         if args.method == "fedavg":
             for p in self.server_model.parameters():
@@ -100,13 +103,28 @@ class FirstOrder(Method):
         self.sizes = {c.client_id: len(c) for c in clients}
         self.local = LocalTraining(lr=args.lr, eps=0.0, local_step=args.local_step,
                                    batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size)
+        if resume is not None:
+            self.restore(resume)
+
+    def restore(self, state: TensorState) -> None:
+        """Continue from a checkpoint: the global tensors, the server's RNG, the round, the base evaluation."""
+        if not isinstance(state, TensorState) or state.fingerprint != self.fingerprint:
+            raise FedKSeedError("--resume: the checkpoint is not of this method and base model")
+        if state.tensors.keys() != self.global_tensors.keys():
+            raise FedKSeedError("--resume: the checkpoint's tensors do not fit this model (other LoRA flags?)")
+        self.global_tensors = state.tensors
+        write_tensors(self.server_model, self.global_tensors)
+        self.rng.bit_generator.state = state.server_rng
+        self.round, self.base_eval = state.round, state.base_eval
 
     def select_clients(self, round_idx: int) -> list[int]:
         n = len(self.sizes)
         return sorted(self.rng.choice(n, size=clients_per_round(self.args.m, n), replace=False).tolist())
 
     def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
-        with LocalCost(self.args.device) as cost:
+        seed = int(stream(self.args.seed, "torch", round_idx, client.client_id).integers(2**62))
+        with LocalCost(self.args.device) as cost, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # dropout: the same masks wherever and whenever (resume) the client runs
             write_tensors(self.work, self.global_tensors)
             batches = client.batches(self.local, client_rng(self.args.seed, round_idx, client.client_id))
             losses = local_train(self.work, _counted(batches, progress), self.args.lr, self.args.weight_decay)
@@ -128,7 +146,9 @@ class FirstOrder(Method):
         return self.server_model
 
     def save(self, out: Path) -> None:
-        """Checkpoints of first-order methods are not written yet: such a run cannot be resumed."""
+        save_checkpoint(out / CHECKPOINT_FILE, TensorState(
+            round=self.round, fingerprint=self.fingerprint, flags=vars(self.args).copy(),
+            server_rng=self.rng.bit_generator.state, tensors=self.global_tensors, base_eval=self.base_eval))
 
     def summary(self) -> dict:
         return {"method": self.name, "trainable_parameters": int(sum(a.size for a in self.global_tensors.values()))}

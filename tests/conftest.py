@@ -66,3 +66,25 @@ def dolly_file(tmp_path) -> Path:
     path = tmp_path / "databricks-dolly-15k.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
     return path
+
+
+def run_and_kill(argv: list[str], out: Path, at_round: int, env: dict, timeout: float = 240) -> int:
+    """Run main.py with argv, SIGKILL it once its checkpoint in `out` holds round `at_round` or later; returns
+    the checkpointed round at the kill (asserts the run was killed before it ended)."""
+    import signal
+    import subprocess
+    import time
+
+    from checkpoint import CHECKPOINT_FILE, load_checkpoint
+
+    proc = subprocess.Popen([sys.executable, "main.py", *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (out / CHECKPOINT_FILE).exists() and load_checkpoint(out).round >= at_round:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(0.02)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return load_checkpoint(out).round

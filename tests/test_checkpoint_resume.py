@@ -5,10 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import pytest
 import torch
 
 from checkpoint import CHECKPOINT_FILE, load_checkpoint
-from conftest import ROOT, dolly_records, write_tiny_model
+from conftest import ROOT, dolly_records, run_and_kill, write_tiny_model
 from errors import FedKSeedError
 from run_files import MEASURED, read_metrics
 
@@ -67,18 +65,7 @@ def uninterrupted(setup):
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(setup, uninterrupted):
     root, data, model = setup
     out = root / "killed"
-    proc = subprocess.Popen([sys.executable, "main.py", *flags(data, model, out)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_at = None
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (out / CHECKPOINT_FILE).exists() and load_checkpoint(out).round >= 2:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            killed_at = load_checkpoint(out).round
-            break
-        time.sleep(0.02)
-    assert killed_at is not None and proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = run_and_kill(flags(data, model, out), out, at_round=2, env=ENV)
     assert killed_at < ROUNDS
     # at most the round in flight is lost: the checkpoint holds every round before it
     resumed = main_py("--resume", str(out))

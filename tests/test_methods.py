@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,11 +16,12 @@ os.environ.setdefault("FEDKSEED_COMPILE", "0")
 import config
 import main
 import modeling
+from checkpoint import load_checkpoint
 from client import Client
-from conftest import dolly_records
+from conftest import ROOT, dolly_records, run_and_kill
 from evaluations import eval_loss
 from methods.first_order import FirstOrder, fedavg, read_tensors
-from run_files import read_metrics
+from run_files import MEASURED, read_metrics
 from utils_data.llm_dataset import LLMDataset
 
 
@@ -128,3 +131,41 @@ def test_every_method_reports_the_same_cost_metrics(tiny_model_dir, dolly_file, 
         assert row["bytes_up_per_client"] > 0 and row["bytes_down_per_client"] >= 0
         assert row["client_seconds"] > 0 and row["peak_memory_bytes"] > 0
     assert rows[2]["eval_loss"] != rows[0]["eval_loss"]
+
+
+def test_fedit_killed_and_resumed_ends_as_an_uninterrupted_run(tiny_model_dir, dolly_file, tmp_path):
+    env = {**os.environ, "FEDKSEED_COMPILE": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def argv(out):
+        return [*run_flags(tiny_model_dir, dolly_file, out, "--method", "fedit", "--eval_metric", "loss"),
+                "--rounds", "6", "--local_step", "20"]
+
+    whole = subprocess.run([sys.executable, "main.py", *argv(tmp_path / "whole")], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    killed_at = run_and_kill(argv(tmp_path / "killed"), tmp_path / "killed", at_round=2, env=env)
+    assert killed_at < 6
+    resumed = subprocess.run([sys.executable, "main.py", "--resume", str(tmp_path / "killed")], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "killed")
+    assert a.round == b.round == 6 and a.tensors.keys() == b.tensors.keys()
+    assert all(np.array_equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+    rows = [read_metrics(tmp_path / d / "metrics.jsonl") for d in ("whole", "killed")]
+    assert [{k: v for k, v in r.items() if k not in MEASURED} for r in rows[0]] == \
+        [{k: v for k, v in r.items() if k not in MEASURED} for r in rows[1]]
+
+
+def test_fedit_export_is_the_merged_global_model(tiny_model_dir, dolly_file, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    result = main.train(run_flags(tiny_model_dir, dolly_file, tmp_path / "run", "--method", "fedit"))
+    assert main.main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert not any("lora" in name for name, _ in exported.named_parameters())
+    tokens = torch.tensor([[5, 9, 17, 23, 42, 7, 3]])
+    with torch.no_grad():
+        trained = result["method"].global_model()(tokens).logits
+        torch.testing.assert_close(exported(tokens).logits, trained, atol=1e-5, rtol=1e-5)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(tokens).logits
+        assert (base - trained).abs().max() > 1e-3
