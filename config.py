@@ -42,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fedkseed: zeroth-order steps on K seeds, seeds and scalars on the wire (--bias_sampling: "
                    "FedKSeed-Pro); fedit: LoRA adapters trained with AdamW, FedAvg of the adapters; fedavg: all "
                    "weights trained with AdamW, FedAvg of the weights (the paper's baselines)")
-    lora = p.add_argument_group("LoRA (--method fedit)")
+    p.add_argument("--peft", choices=["none", "lora"], default="none",
+                   help="fedkseed: perturb and train all weights (none), or LoRA adapters only (lora); fedit is "
+                   "always LoRA")
+    lora = p.add_argument_group("LoRA (--method fedit, or fedkseed with --peft lora)")
     lora.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
     lora.add_argument("--lora_alpha", type=int, default=16, help="LoRA scaling numerator (scale = alpha / r)")
     lora.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA input")
@@ -183,8 +186,8 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (not args.bias_sampling or args.method == "fedkseed", f"--bias_sampling: FedKSeed-Pro's seed sampling; "
          f"--method {args.method} has no seeds"),
         (args.lora_r >= 1, f"--lora_r {args.lora_r}: must be at least 1"),
-        (args.engine == "inprocess" or args.method == "fedkseed", f"--engine {args.engine}: runs --method fedkseed "
-         f"only so far; run --method {args.method} with the in-process engine"),
+        (args.engine == "inprocess" or (args.method == "fedkseed" and args.peft == "none"), f"--engine "
+         f"{args.engine}: runs --method fedkseed without --peft only so far; use the in-process engine"),
         (0 <= args.lora_dropout < 1, f"--lora_dropout {args.lora_dropout}: must be in [0, 1)"),
         (args.bias_loss_clip > 0, f"--bias_loss_clip {args.bias_loss_clip}: must be positive"),
         (args.eval_every >= 0, f"--eval_every {args.eval_every}: must be >= 0"),
@@ -219,12 +222,15 @@ LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 
 def check_lora_flags(args: argparse.Namespace) -> None:
     """LoRA flags only make sense for a method that trains adapters."""
-    if args.method == "fedit":
+    if args.peft == "lora" and args.method == "fedavg":
+        raise FedKSeedError("--peft lora: fedavg trains every weight; use --method fedit for LoRA with FedAvg")
+    if args.method == "fedit" or args.peft == "lora":
         return
     defaults = build_parser().parse_args([])
     given = [f"--{name}" for name in LORA_FLAGS if getattr(args, name) != getattr(defaults, name)]
     if given:
-        raise FedKSeedError(f"{', '.join(given)}: LoRA flags need --method fedit (this run is --method {args.method})")
+        raise FedKSeedError(f"{', '.join(given)}: LoRA flags need --method fedit or --peft lora "
+                            f"(this run is --method {args.method})")
 
 
 def available_memory() -> int:
@@ -258,7 +264,7 @@ TRAJECTORY_FLAGS = (
     "dataset", "data_path", "num_clients", "m", "local_step", "batch_or_epoch", "equal_weight", "client_sync",
     "batch_size", "max_length", "use_prompts", "iid", "zerotask", "dataset_subsample", "model", "lr",
     "weight_decay", "grad_clip", "K", "zo_eps", "perturbation", "bias_sampling", "bias_loss_clip",
-    "grad_initial", "dtype", "seed", "aggregation", "trim_fraction", "max_abs_grad", "method", *LORA_FLAGS,
+    "grad_initial", "dtype", "seed", "aggregation", "trim_fraction", "max_abs_grad", "method", "peft", *LORA_FLAGS,
 )
 
 

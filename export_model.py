@@ -1,10 +1,12 @@
 """Export a run's model: theta0 - lr * sum_j c_j z_j as a Hugging Face folder that from_pretrained loads."""
 from __future__ import annotations
 
+from argparse import Namespace
 from pathlib import Path
 
-from checkpoint import TensorState, load_checkpoint, model_fingerprint
+from checkpoint import RunState, TensorState, load_checkpoint, model_fingerprint
 from errors import FedKSeedError
+from methods.first_order import with_lora
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel
 
@@ -14,6 +16,9 @@ def rebuild_model(run_dir: Path, device: str = "cpu"):
     state = load_checkpoint(run_dir)
     flags = state.flags
     model = load_model(flags["model"], flags["dtype"], device)
+    lora = flags.get("peft") == "lora" and isinstance(state, RunState)
+    if lora:  # FedKSeed on LoRA: its theta0 is the base plus the initial adapters
+        model = with_lora(model, Namespace(**flags))
     if model_fingerprint(model) != state.fingerprint:
         raise FedKSeedError(f"{run_dir}: the base model {flags['model']} differs from the one the run started from")
     if isinstance(state, TensorState):
@@ -21,14 +26,12 @@ def rebuild_model(run_dir: Path, device: str = "cpu"):
     compile_z = False if flags.get("no_compile") else None  # the path the run used: its floats, bit for bit
     seeded = SeededModel(model, state.seed_pool, flags["lr"], kind=flags["perturbation"], compile=compile_z)
     seeded.replay_rounds(state.deltas)
-    return model, flags
+    return (model.merge_and_unload() if lora else model), flags
 
 
 def merged_model(model, state: TensorState):
     """A first-order run's model: the trained tensors written in, LoRA adapters merged into the weights."""
-    from argparse import Namespace
-
-    from methods.first_order import with_lora, write_tensors
+    from methods.first_order import write_tensors
 
     args = Namespace(**state.flags)
     if args.method == "fedit":

@@ -14,6 +14,7 @@ from client import Client, ClientUpdate, LocalTraining
 from errors import FedKSeedError
 from measure import LocalCost
 from methods.base import ZO_STEP_FORWARDS, LocalReport, Method
+from methods.first_order import with_lora
 from optimizers.seed_pool import SeededModel
 from server import Server, ServerConfig
 
@@ -86,6 +87,8 @@ class FedKSeed(Method):
         self.args = args
         self.name = "fedkseed-pro" if args.bias_sampling else "fedkseed"
         compile_z = False if args.no_compile else None
+        if args.peft == "lora":  # z over the adapters only; theta0 = the base model plus the initial adapters
+            model = with_lora(model, args)
         fingerprint = model_fingerprint(model)
         self.server = Server(model, server_config(args, len(clients)), compile=compile_z)
         self.work = SeededModel(copy.deepcopy(model), self.server.seed_pool, args.lr, kind=args.perturbation,

@@ -28,7 +28,8 @@ Tensors = dict[str, np.ndarray]
 
 
 def with_lora(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
-    """The base model wrapped with LoRA adapters on --lora_target_modules (only the adapters train)."""
+    """The base model wrapped with LoRA adapters on --lora_target_modules (only the adapters train). The adapters'
+    initial values come from --seed alone, so every process that wraps the same base gets the same ones."""
     from peft import LoraConfig, get_peft_model
 
     targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
@@ -38,7 +39,9 @@ def with_lora(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Modu
         raise FedKSeedError(f"--lora_target_modules: the model has no module named {', '.join(missing)}")
     config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                         target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        return get_peft_model(model, config)
 
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:

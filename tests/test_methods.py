@@ -96,7 +96,8 @@ def test_fedavg_ships_every_weight(tiny):
     (["--lora_r", "4"], "--lora_r: LoRA flags need --method fedit"),
     (["--method", "fedavg", "--lora_target_modules", "q_proj"], "LoRA flags need --method fedit"),
     (["--method", "fedit", "--bias_sampling"], "--bias_sampling: FedKSeed-Pro's seed sampling"),
-    (["--method", "fedit", "--engine", "flower"], "--engine flower: runs --method fedkseed only"),
+    (["--method", "fedit", "--engine", "flower"], "--engine flower: runs --method fedkseed without --peft only"),
+    (["--peft", "lora", "--engine", "flower"], "--engine flower: runs --method fedkseed without --peft only"),
     (["--method", "fedit", "--lora_r", "0"], "--lora_r 0: must be at least 1"),
 ])
 def test_bad_method_flag_combinations_are_one_line_exit_2(argv, phrase, capsys):
@@ -169,3 +170,37 @@ def test_fedit_export_is_the_merged_global_model(tiny_model_dir, dolly_file, tmp
         torch.testing.assert_close(exported(tokens).logits, trained, atol=1e-5, rtol=1e-5)
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(tokens).logits
         assert (base - trained).abs().max() > 1e-3
+
+
+def test_fedkseed_on_lora_moves_only_the_adapters_and_replays_bit_identically(tiny_model_dir, dolly_file, tmp_path):
+    from methods.first_order import with_lora
+    from optimizers.seed_pool import SeededModel
+
+    out = tmp_path / "lora"
+    argv = run_flags(tiny_model_dir, dolly_file, out, "--peft", "lora", "--lr", "1e-2", "--zo_eps", "1e-2", "-K", "16")
+    result = main.train(argv)
+    model = result["server"].seeded.model
+    base = dict(modeling.load_model(str(tiny_model_dir)).named_parameters())
+    adapters = 0
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            adapters += 1
+            if "lora_B" in name:  # starts at zero
+                assert p.abs().sum() > 0
+        else:
+            assert torch.equal(p, base[name.replace("base_model.model.", "").replace(".base_layer", "")])
+    assert adapters == 2 * 2 * 2  # A and B on q_proj and v_proj in 2 layers
+    rows = read_metrics(out / "metrics.jsonl")
+    assert rows[1]["bytes_up_per_client"] == 8 * 3 + 8  # still (seed index, g) pairs
+    # a client that replays the rounds' Delta c onto base + initial adapters holds the server's adapters exactly
+    args = parse(*argv)
+    state = load_checkpoint(out)
+    replayed = SeededModel(with_lora(modeling.load_model(str(tiny_model_dir)), args), state.seed_pool, args.lr)
+    replayed.replay_rounds(state.deltas)
+    for (_, p), (_, q) in zip(model.named_parameters(), replayed.model.named_parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_peft_lora_with_fedavg_is_refused(capsys):
+    assert main.main(["--dataset", "dolly", "--method", "fedavg", "--peft", "lora"]) == 2
+    assert capsys.readouterr().err.startswith("error: --peft lora: fedavg trains every weight")
