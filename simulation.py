@@ -126,7 +126,7 @@ def run(args, resume: RunState | None = None) -> dict:
             method.save(out)
 
     summary = {"base": method.base_eval, "final": {k: row[k] for k in ("eval_loss", "rouge_l") if k in row},
-               "rounds": args.rounds, **method.summary()}
+               "rounds": args.rounds, **method.finish(out)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return {"summary": summary, "method": method, "c": getattr(method, "c", None),
             "server": getattr(method, "server", None)}

@@ -61,5 +61,6 @@ class Method(ABC):
         """Checkpoint the run's state into the run directory (atomically)."""
 
     @abstractmethod
-    def summary(self) -> dict:
-        """The method's entries of summary.json."""
+    def finish(self, out: Path) -> dict:
+        """At the end of the run: write the method's final files into the run directory; returns its entries of
+        summary.json."""

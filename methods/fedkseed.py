@@ -133,10 +133,9 @@ class FedKSeed(Method):
         self.state.base_eval = self.base_eval
         checkpoint(out, self.state, self.server)
 
-    def summary(self) -> dict:
-        if self.args.save:
-            np.savez(Path(self.args.output_dir) / "coefficients.npz", c=self.server.c,
-                     seed_pool=self.server.seed_pool, lr=self.args.lr)
+    def finish(self, out: Path) -> dict:
+        if self.args.save:  # c and the seed pool: the whole trained model beside theta0
+            np.savez(out / "coefficients.npz", c=self.server.c, seed_pool=self.server.seed_pool, lr=self.args.lr)
         return {"method": self.name}
 
     @property

@@ -153,7 +153,7 @@ class FirstOrder(Method):
             round=self.round, fingerprint=self.fingerprint, flags=vars(self.args).copy(),
             server_rng=self.rng.bit_generator.state, tensors=self.global_tensors, base_eval=self.base_eval))
 
-    def summary(self) -> dict:
+    def finish(self, out: Path) -> dict:
         return {"method": self.name, "trainable_parameters": int(sum(a.size for a in self.global_tensors.values()))}
 
 
