@@ -12,6 +12,7 @@ from errors import FedKSeedError
 from optimizers.perturbation import KINDS
 from optimizers.seed_pool import SEED_RANGE
 from server import state_bytes
+from utils_data.data_flags import EVAL_FLAGS, FIELD_FLAGS, add_own_data_flags, check_own_data_flags
 from utils_data.partition_data import parse_iid
 
 
@@ -53,9 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "the paper's catch-up by replaying the change in c (what a remote client does)")
 
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="instruct", help="instruct (Natural Instructions) or dolly")
+    data.add_argument("--dataset", default="instruct",
+                      help="instruct (Natural Instructions), dolly, or json (your own data: see --data_path)")
     data.add_argument("--data_path", default="./data",
-                      help="folder with natural-instructions/ or databricks-dolly-15k.jsonl, or a .jsonl file")
+                      help="folder with natural-instructions/ or databricks-dolly-15k.jsonl, or a Dolly .jsonl "
+                      "file; --dataset json: a .jsonl/.json/.csv/.parquet file, a glob of them, or a "
+                      "save_to_disk folder")
     data.add_argument("--batch_size", type=int, default=1, help="examples per MeZO step")
     data.add_argument("--max_length", type=int, default=1024, help="token limit of a training example "
                       "(and the character limit of an NI input, as in the paper)")
@@ -63,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Natural Instructions: the Alpaca template (on), or '{definition} Input: ... Output:' "
                       "(--use_prompts false / --no_use_prompts); Dolly is always templated, as the authors' code")
     data.add_argument("--no_use_prompts", dest="use_prompts", action="store_false", help=argparse.SUPPRESS)
-    data.add_argument("--iid", default="dir0.5", help="Dolly split: dir<alpha> (Dirichlet over categories) or 0 (IID)")
+    data.add_argument("--iid", default="dir0.5", help="Dolly/json split: dir<alpha> (Dirichlet over categories), "
+                      "0 (IID), or client (json: one client per value of --client_field; --num_clients ignored)")
     data.add_argument("--zerotask", type=int, default=7,
                       help="index (sorted name order) of the Dolly category held out for evaluation; 7 = summarization")
+    add_own_data_flags(data)
     data.add_argument("--dataset_subsample", type=float, default=1.0, help="fraction of training records kept")
 
     model = p.add_argument_group("model and optimisation")
@@ -165,7 +171,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.lr > 0, f"--lr {args.lr}: must be positive"),
         (args.zo_eps > 0, f"--zo_eps {args.zo_eps}: must be positive"),
         (0 < args.dataset_subsample <= 1, f"--dataset_subsample {args.dataset_subsample}: must be in (0, 1]"),
-        (args.dataset in ("instruct", "dolly"), f"--dataset {args.dataset}: expected instruct or dolly"),
+        (args.dataset in ("instruct", "dolly", "json"), f"--dataset {args.dataset}: expected instruct, dolly or json"),
         (args.weight_decay == 0, f"--weight_decay {args.weight_decay}: not supported; decay would make the "
          "model differ from theta0 - lr*sum c_j z_j, which every client and the server rely on"),
         (args.bias_loss_clip > 0, f"--bias_loss_clip {args.bias_loss_clip}: must be positive"),
@@ -185,6 +191,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         if not ok:
             raise FedKSeedError(message)
     parse_iid(args.iid)
+    check_own_data_flags(args)
     check_seed_state_fits(args)
     args.device = resolve_device(args.device)
     if args.dtype == "auto":
@@ -224,7 +231,8 @@ TRAJECTORY_FLAGS = (
     "dataset", "data_path", "num_clients", "m", "local_step", "batch_or_epoch", "equal_weight", "client_sync",
     "batch_size", "max_length", "use_prompts", "iid", "zerotask", "dataset_subsample", "model", "lr",
     "weight_decay", "grad_clip", "K", "zo_eps", "perturbation", "bias_sampling", "bias_loss_clip",
-    "grad_initial", "dtype", "seed", "aggregation", "trim_fraction", "max_abs_grad",
+    "grad_initial", "dtype", "seed", "aggregation", "trim_fraction", "max_abs_grad", *FIELD_FLAGS, *EVAL_FLAGS,
+    "prompt_format",
 )
 
 

@@ -40,7 +40,7 @@ from flower_app import messages
 from flower_app.messages import Instruction
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
-from simulation import build_clients
+from simulation import training_clients
 from streams import stream
 from utils_data.load_data import load_for_run
 
@@ -122,8 +122,8 @@ class NodeRuntime:
         self.args = args
         self.k = args.K
         self.compile = False if args.no_compile else None
-        data = load_for_run(args)
-        clients, _ = build_clients(args, data, load_tokenizer(args.model))
+        data = load_for_run(args, evaluation=False)
+        clients = training_clients(args, data, load_tokenizer(args.model))
         self.clients = {c.client_id: c for c in clients}
         self.seed_pool = make_seed_pool(args.K, stream(args.seed, "server"))  # the server's first draw
         self.work = self.load_theta0()
