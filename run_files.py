@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("torch", "transformers", "numpy", "rouge-score", "gguf", "accelerate")
+PACKAGES = ("torch", "transformers", "numpy", "rouge-score", "gguf", "accelerate", "datasets")
 
 
 def setup_logging(log_file: Path | None) -> None:
