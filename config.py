@@ -134,6 +134,11 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                      help="Flower: a node catches up by replaying each missed round's Delta c onto a pristine "
                      "copy (bit-identical, two model copies), or the paper's single summed change onto its "
                      "trained copy (one copy, exact only in closed form)")
+    eng.add_argument("--flower_data", choices=["shared", "node"], default="shared",
+                     help="Flower: every SuperNode reads the whole --data_path and hosts clients i mod N (shared), "
+                     "or each reads only its own data (node: its node-config data-path, else --data_path with "
+                     "{node} replaced by its partition id; needs --dataset json --iid client --eval_path and "
+                     "--flower_nodes; the clients are the client-column values the nodes hold)")
     eng.add_argument("--flower_timeout", type=float, default=3600.0,
                      help="Flower: seconds the server waits for a round's replies")
     eng.add_argument("--aggregation", choices=["mean", "median", "trimmed_mean"], default="mean",

@@ -78,14 +78,18 @@ def training_clients(args, data, tokenizer) -> list[Client]:
 
 
 def build_clients(args, data, tokenizer) -> tuple[list[Client], LLMDataset]:
-    """The usable clients and the evaluation set (--eval_examples of the held-out records)."""
-    clients = training_clients(args, data, tokenizer)
-    eval_set = LLMDataset(eval_subset(data.eval_records, args.eval_examples, args.seed), tokenizer,
+    """The usable clients and the evaluation set."""
+    return training_clients(args, data, tokenizer), evaluation_set(args, data.eval_records, tokenizer)
+
+
+def evaluation_set(args, eval_records: list[dict], tokenizer) -> LLMDataset:
+    """--eval_examples of the held-out records, tokenized."""
+    eval_set = LLMDataset(eval_subset(eval_records, args.eval_examples, args.seed), tokenizer,
                           run_prompt_format(args), args.max_length)
     report_dropped("evaluation", [eval_set], args.max_length)
     if len(eval_set) == 0:
         raise FedKSeedError("no usable evaluation examples after tokenisation (check --max_length)")
-    return clients, eval_set
+    return eval_set
 
 
 def run_prompt_format(args) -> str:

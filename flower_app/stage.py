@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except FedKSeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for name in ("model", "data_path", "output_dir"):
+    for name in ("model", "data_path", "eval_path", "output_dir"):
+        if getattr(args, name) is None:
+            continue
         if Path(getattr(args, name)).exists() or name == "output_dir":
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
     stage_app(opts.app_dir)

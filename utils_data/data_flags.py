@@ -54,3 +54,16 @@ def check_own_data_flags(args: argparse.Namespace) -> None:
         raise FedKSeedError(f"--client_field {args.client_field}: the client split needs --iid client")
     if args.iid == "client" and args.dataset != "json":
         raise FedKSeedError("--iid client: only with --dataset json (one client per value of --client_field)")
+    if getattr(args, "flower_data", "shared") == "node":
+        check_node_data(args)
+
+
+def check_node_data(args: argparse.Namespace) -> None:
+    """--flower_data node: the nodes hold the training data, split by client column; the server the eval file."""
+    needs = [(args.engine == "flower", "--engine flower"), (args.dataset == "json", "--dataset json"),
+             (args.iid == "client", "--iid client"), (args.eval_path is not None, "--eval_path FILE"),
+             (args.flower_nodes > 0, "--flower_nodes N")]
+    missing = [flag for ok, flag in needs if not ok]
+    if missing:
+        raise FedKSeedError(f"--flower_data node: needs {', '.join(missing)} (the nodes hold the training data, "
+                            "one client per client-column value; the server holds only the evaluation file)")

@@ -105,8 +105,7 @@ def _hold_out_spec(dataset: str, records: list[dict], zerotask: int, evaluation:
     if evaluation.path is not None:
         if not evaluation.read_path:
             return HoldOut(records=[])
-        eval_records, _ = load_records(evaluation.path, replace(fields, client=None))
-        return HoldOut(records=eval_records)
+        return HoldOut(records=load_records(evaluation.path, replace(fields, client=None))[0])
     if evaluation.category is not None or evaluation.fraction:
         return HoldOut(category=evaluation.category, fraction=evaluation.fraction)
     if dataset == "json":
@@ -133,12 +132,22 @@ def _load_instruct(path: Path, num_clients: int, subsample: float, max_length: i
     return FederatedData(clients=clients, client_names=names, eval_records=eval_records)
 
 
+def fields_of(args) -> Fields:
+    """The column names of a run's --*_field flags (Dolly's by default)."""
+    return Fields(instruction=args.instruction_field or "instruction", input=args.input_field,
+                  response=args.response_field or "response", category=args.category_field, client=args.client_field)
+
+
 def load_for_run(args, evaluation: bool = True) -> FederatedData:
     """load_federated_data with a run's flags (main.py's argparse namespace); evaluation=False skips reading
     --eval_path (a Flower node holds the training data only)."""
-    fields = Fields(instruction=args.instruction_field or "instruction", input=args.input_field,
-                    response=args.response_field or "response", category=args.category_field, client=args.client_field)
     held_out = EvalOptions(category=args.eval_category, fraction=args.eval_fraction, path=args.eval_path,
                            read_path=evaluation)
     return load_federated_data(args.dataset, args.data_path, args.num_clients, args.iid, args.zerotask,
-                               args.dataset_subsample, args.max_length, args.seed, fields, held_out)
+                               args.dataset_subsample, args.max_length, args.seed, fields_of(args), held_out)
+
+
+def load_eval_records(args) -> list[dict]:
+    """The --eval_path records alone (the Flower server with --flower_data node holds no training data)."""
+    records, _ = load_records(args.eval_path, replace(fields_of(args), client=None))
+    return records
