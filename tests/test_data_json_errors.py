@@ -9,17 +9,9 @@ import pytest
 
 import config
 import main
-from errors import FedKSeedError
+from test_data_dolly import error_message as error_of
 from test_data_json import OWN, load, own_rows, write
 from utils_data.json_loader import Fields, load_records
-
-
-def error_of(call) -> str:
-    with pytest.raises(FedKSeedError) as excinfo:
-        call()
-    message = str(excinfo.value)
-    assert message and "\n" not in message
-    return message
 
 
 def test_missing_column_names_the_file_and_the_column(tmp_path):
