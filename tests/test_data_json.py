@@ -88,6 +88,13 @@ def test_optional_columns_default_to_dolly_names_or_empty(tmp_path):
     assert clients is None
 
 
+def test_csv_cells_stay_text(tmp_path):
+    path = tmp_path / "own.csv"
+    path.write_text('instruction,response,context\nzip code ?,02134,\nnull ?,NA,"a, b"\n')
+    records, _ = load_records(str(path), Fields())
+    assert [(r["response"], r["context"]) for r in records] == [("02134", ""), ("NA", "a, b")]
+
+
 def test_client_split_is_one_client_per_value(tmp_path):
     rows = own_rows()
     data = load(write(tmp_path / "own.csv", rows), iid="client", eval_fraction=0.2)

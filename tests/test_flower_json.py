@@ -114,3 +114,23 @@ def test_node_data_flags_are_checked():
     with pytest.raises(FedKSeedError, match="--flower_data node: needs --eval_path FILE, --flower_nodes N"):
         config.validate(config.build_parser().parse_args(argv))
 
+
+
+@pytest.mark.slow
+def test_deployed_supernodes_read_their_own_files(tiny_model_dir, site_files, tmp_path):
+    """A SuperLink and 2 SuperNodes on 127.0.0.1 (scripts/flower_deploy_local.sh), each SuperNode reading
+    site-<partition-id>.jsonl: the same c as the simulation engine's run."""
+    import subprocess
+
+    from conftest import ROOT
+
+    node_flags = ["--engine", "flower", "--flower_data", "node", "--flower_nodes", "2", "--save", "--log"]
+    argv = flags(tiny_model_dir, site_files, str(site_files / "site-{node}.jsonl"), tmp_path / "deploy", *node_flags)
+    deploy = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "flower_deploy_local.sh"), "--nodes", "2", "--port", "18890", "--", *argv],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert deploy.returncode == 0, deploy.stderr[-3000:]
+    sim = run_cli(flags(tiny_model_dir, site_files, str(site_files / "site-{node}.jsonl"), tmp_path / "sim",
+                        *node_flags))
+    c = np.load(tmp_path / "deploy" / "coefficients.npz")["c"]
+    assert np.count_nonzero(c) > 10 and np.array_equal(c, sim["c"])

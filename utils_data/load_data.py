@@ -94,9 +94,8 @@ def _read_dolly(path: Path, alpha) -> tuple[list[dict], None, str]:
 
 def _read_json(data_path: str, alpha, fields: Fields) -> tuple[list[dict], list[str] | None, str]:
     """--dataset json's records, with their client values for the client split."""
-    if alpha != CLIENT_SPLIT:
-        return *load_records(data_path, replace(fields, client=None)), data_path
-    return *load_records(data_path, replace(fields, client=fields.client or DEFAULT_CLIENT_FIELD)), data_path
+    client = (fields.client or DEFAULT_CLIENT_FIELD) if alpha == CLIENT_SPLIT else None
+    return *load_records(data_path, replace(fields, client=client)), data_path
 
 
 def _hold_out_spec(dataset: str, records: list[dict], zerotask: int, evaluation: EvalOptions, fields: Fields,
