@@ -7,6 +7,7 @@ Bad data raises FedKSeedError naming the file, the row (1-based, in file order) 
 """
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -86,11 +87,22 @@ def _read_file(file: Path) -> Table:
     suffix = file.suffix.lower()
     with tempfile.TemporaryDirectory(prefix="fedkseed-datasets-") as cache:
         try:
+            options = _csv_options(file, datasets) if suffix == ".csv" else {}
             ds = datasets.load_dataset(BUILDERS[suffix], data_files=[str(file)], split="train", cache_dir=cache,
-                                       keep_in_memory=True)
+                                       keep_in_memory=True, **options)
         except Exception as exc:  # datasets wraps parser errors in several types; report the cause in one line
             raise FedKSeedError(f"{file}: not a {KINDS[suffix]} file ({_cause(file, exc)})") from None
     return Table(file, list(ds.column_names), ds.to_list())
+
+
+def _csv_options(file: Path, datasets) -> dict:
+    """Every CSV column read as text, as written ("007" stays "007", "NA" stays "NA", an empty cell is "")."""
+    with open(file, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    if not header:
+        raise ValueError("no header row")
+    return {"features": datasets.Features({name: datasets.Value("string") for name in header}),
+            "keep_default_na": False}
 
 
 def _read_saved(folder: Path) -> Table:
