@@ -54,7 +54,7 @@ def check_own_data_flags(args: argparse.Namespace) -> None:
         raise FedKSeedError(f"--client_field {args.client_field}: the client split needs --iid client")
     if args.iid == "client" and args.dataset != "json":
         raise FedKSeedError("--iid client: only with --dataset json (one client per value of --client_field)")
-    if getattr(args, "flower_data", "shared") == "node":
+    if args.flower_data == "node":
         check_node_data(args)
 
 
