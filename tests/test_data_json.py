@@ -166,3 +166,25 @@ def test_dolly_as_parquet_subsampled_is_dolly(tmp_path, iid):
     third = sorted({r["category"] for r in dolly_records()})[3]
     via_json = load_federated_data("json", str(parquet), 4, iid, 3, 0.5, 1024, 7, Fields(), EvalOptions(third))
     assert via_json == dolly
+
+
+def test_the_readme_command_runs_on_the_file_the_readme_makes(tmp_path):
+    """The "Your own data" commands: the python -c line makes the file; the main.py line's data part loads it."""
+    import shlex
+    import subprocess
+    import sys
+
+    import config
+    from utils_data.load_data import load_for_run
+
+    text = (ROOT / "README.md").read_text().split("## Your own data", 1)[1]
+    make, run = [line for line in text.splitlines() if line.startswith(("python -c", "python main.py"))][:2]
+    code = shlex.split(make)[2].replace("'data/", f"'{ROOT}/data/")  # the README runs it in the project folder
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
+    argv = shlex.split(run)[2:] + ["--output_dir", str(tmp_path / "run")]
+    args = config.validate(config.build_parser().parse_args(argv))
+    args.data_path = str(tmp_path / args.data_path)
+    data = load_for_run(args)
+    assert data.client_names == ["team-0", "team-1", "team-2", "team-3"]
+    assert {r["category"] for r in data.eval_records} == {"summarization"} and len(data.eval_records) == 40
+    assert args.prompt_format == "chat"
