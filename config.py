@@ -12,6 +12,7 @@ from errors import FedKSeedError
 from optimizers.perturbation import KINDS
 from optimizers.seed_pool import SEED_RANGE
 from server import state_bytes
+from utils_data.data_flags import EVAL_FLAGS, FIELD_FLAGS, add_own_data_flags, check_own_data_flags
 from utils_data.partition_data import parse_iid
 
 
@@ -66,9 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "the paper's catch-up by replaying the change in c (what a remote client does)")
 
     data = p.add_argument_group("data")
-    data.add_argument("--dataset", default="instruct", help="instruct (Natural Instructions) or dolly")
+    data.add_argument("--dataset", default="instruct",
+                      help="instruct (Natural Instructions), dolly, or json (your own data: see --data_path)")
     data.add_argument("--data_path", default="./data",
-                      help="folder with natural-instructions/ or databricks-dolly-15k.jsonl, or a .jsonl file")
+                      help="folder with natural-instructions/ or databricks-dolly-15k.jsonl, or a Dolly .jsonl "
+                      "file; --dataset json: a .jsonl/.json/.csv/.parquet file, a glob of them, or a "
+                      "save_to_disk folder")
     data.add_argument("--batch_size", type=int, default=1, help="examples per MeZO step")
     data.add_argument("--max_length", type=int, default=1024, help="token limit of a training example "
                       "(and the character limit of an NI input, as in the paper)")
@@ -76,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Natural Instructions: the Alpaca template (on), or '{definition} Input: ... Output:' "
                       "(--use_prompts false / --no_use_prompts); Dolly is always templated, as the authors' code")
     data.add_argument("--no_use_prompts", dest="use_prompts", action="store_false", help=argparse.SUPPRESS)
-    data.add_argument("--iid", default="dir0.5", help="Dolly split: dir<alpha> (Dirichlet over categories) or 0 (IID)")
+    data.add_argument("--iid", default="dir0.5", help="Dolly/json split: dir<alpha> (Dirichlet over categories), "
+                      "0 (IID), or client (json: one client per value of --client_field; --num_clients ignored)")
     data.add_argument("--zerotask", type=int, default=7,
                       help="index (sorted name order) of the Dolly category held out for evaluation; 7 = summarization")
+    add_own_data_flags(data)
     data.add_argument("--dataset_subsample", type=float, default=1.0, help="fraction of training records kept")
 
     model = p.add_argument_group("model and optimisation")
@@ -141,6 +147,11 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                      help="Flower: a node catches up by replaying each missed round's Delta c onto a pristine "
                      "copy (bit-identical, two model copies), or the paper's single summed change onto its "
                      "trained copy (one copy, exact only in closed form)")
+    eng.add_argument("--flower_data", choices=["shared", "node"], default="shared",
+                     help="Flower: every SuperNode reads the whole --data_path and hosts clients i mod N (shared), "
+                     "or each reads only its own data (node: its node-config data-path, else --data_path with "
+                     "{node} replaced by its partition id; needs --dataset json --iid client --eval_path and "
+                     "--flower_nodes; the clients are the client-column values the nodes hold)")
     eng.add_argument("--flower_timeout", type=float, default=3600.0,
                      help="Flower: seconds the server waits for a round's replies")
     eng.add_argument("--aggregation", choices=["mean", "median", "trimmed_mean"], default="mean",
@@ -178,7 +189,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.lr > 0, f"--lr {args.lr}: must be positive"),
         (args.zo_eps > 0, f"--zo_eps {args.zo_eps}: must be positive"),
         (0 < args.dataset_subsample <= 1, f"--dataset_subsample {args.dataset_subsample}: must be in (0, 1]"),
-        (args.dataset in ("instruct", "dolly"), f"--dataset {args.dataset}: expected instruct or dolly"),
+        (args.dataset in ("instruct", "dolly", "json"), f"--dataset {args.dataset}: expected instruct, dolly or json"),
         (args.weight_decay == 0 or args.method != "fedkseed", f"--weight_decay {args.weight_decay}: not supported "
          "with fedkseed; decay would make the model differ from theta0 - lr*sum c_j z_j, which every client and "
          "the server rely on"),
@@ -207,6 +218,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
             raise FedKSeedError(message)
     parse_iid(args.iid)
     check_lora_flags(args)
+    check_own_data_flags(args)
     check_seed_state_fits(args)
     args.device = resolve_device(args.device)
     if args.dtype == "auto":
@@ -265,6 +277,7 @@ TRAJECTORY_FLAGS = (
     "batch_size", "max_length", "use_prompts", "iid", "zerotask", "dataset_subsample", "model", "lr",
     "weight_decay", "grad_clip", "K", "zo_eps", "perturbation", "bias_sampling", "bias_loss_clip",
     "grad_initial", "dtype", "seed", "aggregation", "trim_fraction", "max_abs_grad", "method", "peft", *LORA_FLAGS,
+    *FIELD_FLAGS, *EVAL_FLAGS, "prompt_format",
 )
 
 

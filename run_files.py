@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 MEASURED = ("seconds", "client_seconds", "peak_memory_bytes")  # metrics that are timings or memory, not results
-PACKAGES = ("torch", "transformers", "numpy", "rouge-score", "gguf", "accelerate")
+PACKAGES = ("torch", "transformers", "numpy", "rouge-score", "gguf", "accelerate", "datasets", "peft")
 
 
 def setup_logging(log_file: Path | None) -> None:

@@ -35,17 +35,44 @@ def eval_subset(records: list[dict], n: int, seed: int) -> list[dict]:
     return [records[i] for i in sorted(order)]
 
 
-def build_clients(args, data, tokenizer) -> tuple[list[Client], LLMDataset]:
-    pad_id = tokenizer.pad_token_id
-    fmt = prompt_format(args.dataset, args.use_prompts)
-    clients = [Client(i, LLMDataset(records, tokenizer, fmt, args.max_length), pad_id, args.seed)
-               for i, records in enumerate(data.clients)]
+def training_clients(args, data, tokenizer) -> list[Client]:
+    """The clients with at least one usable example (what a Flower node needs; no evaluation set)."""
+    datasets = [LLMDataset(records, tokenizer, run_prompt_format(args), args.max_length)
+                for records in data.clients]
+    report_dropped("training", datasets, args.max_length)
+    clients = [Client(i, ds, tokenizer.pad_token_id, args.seed) for i, ds in enumerate(datasets)]
     clients = [c for c in clients if len(c) > 0]
-    eval_set = LLMDataset(eval_subset(data.eval_records, args.eval_examples, args.seed), tokenizer,
-                          fmt, args.max_length)
-    if not clients or len(eval_set) == 0:
-        raise FedKSeedError("no usable training or evaluation examples after tokenisation (check --max_length)")
-    return clients, eval_set
+    if not clients:
+        raise FedKSeedError("no usable training examples after tokenisation (check --max_length)")
+    return clients
+
+
+def build_clients(args, data, tokenizer) -> tuple[list[Client], LLMDataset]:
+    """The usable clients and the evaluation set."""
+    return training_clients(args, data, tokenizer), evaluation_set(args, data.eval_records, tokenizer)
+
+
+def evaluation_set(args, eval_records: list[dict], tokenizer) -> LLMDataset:
+    """--eval_examples of the held-out records, tokenized."""
+    eval_set = LLMDataset(eval_subset(eval_records, args.eval_examples, args.seed), tokenizer,
+                          run_prompt_format(args), args.max_length)
+    report_dropped("evaluation", [eval_set], args.max_length)
+    if len(eval_set) == 0:
+        raise FedKSeedError("no usable evaluation examples after tokenisation (check --max_length)")
+    return eval_set
+
+
+def run_prompt_format(args) -> str:
+    return prompt_format(args.dataset, args.use_prompts, args.prompt_format)
+
+
+def report_dropped(kind: str, datasets: list[LLMDataset], max_length: int) -> None:
+    """One log line for all the records of `datasets` that cannot fit max_length tokens."""
+    dropped = sum(ds.dropped for ds in datasets)
+    if dropped:
+        total = dropped + sum(len(ds) for ds in datasets)
+        logger.info("skipped %d of %d %s records: no response token left within --max_length %d",
+                    dropped, total, kind, max_length)
 
 
 def open_run_dir(args, resume: RunState | None) -> Path:

@@ -24,6 +24,8 @@ Reply (node -> server), record "fedkseed":
     or error (a node-side reason, e.g. out of sync) with synced and p_round.
 Query (server -> node, "query") / its reply: the node's partition, the clients it
 hosts, its base-model fingerprint and seed-pool digest (checked once, before round 1), record "fedkseed".
+With --flower_data node the reply also names the clients of the node's own data and their sizes, and each
+instruction carries its client's name.
 
 Sizes (measure()): `payload` is the raw array bytes, `record` the serialized RecordDict with its records (the
 content as Flower deflates it), `message` the whole object tree Flower pushes for the message: every object's
@@ -121,6 +123,7 @@ class Instruction:
     pro: bool = False
     p_round: int = 0
     probabilities: np.ndarray | None = None
+    name: str = ""  # --flower_data node: the client's name (its client-column value) on the node that holds it
 
 
 def encode_instruction(ins: Instruction, k: int) -> RecordDict:
@@ -129,6 +132,8 @@ def encode_instruction(ins: Instruction, k: int) -> RecordDict:
         "c_digest": ins.c_digest,
         **pack_groups(ins.groups, k),
     }
+    if ins.name:
+        rec["name"] = ins.name
     if ins.pro:
         rec.update(pro=True, p_round=ins.p_round)
         if ins.probabilities is not None:
@@ -151,6 +156,7 @@ def decode_instruction(content: RecordDict, k: int) -> Instruction:
             base=int(rec["base"]), groups=unpack_groups(rec, k), c_digest=bytes(rec["c_digest"]),
             pro=bool(rec.get("pro", False)), p_round=int(rec.get("p_round", 0)),
             probabilities=None if p is None else np.frombuffer(p, dtype="<f8").astype(np.float64),
+            name=str(rec.get("name", "")),
         )
     except (KeyError, TypeError) as exc:
         raise WireError(f"instruction: {exc.__class__.__name__} {exc}") from None
@@ -234,10 +240,15 @@ def decode_reply(content: RecordDict, max_bytes: int) -> Reply:
 
 # --- query ------------------------------------------------------------------------------------------------------
 
-def encode_query_reply(partition: int, partitions: int, clients: list[int], fingerprint: str, pool: str) -> RecordDict:
-    return RecordDict({QUERY_RECORD: ConfigRecord({
-        "partition": int(partition), "partitions": int(partitions), "clients": [int(c) for c in clients],
-        "fingerprint": fingerprint, "pool_digest": pool})})
+def encode_query_reply(partition: int, partitions: int, clients: list[int], fingerprint: str, pool: str,
+                       held: dict[str, int] | None = None) -> RecordDict:
+    """The node's set-up: its partition, the clients it hosts (ids; with --flower_data node, `held`: the names
+    and sizes of the clients in its own data), its base-model fingerprint and seed-pool digest."""
+    rec = {"partition": int(partition), "partitions": int(partitions), "clients": [int(c) for c in clients],
+           "fingerprint": fingerprint, "pool_digest": pool}
+    if held is not None:
+        rec.update(names=list(held), sizes=[int(n) for n in held.values()])
+    return RecordDict({QUERY_RECORD: ConfigRecord(rec)})
 
 
 # --- sizes ------------------------------------------------------------------------------------------------------

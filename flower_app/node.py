@@ -34,13 +34,13 @@ import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
 from checkpoint import model_fingerprint
-from client import ClientUpdate, TrainConfig
+from client import Client, ClientUpdate, TrainConfig
 from errors import FedKSeedError
 from flower_app import messages
 from flower_app.messages import Instruction
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
-from simulation import build_clients
+from simulation import training_clients
 from streams import stream
 from utils_data.load_data import load_for_run
 
@@ -75,6 +75,8 @@ def read_run_file(context) -> tuple[argparse.Namespace, dict]:
         value = context.node_config.get(key.replace("_", "-"))
         if value:
             flags[key] = str(value)
+    if flags.get("flower_data") == "node":  # the node's own data: {node} in --data_path is its partition id
+        flags["data_path"] = str(flags["data_path"]).replace("{node}", str(context.node_config.get("partition-id")))
     return argparse.Namespace(**flags), doc
 
 
@@ -122,9 +124,11 @@ class NodeRuntime:
         self.args = args
         self.k = args.K
         self.compile = False if args.no_compile else None
-        data = load_for_run(args)
-        clients, _ = build_clients(args, data, load_tokenizer(args.model))
+        data = load_for_run(args, evaluation=False)
+        clients = training_clients(args, data, load_tokenizer(args.model))
         self.clients = {c.client_id: c for c in clients}
+        # --flower_data node: the clients of this node's own data, by name (their global ids come from the server)
+        self.held = {data.client_names[c.client_id]: c for c in clients} if args.flower_data == "node" else None
         self.seed_pool = make_seed_pool(args.K, stream(args.seed, "server"))  # the server's first draw
         self.work = self.load_theta0()
         self.fingerprint = model_fingerprint(self.work.model)
@@ -137,7 +141,17 @@ class NodeRuntime:
         return SeededModel(model, self.seed_pool, self.args.lr, kind=self.args.perturbation, compile=self.compile)
 
     def hosted(self, partition: int, partitions: int) -> list[int]:
+        """Ids of the clients this node trains (shared data: i mod partitions; node data: named by the server)."""
+        if self.held is not None:
+            return []
         return sorted(cid for cid in self.clients if cid % partitions == partition)
+
+    def client_for(self, ins: Instruction, partition: tuple[int, int]) -> Client | None:
+        """The client an instruction names, under the server's id for it; None when this node does not hold it."""
+        if self.held is None:
+            return self.clients[ins.client] if ins.client in self.hosted(*partition) else None
+        local = self.held.get(ins.name)
+        return None if local is None else Client(ins.client, local.dataset, local.pad_id, local.run_seed)
 
     def reset_pristine(self) -> None:
         self.pristine = self.load_theta0()
@@ -182,8 +196,9 @@ def handle_query(context) -> RecordDict:
     args, _ = read_run_file(context)
     rt = runtime(context, args)
     partition, partitions = partition_of(context)
+    held = None if rt.held is None else {name: len(c) for name, c in rt.held.items()}
     return messages.encode_query_reply(partition, partitions, rt.hosted(partition, partitions), rt.fingerprint,
-                                       messages.array_digest(rt.seed_pool))
+                                       messages.array_digest(rt.seed_pool), held)
 
 
 def handle_train(content: RecordDict, context) -> RecordDict:
@@ -205,8 +220,10 @@ def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[
         logger.warning("node: round %d client %d: %s", ins.round, ins.client, reason)
         return messages.encode_error_reply(reason, state.synced, state.p_round)
 
-    if ins.client not in rt.hosted(*partition):
-        return error(f"client {ins.client} is not hosted on partition {partition[0]}")
+    client = rt.client_for(ins, partition)
+    if client is None:
+        named = f" ({ins.name})" if ins.name else ""
+        return error(f"client {ins.client}{named} is not hosted on partition {partition[0]}")
     if ins.base > state.synced:
         return error(f"out of sync: the instruction starts after round {ins.base}, the node is at {state.synced}")
     if ins.probabilities is not None:
@@ -232,7 +249,7 @@ def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[
             return error("out of sync: the caught-up c differs from the server's")
         target = state.c.copy()
     config = TrainConfig(round=ins.round, local=ins.local, probabilities=state.p if ins.pro else None)
-    update: ClientUpdate = rt.clients[ins.client].train(rt.work, target, config)
+    update: ClientUpdate = client.train(rt.work, target, config)
     return messages.encode_reply(update, state.synced, state.p_round)
 
 

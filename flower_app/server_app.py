@@ -4,7 +4,8 @@ evaluations.evaluate scores it; Flower carries only the round config, sparse Del
 A round:
   1. server.select_clients() and server.train_config(r), as in simulation.py.
   2. Each selected client's instruction goes to the SuperNode that hosts it (client i on the node whose
-     partition-id is i mod num-partitions), with the Delta c that node needs since the round the server last
+     partition-id is i mod num-partitions; with --flower_data node, the node whose own data holds it: see
+     discovery.py), with the Delta c that node needs since the round the server last
      heard from it, and the Pro probabilities if the node does not hold this round's yet. A node hosting several
      selected clients gets them in successive waves, one message at a time, so its state stays sequential.
   3. Replies are decoded, checked (messages.decode_reply, then server.validate_update: the same check as the
@@ -22,20 +23,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from checkpoint import RunState, load_checkpoint, model_fingerprint
 from errors import FedKSeedError
 from evaluations import evaluate
 from flower_app import messages
+from flower_app.discovery import discover
 from flower_app.node import read_run_file
 from methods.fedkseed import checkpoint, fresh_state, restore, server_config
 from modeling import load_model, load_tokenizer
+from optimizers.seed_pool import make_seed_pool
 from run_files import MetricsFile
 from server import Server, validate_update
-from simulation import build_clients, open_run_dir
-from utils_data.load_data import load_for_run
+from simulation import build_clients, evaluation_set, open_run_dir
+from streams import stream
+from utils_data.llm_dataset import LLMDataset
+from utils_data.load_data import load_eval_records, load_for_run
 
 logger = logging.getLogger("fedkseed")
 
@@ -89,11 +94,10 @@ class FlowerServer:
     def run(self) -> dict:
         args = self.args
         out = open_run_dir(args, self.resume)
-        data = load_for_run(args)
         self.tokenizer = load_tokenizer(args.model)
-        self.clients, self.eval_set = build_clients(args, data, self.tokenizer)
         server_model = load_model(args.model, args.dtype, args.device)
         fingerprint = model_fingerprint(server_model)
+        self.clients, self.eval_set = self.set_up_clients(fingerprint)
         compile_z = False if args.no_compile else None
         self.server = server = Server(server_model, server_config(args, len(self.clients)), compile=compile_z)
         state = fresh_state(args, server, fingerprint, self.clients)
@@ -104,7 +108,6 @@ class FlowerServer:
             metrics.keep_rounds_up_to(state.round)
             logger.info("resumed %s at round %d", out, state.round)
         self.state = state
-        self.hosts = self.discover(fingerprint)
         logger.info("Flower: %d clients on %d SuperNodes (%s catch-up), %d evaluation examples",
                     len(self.clients), len(set(self.hosts.values())), args.flower_catchup, len(self.eval_set))
 
@@ -138,33 +141,24 @@ class FlowerServer:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return {"summary": summary, "c": server.c.copy(), "server": server}
 
-    def discover(self, fingerprint: str) -> dict[int, int]:
-        """Wait for the SuperNodes, ask each which clients it hosts, check its base model; client id -> node id."""
-        deadline = time.time() + self.args.flower_timeout
-        while len(nodes := sorted(self.grid.get_node_ids())) < self.expected_nodes:
-            if time.time() > deadline:
-                raise FedKSeedError(f"Flower: {len(nodes)} SuperNodes connected, {self.expected_nodes} expected")
-            time.sleep(0.5)
-        queries = [Message(RecordDict({messages.QUERY_RECORD: ConfigRecord({})}), node, messages.QUERY,
-                           group_id="setup") for node in nodes]
-        hosts: dict[int, int] = {}
-        pool = messages.array_digest(self.server.seed_pool)
-        for reply in self.grid.send_and_receive(queries, timeout=self.args.flower_timeout):
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                raise FedKSeedError(f"Flower: SuperNode {node} failed its set-up: {reply.error.reason}")
-            rec = reply.content.config_records[messages.QUERY_RECORD]
-            if rec["fingerprint"] != fingerprint or rec["pool_digest"] != pool:
-                raise FedKSeedError(f"Flower: SuperNode {node} (partition {rec['partition']}) holds a different base "
-                                    "model or seed pool than the server (fingerprint mismatch)")
-            for cid in rec["clients"]:
-                hosts.setdefault(int(cid), node)
-            self.node_synced[node] = 0
-            self.node_p_round[node] = -1
-        missing = [c.client_id for c in self.clients if c.client_id not in hosts]
+    def set_up_clients(self, fingerprint: str) -> tuple[list, LLMDataset]:
+        """Discover the SuperNodes (discovery.discover) and the clients they host, and load the evaluation set:
+        from the server's copy of the data (shared), or from --eval_path alone (node data)."""
+        args = self.args
+        pool = messages.array_digest(make_seed_pool(args.K, stream(args.seed, "server")))  # the server's first draw
+        found = discover(self.grid, self.expected_nodes, args.flower_timeout, fingerprint, pool)
+        self.node_synced = dict.fromkeys(found.nodes, 0)
+        self.node_p_round = dict.fromkeys(found.nodes, -1)
+        if args.flower_data == "node":
+            clients, self.hosts = found.remote_clients()
+            self.names = {c.client_id: c.name for c in clients}
+            return clients, evaluation_set(args, load_eval_records(args), self.tokenizer)
+        self.hosts, self.names = found.hosts, {}
+        clients, eval_set = build_clients(args, load_for_run(args), self.tokenizer)
+        missing = [c.client_id for c in clients if c.client_id not in self.hosts]
         if missing:
             raise FedKSeedError(f"Flower: no SuperNode hosts clients {missing[:10]} (check num-partitions)")
-        return hosts
+        return clients, eval_set
 
     def run_eval(self, round_idx: int, metric: str) -> dict:
         args = self.args
@@ -189,7 +183,8 @@ class FlowerServer:
         return messages.Instruction(
             round=round_idx, client=client_id, local=train_config.local, catchup=args.flower_catchup,
             base=base, groups=groups, c_digest=messages.c_digest(server.c), pro=pro, p_round=round_idx,
-            probabilities=probs if pro and self.node_p_round.get(node) != round_idx else None)
+            probabilities=probs if pro and self.node_p_round.get(node) != round_idx else None,
+            name=self.names.get(client_id, ""))
 
     def round(self, round_idx: int) -> dict:
         args, server = self.args, self.server

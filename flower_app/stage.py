@@ -10,7 +10,8 @@ flags-file. RUN_FILE gets the resolved flags, checked as main.py checks them. Th
 
 A SuperNode may point the run at its own copies of the base model and data with
 --node-config "partition-id=I num-partitions=N model='/path' data-path='/path'"; every node needs the same
-base model bit for bit (the ServerApp checks its fingerprint) and the same data file.
+base model bit for bit (the ServerApp checks its fingerprint) and the same data file; with --flower_data node
+each node reads only its own data file (its data-path, or --data_path with {node} replaced by its partition-id).
 scripts/flower_deploy_local.sh does all of it on 127.0.0.1.
 """
 from __future__ import annotations
@@ -84,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     except FedKSeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for name in ("model", "data_path", "output_dir"):
-        if Path(getattr(args, name)).exists() or name == "output_dir":
+    for name in ("model", "data_path", "eval_path", "output_dir"):  # a data path may be a glob or hold {node}
+        if getattr(args, name) is None:
+            continue
+        if Path(getattr(args, name)).exists() or name != "model":
             setattr(args, name, str(Path(getattr(args, name)).resolve()))
     stage_app(opts.app_dir)
     opts.run_file.parent.mkdir(parents=True, exist_ok=True)

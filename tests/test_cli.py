@@ -52,7 +52,7 @@ BAD_INPUT = {
     "cuda_without_cuda": (["--device", "cuda"], "--device cuda"),
     "local_step_zero": (["--local_step", "0"], "--local_step 0"),
     "unknown_perturbation": (["--perturbation", "uniform"], "--perturbation"),
-    "empty_after_filtering": (["--max_length", "8", "--use_prompts"], "no usable training or evaluation examples"),
+    "empty_after_filtering": (["--max_length", "8", "--use_prompts"], "no usable training examples"),
     "zerotask_out_of_range": (["--zerotask", "99"], "--zerotask 99"),
     "unreadable_model_dir": (["--model", "{folder}"], "not a local model"),
 }

@@ -1,8 +1,6 @@
 """Prompts, label masking, truncation, dropping and right-padding collation with the tiny tokenizer."""
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 
@@ -60,17 +58,15 @@ def test_truncation_keeps_the_head_of_the_response(tokenizer):
     assert tokenizer.eos_token_id not in labels.tolist()
 
 
-def test_records_without_a_response_token_are_dropped(tokenizer, caplog):
+def test_records_without_a_response_token_are_dropped(tokenizer):
     max_length = 16
     short, long_prompt = record(), record(instruction="what is the river ? " * 10)
     edge = record(instruction="what is the city ? a a a a a a", context="")
     assert n_tokens(tokenizer, build_prompt(edge, "plain")) == max_length - 1  # room for one label token
-    with caplog.at_level(logging.INFO, logger="utils_data.llm_dataset"):
-        ds = LLMDataset([short, long_prompt, edge], tokenizer, "plain", max_length=max_length)
+    ds = LLMDataset([short, long_prompt, edge], tokenizer, "plain", max_length=max_length)
     assert ds.dropped == 1
     assert ds.records == [short, edge]
     assert (ds[1]["labels"] != IGNORE_INDEX).sum().item() == 1
-    assert [m for m in caplog.messages if "skipped 1 of 3 records" in m]
 
 
 def test_bad_max_length_is_an_error(tokenizer):

@@ -132,7 +132,7 @@ def test_wrong_types_name_file_and_line(tmp_path, line):
 
 def test_unknown_dataset(dolly_file):
     message = error_message(lambda: load_federated_data("alpaca", str(dolly_file), 4, "0", 7, 1.0, 1024, 0))
-    assert message == "--dataset alpaca: expected instruct or dolly"
+    assert message == "--dataset alpaca: expected instruct, dolly or json"
 
 
 def test_malformed_iid(dolly_file):

@@ -1,15 +1,12 @@
 """Instruction records -> token ids with the prompt masked out of the labels, and right-padding collation."""
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch.utils.data import Dataset
 
 from errors import FedKSeedError
+from utils_data.chat_format import chat_pair, check_chat_template
 from utils_data.default_tokens import IGNORE_INDEX, build_prompt
-
-logger = logging.getLogger(__name__)
 
 
 def special_prefix(tokenizer) -> list[int]:
@@ -22,32 +19,40 @@ def special_prefix(tokenizer) -> list[int]:
     return []
 
 
+def encode(records: list[dict], tokenizer, prompt_format: str) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, supervised ids) of each record: [BOS] + template and response + EOS, or the chat template's
+    generation prompt and assistant turn (utils_data/chat_format.py)."""
+    if prompt_format == "chat":
+        check_chat_template(tokenizer)
+        return [chat_pair(r, tokenizer) for r in records]
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise FedKSeedError("the tokenizer has no EOS token, so responses cannot be terminated")
+    # Separate calls without special tokens, so the prompt/response boundary is exact.
+    prefix = special_prefix(tokenizer)
+    prompt_ids = _tokenize(tokenizer, [build_prompt(r, prompt_format) for r in records])
+    response_ids = _tokenize(tokenizer, [r["response"] for r in records])
+    return [(prefix + list(p), list(r) + [eos]) for p, r in zip(prompt_ids, response_ids, strict=True)]
+
+
 class LLMDataset(Dataset):
-    """Tokenized records: input_ids = [BOS] + prompt + response + EOS (truncated), labels mask [BOS] + prompt.
+    """Tokenized records: input_ids = prompt + response (truncated), labels mask the prompt (see encode).
 
     The BOS (or whatever special_prefix finds) is there when the tokenizer adds it by default, as in the authors'
-    pipeline. Records left with no supervised token after truncation are dropped; `self.dropped` counts them,
-    `self.records` holds the kept records and `self.prompt_lengths` their prompt lengths (prefix included),
-    aligned with the items.
+    pipeline. Records left with no supervised token after truncation are dropped; `self.dropped` counts them
+    (simulation.report_dropped reports them once for all clients), `self.records` holds the kept records and
+    `self.prompt_lengths` their prompt lengths (prefix included), aligned with the items.
     """
 
     def __init__(self, records: list[dict], tokenizer, prompt_format: str, max_length: int):
         if max_length < 2:
             raise FedKSeedError(f"--max_length {max_length}: expected at least 2 tokens")
-        eos = tokenizer.eos_token_id
-        if eos is None:
-            raise FedKSeedError("the tokenizer has no EOS token, so responses cannot be terminated")
-        # Separate calls without special tokens, so the prompt/response boundary is exact.
-        prefix = special_prefix(tokenizer)
-        prompt_ids = [prefix + p for p in _tokenize(tokenizer, [build_prompt(r, prompt_format) for r in records])]
-        response_ids = _tokenize(tokenizer, [r["response"] for r in records])
-
         self.records: list[dict] = []
         self.items: list[dict[str, torch.Tensor]] = []
         self.prompt_lengths: list[int] = []
         self.dropped = 0
-        for record, p, r in zip(records, prompt_ids, response_ids, strict=True):
-            ids = (list(p) + list(r) + [eos])[:max_length]
+        for record, (p, r) in zip(records, encode(records, tokenizer, prompt_format), strict=True):
+            ids = (p + r)[:max_length]
             labels = [IGNORE_INDEX] * min(len(p), len(ids)) + ids[len(p):]
             # The LM loss predicts position i from i-1, so a label at position 0 is never used.
             if all(label == IGNORE_INDEX for label in labels[1:]):
@@ -57,9 +62,6 @@ class LLMDataset(Dataset):
             self.prompt_lengths.append(len(p))
             self.items.append({"input_ids": torch.tensor(ids, dtype=torch.long),
                                "labels": torch.tensor(labels, dtype=torch.long)})
-        if self.dropped:
-            logger.info("skipped %d of %d records: no response token left within max_length=%d",
-                        self.dropped, len(records), max_length)
 
     def __len__(self) -> int:
         return len(self.items)

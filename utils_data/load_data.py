@@ -3,28 +3,24 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from errors import FedKSeedError
 from streams import stream
+from utils_data.federate import FederatedData, HoldOut, federate
+from utils_data.json_loader import DOLLY_FIELDS, Fields, load_records
 from utils_data.natural_instruction_loader import load_natural_instructions
-from utils_data.partition_data import dirichlet_partition, parse_iid
+from utils_data.partition_data import CLIENT_SPLIT, parse_iid
 
 logger = logging.getLogger(__name__)
 
-RECORD_KEYS = ("instruction", "context", "response", "category")
+RECORD_KEYS = tuple(DOLLY_FIELDS)
 DOLLY_FILE = "databricks-dolly-15k.jsonl"
-MIN_CLIENT_RECORDS = 10  # the paper's code redraws the Dirichlet split until every client has this many
-
-
-@dataclass
-class FederatedData:
-    clients: list[list[dict]]  # each client's training records
-    client_names: list[str]
-    eval_records: list[dict]  # the held-out task(s), never seen in training
+DEFAULT_EVAL_FRACTION = 0.1  # --dataset json without a held-out flag
+DEFAULT_CLIENT_FIELD = "client"  # --iid client without --client_field
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -55,49 +51,69 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+@dataclass(frozen=True)
+class EvalOptions:
+    """--eval_category, --eval_fraction, --eval_path: at most one; none = the dataset's default hold-out."""
+
+    category: str | None = None
+    fraction: float = 0.0
+    path: str | None = None
+    read_path: bool = True  # False: a Flower node, which trains on all of --data_path and never evaluates
+
+
 def load_federated_data(dataset: str, data_path: str, num_clients: int, iid: str, zerotask: int,
-                        dataset_subsample: float, max_length: int, seed: int) -> FederatedData:
-    """Clients' training records and the eval records for --dataset dolly or instruct."""
+                        dataset_subsample: float, max_length: int, seed: int, fields: Fields | None = None,
+                        evaluation: EvalOptions | None = None) -> FederatedData:
+    """Clients' training records and the eval records for --dataset dolly, json or instruct."""
     rng = stream(seed, "data")
-    if dataset == "dolly":
-        return _load_dolly(Path(data_path), num_clients, iid, zerotask, dataset_subsample, rng)
+    fields, evaluation = fields or Fields(), evaluation or EvalOptions()
+    if dataset in ("dolly", "json"):
+        alpha = parse_iid(iid)  # check the flags before the slow part
+        if not 0 < dataset_subsample <= 1:
+            raise FedKSeedError(f"--dataset_subsample {dataset_subsample}: expected a fraction in (0, 1]")
+        if num_clients < 1:
+            raise FedKSeedError(f"--num_clients {num_clients}: expected at least 1")
+        if dataset == "dolly":
+            records, clients, source = _read_dolly(Path(data_path), alpha)
+        else:
+            records, clients, source = _read_json(data_path, alpha, fields)
+        spec = _hold_out_spec(dataset, records, zerotask, evaluation, fields, source)
+        return federate(records, spec, alpha, num_clients, dataset_subsample, rng, source, clients)
     if dataset == "instruct":
         return _load_instruct(Path(data_path), num_clients, dataset_subsample, max_length, rng)
-    raise FedKSeedError(f"--dataset {dataset}: expected instruct or dolly")
+    raise FedKSeedError(f"--dataset {dataset}: expected instruct, dolly or json")
 
 
-def _load_dolly(path: Path, num_clients: int, iid: str, zerotask: int, subsample: float,
-                rng: np.random.Generator) -> FederatedData:
-    """Hold out category number `zerotask` (sorted names) for eval; split the rest over the clients."""
-    alpha = parse_iid(iid)  # check the flags before the slow part
-    if not 0 < subsample <= 1:
-        raise FedKSeedError(f"--dataset_subsample {subsample}: expected a fraction in (0, 1]")
-    if num_clients < 1:
-        raise FedKSeedError(f"--num_clients {num_clients}: expected at least 1")
-    records = read_jsonl(path / DOLLY_FILE if path.is_dir() else path)
+def _read_dolly(path: Path, alpha) -> tuple[list[dict], None, str]:
+    """The Dolly-15K file (the folder's databricks-dolly-15k.jsonl, or the file itself)."""
+    if alpha == CLIENT_SPLIT:
+        raise FedKSeedError("--iid client: Dolly has no client column; use --dataset json --client_field COLUMN")
+    file = path / DOLLY_FILE if path.is_dir() else path
+    return read_jsonl(file), None, str(path)
+
+
+def _read_json(data_path: str, alpha, fields: Fields) -> tuple[list[dict], list[str] | None, str]:
+    """--dataset json's records, with their client values for the client split."""
+    client = (fields.client or DEFAULT_CLIENT_FIELD) if alpha == CLIENT_SPLIT else None
+    return *load_records(data_path, replace(fields, client=client)), data_path
+
+
+def _hold_out_spec(dataset: str, records: list[dict], zerotask: int, evaluation: EvalOptions, fields: Fields,
+                   source: str) -> HoldOut:
+    """The held-out set the flags ask for; default: Dolly's --zerotask category, json's DEFAULT_EVAL_FRACTION."""
+    if evaluation.path is not None:
+        if not evaluation.read_path:
+            return HoldOut(records=[])
+        return HoldOut(records=load_records(evaluation.path, replace(fields, client=None))[0])
+    if evaluation.category is not None or evaluation.fraction:
+        return HoldOut(category=evaluation.category, fraction=evaluation.fraction)
+    if dataset == "json":
+        return HoldOut(fraction=DEFAULT_EVAL_FRACTION)
     categories = sorted({r["category"] for r in records})
     if not 0 <= zerotask < len(categories):
         raise FedKSeedError(f"--zerotask {zerotask}: expected 0..{len(categories) - 1} "
-                            f"(categories of {path}: {', '.join(categories) or 'none'})")
-    held_out = categories[zerotask]
-    eval_records = [r for r in records if r["category"] == held_out]
-    train = [r for r in records if r["category"] != held_out]
-    if subsample < 1:
-        keep = np.sort(rng.choice(len(train), size=max(1, round(subsample * len(train))), replace=False))
-        train = [train[i] for i in keep]
-    if not train:
-        raise FedKSeedError(f"{path}: no training records outside the held-out category {held_out}")
-
-    # Tiny data (tests, CPU smoke runs) cannot give every client 10 records. A Dirichlet draw almost never
-    # gives every client its full fair share either, so ask for at most a third of it.
-    min_size = max(1, min(MIN_CLIENT_RECORDS, len(train) // (3 * num_clients)))
-    labels = np.array([categories.index(r["category"]) for r in train])
-    parts = dirichlet_partition(labels, num_clients, alpha, rng, min_size=min_size)
-    logger.info("dolly: %d training records over %d clients (iid=%s), %d eval records of %s",
-                len(train), num_clients, iid, len(eval_records), held_out)
-    return FederatedData(clients=[[train[i] for i in part] for part in parts],
-                         client_names=[f"client-{c:03d}" for c in range(num_clients)],
-                         eval_records=eval_records)
+                            f"(categories of {source}: {', '.join(categories) or 'none'})")
+    return HoldOut(category=categories[zerotask])
 
 
 def _load_instruct(path: Path, num_clients: int, subsample: float, max_length: int,
@@ -115,7 +131,22 @@ def _load_instruct(path: Path, num_clients: int, subsample: float, max_length: i
     return FederatedData(clients=clients, client_names=names, eval_records=eval_records)
 
 
-def load_for_run(args) -> FederatedData:
-    """load_federated_data with a run's flags (main.py's argparse namespace)."""
+def fields_of(args) -> Fields:
+    """The column names of a run's --*_field flags (Dolly's by default)."""
+    return Fields(instruction=args.instruction_field or "instruction", input=args.input_field,
+                  response=args.response_field or "response", category=args.category_field, client=args.client_field)
+
+
+def load_for_run(args, evaluation: bool = True) -> FederatedData:
+    """load_federated_data with a run's flags (main.py's argparse namespace); evaluation=False skips reading
+    --eval_path (a Flower node holds the training data only)."""
+    held_out = EvalOptions(category=args.eval_category, fraction=args.eval_fraction, path=args.eval_path,
+                           read_path=evaluation)
     return load_federated_data(args.dataset, args.data_path, args.num_clients, args.iid, args.zerotask,
-                               args.dataset_subsample, args.max_length, args.seed)
+                               args.dataset_subsample, args.max_length, args.seed, fields_of(args), held_out)
+
+
+def load_eval_records(args) -> list[dict]:
+    """The --eval_path records alone (the Flower server with --flower_data node holds no training data)."""
+    records, _ = load_records(args.eval_path, replace(fields_of(args), client=None))
+    return records

@@ -8,16 +8,18 @@ import numpy as np
 from errors import FedKSeedError
 
 _DIR = re.compile(r"dir(\d+(?:\.\d*)?|\.\d+)")
+CLIENT_SPLIT = "client"  # --iid client: one client per value of the data's client column (--dataset json)
 
 
-def parse_iid(value: str) -> float | None:
-    """--iid: "0" is IID (None); "dir<alpha>" is a Dirichlet split with concentration alpha > 0."""
-    if value == "0":
-        return None
+def parse_iid(value: str) -> float | str | None:
+    """--iid: "0" is IID (None); "dir<alpha>" is a Dirichlet split with concentration alpha > 0; "client" is
+    CLIENT_SPLIT."""
+    if value in ("0", CLIENT_SPLIT):
+        return None if value == "0" else CLIENT_SPLIT
     match = _DIR.fullmatch(value)
     alpha = float(match.group(1)) if match else 0.0
     if alpha <= 0:
-        raise FedKSeedError(f"--iid {value}: expected 0 or dir<alpha> with alpha > 0")
+        raise FedKSeedError(f"--iid {value}: expected 0, dir<alpha> with alpha > 0, or client")
     return alpha
 
 
