@@ -37,6 +37,9 @@ def small_flags() -> list[str]:
 def recorded_seed0() -> tuple[dict, dict, dict]:
     """(seed 0's final numbers, its base model's numbers, the tolerance per metric)."""
     dolly = json.loads(RECORDED.read_text())["dolly"]
+    if "rerun_seed0_1thread" not in dolly:
+        pytest.skip("docs/study_results.json predates the parity pipeline (no measured rerun): rerun "
+                    "scripts/run_study.sh and scripts/small/rerun_seed0.sh, then scripts/summarize_study.py --json")
     fed, rerun = dolly["fedkseed"], dolly["rerun_seed0_1thread"]
     final = {key: fed[key][0] for key in FLOOR}
     base = {key: fed[f"base_{key}"][0] for key in FLOOR}
