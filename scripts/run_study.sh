@@ -2,7 +2,7 @@
 # The CPU study of docs/results.md, then its tables and plots. Usage: scripts/run_study.sh [OUT_DIR] (default
 # runs/study). Three parts, each skipping runs that already finished (a summary.json), so an interrupted study
 # resumes where it stopped:
-#   dolly/     base vs FedKSeed vs FedKSeed-Pro on the Dolly sample, seeds 0 1 2
+#   dolly/     base vs FedKSeed vs FedKSeed-Pro on the Dolly sample, seeds 0 1 2 (and seed 0 rerun in one thread)
 #   instruct/  the same on Natural Instructions, when NI_DATA (default ../shared/data) has its task files
 #   sweep/     lr x eps on Dolly, one client, eval loss only (scripts/small/sweep.sh)
 set -euo pipefail
@@ -24,6 +24,7 @@ arm() {  # arm DIR FLAGS...: FedKSeed (with the base model evaluated first) and 
   done
 }
 timed dolly arm "$OUT/dolly" "${SMALL[@]}"
+timed rerun bash scripts/small/rerun_seed0.sh "$OUT"  # Dolly seed 0 in one thread: the rerun tolerance
 if [ -f "$NI_DATA/natural-instructions/splits/default/train_tasks.txt" ]; then
   timed instruct arm "$OUT/instruct" "${SMALL_NI[@]}"
 else
