@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU study of docs/results.md, then its tables and plots. Usage: scripts/run_study.sh [OUT_DIR] (default
-# runs/study). Three parts, each skipping runs that already finished (a summary.json), so an interrupted study
-# resumes where it stopped:
+# runs/study). Three parts, each skipping runs that already finished (a summary.json) and resuming killed ones
+# (a checkpoint), so an interrupted study continues where it stopped:
 #   dolly/     base vs FedKSeed vs FedKSeed-Pro on the Dolly sample, seeds 0 1 2 (and seed 0 rerun in one thread)
 #   instruct/  the same on Natural Instructions, when NI_DATA (default ../shared/data) has its task files
 #   sweep/     lr x eps on Dolly, one client, eval loss only (scripts/small/sweep.sh)
@@ -17,10 +17,8 @@ timed() {  # timed NAME COMMAND...: run and append its wall time to $OUT/wall_ti
 arm() {  # arm DIR FLAGS...: FedKSeed (with the base model evaluated first) and FedKSeed-Pro (same base), 3 seeds
   local dir=$1; shift
   for seed in 0 1 2; do
-    [ -f "$dir/fedkseed-s$seed/summary.json" ] || \
-      python main.py "$@" --seed "$seed" --eval_base --output_dir "$dir/fedkseed-s$seed"
-    [ -f "$dir/fedkseed_pro-s$seed/summary.json" ] || \
-      python main.py "$@" --seed "$seed" --bias_sampling --no_eval_base --output_dir "$dir/fedkseed_pro-s$seed"
+    run_once "$dir/fedkseed-s$seed" "$@" --seed "$seed" --eval_base
+    run_once "$dir/fedkseed_pro-s$seed" "$@" --seed "$seed" --bias_sampling --no_eval_base
   done
 }
 timed dolly arm "$OUT/dolly" "${SMALL[@]}"

@@ -10,3 +10,11 @@ SMALL=("${COMMON[@]}" --dataset dolly --data_path data/databricks-dolly-15k-samp
 # Natural Instructions: one client per train task (626 keep a record within max_length), 2 clients a round.
 NI_DATA=${NI_DATA:-../shared/data}
 SMALL_NI=("${COMMON[@]}" --dataset instruct --data_path "$NI_DATA" -m 0.003)
+
+# run_once OUT FLAGS...: main.py FLAGS --output_dir OUT, unless OUT finished (summary.json); a run that was killed
+# (a checkpoint, no summary) continues with --resume, so a study can run in several sittings.
+run_once() {
+  local out=$1; shift
+  if [ -f "$out/summary.json" ]; then return 0; fi
+  if [ -f "$out/checkpoint.json" ]; then python main.py --resume "$out"; else python main.py "$@" --output_dir "$out"; fi
+}

@@ -4,5 +4,5 @@
 # Usage: scripts/small/rerun_seed0.sh STUDY_DIR (skipped when it already finished)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-OUT=${1:-runs/study}/dolly/rerun-1thread
-[ -f "$OUT/summary.json" ] || OMP_NUM_THREADS=1 python main.py "${SMALL[@]}" --seed 0 --output_dir "$OUT"
+export OMP_NUM_THREADS=1
+run_once "${1:-runs/study}/dolly/rerun-1thread" "${SMALL[@]}" --seed 0

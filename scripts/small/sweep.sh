@@ -8,7 +8,7 @@ OUT=${1:-runs/sweep}
 for lr in ${LRS:-3e-6 1e-5}; do
   for eps in ${EPSS:-1e-4 1e-3 1e-2}; do
     run="$OUT/lr$lr-eps$eps"
-    [ -f "$run/summary.json" ] || python main.py "${SMALL[@]}" --num_clients 1 -m 1 --local_step 40 --seed 0 \
-      --lr "$lr" --zo_eps "$eps" --eval_metric loss --eval_base --output_dir "$run"
+    run_once "$run" "${SMALL[@]}" --num_clients 1 -m 1 --local_step 40 --seed 0 \
+      --lr "$lr" --zo_eps "$eps" --eval_metric loss --eval_base
   done
 done
