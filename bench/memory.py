@@ -7,7 +7,9 @@ Each mode runs in a fresh subprocess so that every peak is its own (peak RSS fro
 resource.getrusage). All children do the same warm-up (build the model, one forward, compile the z
 kernels on a small model), so the compiler's own memory is in every figure and the ratio shows what the
 steps themselves add. Modes: forward (20 plain forwards), project (20 MeZO steps through MeZOOptimizer,
-Gaussian; also Rademacher), naive (20 paper-style steps: out-of-place torch.normal per parameter).
+Gaussian; also Rademacher), naive (20 paper-style steps: out-of-place torch.normal per parameter), and the
+methods side by side: fedkseed-lora (MeZO on LoRA adapters, r 8 on q_proj and v_proj), fedit (AdamW on those
+adapters) and fedavg (AdamW on every weight), each 20 steps through methods/ as a client runs them.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ import torch
 from common import add_model_flags, apply_threads, bench_model, lm_batch
 from step_cost import naive_step
 
+from methods.first_order import local_train, with_lora
 from modeling import lm_loss
 from optimizers.mezo_optimizer import MeZOOptimizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 
-MODES = ("forward", "project-gaussian", "project-rademacher", "naive")
+MODES = ("forward", "project-gaussian", "project-rademacher", "naive", "fedkseed-lora", "fedit", "fedavg")
+LORA = argparse.Namespace(lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_target_modules="q_proj,v_proj", seed=0)
 LR, EPS = 1e-7, 1e-3
 
 
@@ -59,8 +63,13 @@ def child(args: argparse.Namespace) -> None:
     elif args.child == "naive":
         for step in range(args.naive_steps):
             naive_step(model, batch, step)
+    elif args.child in ("fedit", "fedavg"):
+        model = with_lora(model, LORA) if args.child == "fedit" else model.requires_grad_(True)
+        local_train(model, [batch] * args.steps, lr=1e-5, weight_decay=0.0)
     else:
-        kind = args.child.split("-")[1]
+        kind = "gaussian" if args.child == "fedkseed-lora" else args.child.split("-")[1]
+        if args.child == "fedkseed-lora":
+            model = with_lora(model, LORA)
         seeded = SeededModel(model, make_seed_pool(1024, np.random.default_rng(0)), LR, kind=kind)
         optimizer = MeZOOptimizer(seeded, LR, EPS)
         for _ in range(args.steps):
@@ -91,7 +100,8 @@ def main() -> None:
     for mode, info in peaks.items():
         print(f"{mode:<20}{info['peak_mb']:14.1f}{info['peak_mb'] / base:11.3f}")
     print(f"target: project <= 1.05 x forward ({args.steps} steps vs {args.steps} forwards, "
-          f"naive: {args.naive_steps} steps; separate processes)")
+          f"naive: {args.naive_steps} steps; separate processes); fedavg: AdamW keeps gradients and two moments "
+          "of every weight")
 
 
 if __name__ == "__main__":
