@@ -3,6 +3,8 @@ a ServerApp and a ClientApp that exchange only seed indices, scalar gradients an
 
     messages.py    the wire records: encoding, decoding, validation of replies, measured sizes
     node.py        what a SuperNode keeps and does: its synced state, catch-up, local training
+    node_store.py  the node's synced weights on disk, so a fresh ClientApp process need not replay from round 0
+    faults.py      fault injection for tests: hostile replies
     client_app.py  the ClientApp (query: who am I; train: catch up, train, reply)
     server_app.py  the ServerApp: sampling, aggregation, c, Pro probabilities, evaluation, metrics
     engine.py      main.py --engine flower: the same run in Flower's simulation engine

@@ -13,7 +13,7 @@ from flwr.app import Message, Metadata  # noqa: E402
 
 from client import ClientUpdate, LocalTraining  # noqa: E402
 from flower_app import messages  # noqa: E402
-from flower_app.node import FAULTS, apply_fault  # noqa: E402
+from flower_app.faults import FAULTS, apply_fault  # noqa: E402
 from flower_app.server_app import NODE_REPORTED, check_reply  # noqa: E402
 
 K = 1024

@@ -1,0 +1,150 @@
+"""A SuperNode's synced model state on disk, so that a fresh ClientApp process (Flower 1.42 starts one per
+message) costs one load plus a replay of the rounds since the last sync instead of a replay from round 0.
+
+One safetensors file per run configuration and partition, in the node's state directory (node config
+`state-dir`, default $FLWR_HOME/fedkseed-node or ~/.flwr/fedkseed-node; `state-dir=off` turns it off). It
+holds the pristine weights of the last synced round (every trained parameter, as the node's pristine
+SeededModel has them: theta0 with rounds 1..r of Delta c replayed), that copy's float64 c, and in its
+metadata the round r, the state key and a digest of the node's record of Delta c for rounds 1..r. It is only
+loaded when all three match the node's own record, so another run, model, flag set or trajectory never uses it.
+
+Written atomically (a temporary file in the same directory, fsync, os.replace) with a CRC-32 over the metadata
+and every tensor's bytes: a torn or corrupt file is ignored with a warning, never loaded, and rebuilt by the
+next save. Loaded memory-mapped (safetensors), checked, then copied into the model in place.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from modeling import resolve_model_path
+from optimizers.seed_pool import SeededModel
+
+logger = logging.getLogger("fedkseed.flower")
+
+MAGIC = "fedkseed-node-state-v1"
+OFF = "off"
+C_TENSOR = "c"  # the copy's float64 c; parameters are stored as "p.<name>"
+# flags that make two runs' pristine weights differ for the same record of Delta c
+STATE_FLAGS = ("model", "K", "seed", "lr", "perturbation", "dtype", "device")
+
+
+def default_dir() -> Path:
+    """$FLWR_HOME/fedkseed-node, or ~/.flwr/fedkseed-node: beside the SuperNode's own Flower files."""
+    home = os.environ.get("FLWR_HOME") or str(Path.home() / ".flwr")
+    return Path(home) / "fedkseed-node"
+
+
+def model_identity(spec: str) -> list:
+    """The base model's files by resolved path, size and mtime: cheap, and changes when the files do."""
+    directory, gguf = resolve_model_path(spec)
+    files = [directory / gguf] if gguf else sorted(p for p in directory.iterdir() if p.is_file())
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def state_key(args: argparse.Namespace, partition: int) -> str:
+    """What the state depends on besides the record of Delta c: base model files, the seed pool's flags, lr,
+    z kind, dtype, device, and the node's partition (nodes sharing a directory keep their own files)."""
+    doc = {"flags": {name: getattr(args, name) for name in STATE_FLAGS}, "model": model_identity(args.model),
+           "partition": partition}
+    return hashlib.blake2b(json.dumps(doc, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
+
+
+def history_digest(history: list[tuple[np.ndarray, np.ndarray]]) -> str:
+    """blake2b over rounds' (int64 indices, float64 values), in order, with each round's length."""
+    h = hashlib.blake2b(digest_size=16)
+    for indices, values in history:
+        h.update(len(indices).to_bytes(8, "little"))
+        h.update(np.ascontiguousarray(indices, dtype="<i8").tobytes())
+        h.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+def _checksum(meta: dict, tensors: dict[str, torch.Tensor]) -> str:
+    crc = zlib.crc32(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous()
+        crc = zlib.crc32(name.encode(), crc)
+        crc = zlib.crc32(t.view(torch.uint8).reshape(-1).numpy(), crc)
+    return f"{crc:08x}"
+
+
+class NodeStore:
+    """The state file of one run configuration and partition (see the module doc)."""
+
+    def __init__(self, directory: Path, key: str):
+        self.directory = Path(directory)
+        self.key = key
+        self.path = self.directory / f"state-{key}.safetensors"
+
+    def save(self, seeded: SeededModel, round_idx: int, history: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Write the copy's weights and c as the state of round `round_idx` (history: rounds 1..round_idx)."""
+        tensors = {f"p.{name}": p.detach() for name, p in seeded.perturbation.params}
+        tensors[C_TENSOR] = torch.from_numpy(np.ascontiguousarray(seeded.c, dtype=np.float64))
+        meta = {"magic": MAGIC, "key": self.key, "round": str(round_idx),
+                "history": history_digest(history[:round_idx])}
+        meta["checksum"] = _checksum(meta, tensors)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a full or read-only disk costs speed, not correctness
+            logger.warning("node state: cannot write %s (%s); continuing without it", self.path, exc)
+            tmp.unlink(missing_ok=True)
+
+    def load(self, seeded: SeededModel, history: list[tuple[np.ndarray, np.ndarray]]) -> int:
+        """Load the state into `seeded` (which holds theta0) when it is whole and matches this node's record of
+        Delta c; returns its round, or 0 (seeded untouched) when there is none or it is unusable."""
+        if not self.path.exists():
+            return 0
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+        except Exception as exc:  # safetensors raises its own error types for a torn header or short file
+            logger.warning("node state: ignoring %s: unreadable (%s); rebuilding it", self.path,
+                           exc.__class__.__name__)
+            return 0
+        stored = meta.pop("checksum", None)
+        if meta.get("magic") != MAGIC or stored != _checksum(meta, tensors):
+            logger.warning("node state: ignoring %s: checksum mismatch (torn or corrupt); rebuilding it", self.path)
+            return 0
+        round_idx = int(meta["round"])
+        if meta["key"] != self.key or round_idx > len(history) or \
+                meta["history"] != history_digest(history[:round_idx]):
+            logger.info("node state: %s is for another trajectory (round %d); not used", self.path, round_idx)
+            return 0
+        params = dict(seeded.perturbation.params)
+        if set(tensors) != {C_TENSOR} | {f"p.{name}" for name in params}:
+            logger.warning("node state: ignoring %s: its tensors do not match the model", self.path)
+            return 0
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(tensors[f"p.{name}"])
+        seeded.c = tensors[C_TENSOR].numpy().astype(np.float64)
+        return round_idx
+
+
+def store_for(node_config, args: argparse.Namespace, partition: int, enabled: bool) -> NodeStore | None:
+    """The node's store: node config `state-dir` (off = none), else the default directory when `enabled`
+    (deployments; the simulation engine keeps models in its actors and passes enabled=False)."""
+    value = str(node_config.get("state-dir", "") or "")
+    if value == OFF or (not value and not enabled):
+        return None
+    return NodeStore(Path(value) if value else default_dir(), state_key(args, partition))
