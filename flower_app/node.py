@@ -40,7 +40,7 @@ from errors import FedKSeedError
 from flower_app import messages
 from flower_app.faults import apply_fault
 from flower_app.messages import Instruction
-from flower_app.node_store import NodeStore, store_for
+from flower_app.node_store import NodeStore, empty_model, store_for
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 from simulation import build_clients
@@ -129,8 +129,8 @@ class NodeRuntime:
         clients, _ = build_clients(args, data, load_tokenizer(args.model))
         self.clients = {c.client_id: c for c in clients}
         self.seed_pool = make_seed_pool(args.K, np.random.default_rng(args.seed))  # the server's first draw
-        self.work = self.seeded(load_model(args.model, args.dtype, args.device))
-        self.work_is_theta0 = True  # until it first trains: then a fresh theta0 copy needs a load again
+        self._work: SeededModel | None = None  # the copy a client trains on; loaded on first use
+        self.work_is_theta0 = False  # the work copy holds theta0 (not trained yet): a fresh copy is a deepcopy
         self._fingerprint: str | None = None
         self.pristine: SeededModel | None = None
         self.pristine_round = 0
@@ -139,11 +139,19 @@ class NodeRuntime:
         self.loaded_round = 0  # the round of the state file this process started its pristine copy from
 
     def seeded(self, model) -> SeededModel:
-        return SeededModel(model, self.seed_pool, self.args.lr, kind=self.args.perturbation, compile=self.compile)
+        return SeededModel(model.to(self.args.device), self.seed_pool, self.args.lr, kind=self.args.perturbation,
+                           compile=self.compile)
+
+    @property
+    def work(self) -> SeededModel:
+        if self._work is None:
+            self._work = self.seeded(load_model(self.args.model, self.args.dtype, self.args.device))
+            self.work_is_theta0 = True
+        return self._work
 
     def load_theta0(self) -> SeededModel:
         """The base model at c = 0: a copy of the work model while it still is theta0, else read from --model."""
-        if self.work_is_theta0:
+        if self.work_is_theta0 or self._work is None:
             return self.seeded(copy.deepcopy(self.work.model))
         return self.seeded(load_model(self.args.model, self.args.dtype, self.args.device))
 
@@ -151,8 +159,7 @@ class NodeRuntime:
     def fingerprint(self) -> str:
         """theta0's fingerprint (checked by the server in the query), computed on first use."""
         if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.load_theta0().model if not self.work_is_theta0
-                                                  else self.work.model)
+            self._fingerprint = model_fingerprint(self.work.model if self.work_is_theta0 else self.load_theta0().model)
         return self._fingerprint
 
     def hosted(self, partition: int, partitions: int) -> list[int]:
@@ -160,10 +167,12 @@ class NodeRuntime:
 
     def reset_pristine(self, history: list[tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         """A pristine copy at theta0, or at the stored state when `history` is given and the state matches it."""
-        self.pristine = self.load_theta0()
-        self.pristine_round = self.loaded_round = 0
+        self.pristine, self.pristine_round = None, 0
         if history is not None and self.store is not None:
-            self.pristine_round = self.stored_round = self.loaded_round = self.store.load(self.pristine, history)
+            self.pristine, self.pristine_round = self.store.load(history, self.seeded)
+        self.stored_round = self.loaded_round = self.pristine_round
+        if self.pristine is None:
+            self.pristine = self.load_theta0()
 
     def catch_up(self, history: list[tuple[np.ndarray, np.ndarray]], digest: bytes) -> bool:
         """Bring the pristine copy to len(history) rounds; True when its c then matches the server's digest.
@@ -182,7 +191,11 @@ class NodeRuntime:
         return False
 
     def train_copy(self) -> SeededModel:
-        """The work model at the pristine copy's state, to train on."""
+        """The work model at the pristine copy's state, to train on (a fresh process that started from its state
+        file builds it like the pristine copy, without reading theta0)."""
+        if self._work is None:
+            model = self.pristine.model
+            self._work = self.seeded(empty_model(model.config.to_json_string(), model.dtype))
         self.work.copy_from(self.pristine)
         self.work_is_theta0 = False
         return self.work

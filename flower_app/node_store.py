@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,10 +90,10 @@ class NodeStore:
 
     def save(self, seeded: SeededModel, round_idx: int, history: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Write the copy's weights and c as the state of round `round_idx` (history: rounds 1..round_idx)."""
-        tensors = {f"p.{name}": p.detach() for name, p in seeded.perturbation.params}
+        tensors = {f"{kind}.{name}": t.detach() for kind, name, t in _tensors(seeded.model)}
         tensors[C_TENSOR] = torch.from_numpy(np.ascontiguousarray(seeded.c, dtype=np.float64))
         meta = {"magic": MAGIC, "key": self.key, "round": str(round_idx),
-                "history": history_digest(history[:round_idx])}
+                "history": history_digest(history[:round_idx]), "config": seeded.model.config.to_json_string()}
         meta["checksum"] = _checksum(meta, tensors)
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -108,11 +109,30 @@ class NodeStore:
             logger.warning("node state: cannot write %s (%s); continuing without it", self.path, exc)
             tmp.unlink(missing_ok=True)
 
-    def load(self, seeded: SeededModel, history: list[tuple[np.ndarray, np.ndarray]]) -> int:
-        """Load the state into `seeded` (which holds theta0) when it is whole and matches this node's record of
-        Delta c; returns its round, or 0 (seeded untouched) when there is none or it is unusable."""
+    def load(self, history: list[tuple[np.ndarray, np.ndarray]],
+             make: Callable[[torch.nn.Module], SeededModel]) -> tuple[SeededModel | None, int]:
+        """The stored copy, (make(model) at the stored c, its round), when the file is whole and matches this
+        node's record of Delta c; else (None, 0). The model is built from the stored config and filled from the
+        file: theta0 is not read."""
+        meta, tensors = self._read(history)
+        if meta is None:
+            return None, 0
+        model = empty_model(meta["config"], next(t.dtype for name, t in tensors.items() if name.startswith("p.")))
+        names = {f"{kind}.{name}" for kind, name, _ in _tensors(model)}
+        if names | {C_TENSOR} != set(tensors):
+            logger.warning("node state: ignoring %s: its tensors do not match the model", self.path)
+            return None, 0
+        with torch.no_grad():
+            for kind, name, t in _tensors(model):
+                t.copy_(tensors[f"{kind}.{name}"])
+        seeded = make(model)
+        seeded.c = tensors[C_TENSOR].numpy().astype(np.float64)
+        return seeded, int(meta["round"])
+
+    def _read(self, history: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dict | None, dict]:
+        """The file's metadata and tensors (memory-mapped) when it is whole and for this node's trajectory."""
         if not self.path.exists():
-            return 0
+            return None, {}
         try:
             with safe_open(str(self.path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
@@ -120,25 +140,33 @@ class NodeStore:
         except Exception as exc:  # safetensors raises its own error types for a torn header or short file
             logger.warning("node state: ignoring %s: unreadable (%s); rebuilding it", self.path,
                            exc.__class__.__name__)
-            return 0
+            return None, {}
         stored = meta.pop("checksum", None)
-        if meta.get("magic") != MAGIC or stored != _checksum(meta, tensors):
+        if meta.get("magic") != MAGIC or stored != _checksum(meta, tensors) or C_TENSOR not in tensors:
             logger.warning("node state: ignoring %s: checksum mismatch (torn or corrupt); rebuilding it", self.path)
-            return 0
+            return None, {}
         round_idx = int(meta["round"])
         if meta["key"] != self.key or round_idx > len(history) or \
                 meta["history"] != history_digest(history[:round_idx]):
             logger.info("node state: %s is for another trajectory (round %d); not used", self.path, round_idx)
-            return 0
-        params = dict(seeded.perturbation.params)
-        if set(tensors) != {C_TENSOR} | {f"p.{name}" for name in params}:
-            logger.warning("node state: ignoring %s: its tensors do not match the model", self.path)
-            return 0
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(tensors[f"p.{name}"])
-        seeded.c = tensors[C_TENSOR].numpy().astype(np.float64)
-        return round_idx
+            return None, {}
+        return meta, tensors
+
+
+def _tensors(model: torch.nn.Module) -> list[tuple[str, str, torch.Tensor]]:
+    """Every parameter (tied ones once) and buffer of a model: ("p" or "b", name, tensor)."""
+    return [("p", n, p) for n, p in model.named_parameters()] + [("b", n, b) for n, b in model.named_buffers()]
+
+
+def empty_model(config_json: str, dtype: torch.dtype) -> torch.nn.Module:
+    """A causal LM of the architecture in a transformers config JSON, weights not initialised (to be filled)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**json.loads(config_json)), dtype=dtype)
+    model.tie_weights()
+    return model.eval()
 
 
 def store_for(node_config, args: argparse.Namespace, partition: int, enabled: bool) -> NodeStore | None:

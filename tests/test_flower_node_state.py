@@ -26,6 +26,7 @@ from client import LocalTraining  # noqa: E402
 from conftest import dolly_records, write_tiny_model  # noqa: E402
 from flower_app import messages, node  # noqa: E402
 from flower_app.node_store import NodeStore, state_key  # noqa: E402
+from modeling import load_model  # noqa: E402
 
 K, LR, STEPS = 64, 1e-3, 3
 
@@ -82,25 +83,34 @@ def send(setup, ctx, round_idx: int, base: int = 0, fresh: bool = True) -> dict:
     return dict(reply[messages.REPLY_RECORD])
 
 
+def stored_round(state_dir, rt: node.NodeRuntime, history) -> int:
+    """The round of the node's state file, if it loads for this record of Delta c (else 0)."""
+    return NodeStore(state_dir, rt.store.key).load(history, rt.seeded)[1]
+
+
 def runtime() -> node.NodeRuntime:
     (rt,) = node._RUNTIMES.values()
     return rt
 
 
-def test_a_node_restarted_from_its_state_file_replies_as_one_that_replays_from_round_0(setup, tmp_path):
+def test_a_node_restarted_from_its_state_file_replies_as_one_that_replays_from_round_0(setup, tmp_path,
+                                                                                      monkeypatch):
     reference = send(setup, context(setup, "off"), 6)  # a fresh process without a state file: replay 5 rounds
     assert runtime().store is None and "error" not in reference
     ref_weights = [p.detach().clone() for _, p in runtime().pristine.perturbation.params]
 
     send(setup, context(setup, tmp_path), 3)  # the node syncs to round 2 and writes its state
     assert runtime().stored_round == 2
+    loads = []
+    monkeypatch.setattr(node, "load_model", lambda *a: loads.append(a) or load_model(*a))
     restarted = send(setup, context(setup, tmp_path), 6)  # a restarted SuperNode: no context.state, full record
     rt = runtime()
     assert rt.loaded_round == 2 and rt.stored_round == 5  # started from the file, replayed rounds 3 .. 5
+    assert loads == []  # theta0 was not read: both model copies were built from the state file
     assert restarted == reference
     for ref, (_, p) in zip(ref_weights, rt.pristine.perturbation.params, strict=True):
         assert torch.equal(ref, p)
-    assert NodeStore(tmp_path, rt.store.key).load(rt.load_theta0(), setup.history) == 5
+    assert stored_round(tmp_path, rt, setup.history) == 5
 
 
 def test_the_next_message_in_a_fresh_process_replays_only_the_rounds_since_the_sync(setup, tmp_path):
@@ -139,7 +149,7 @@ def test_a_torn_or_corrupt_state_file_is_ignored_rebuilt_and_never_loaded(setup,
     assert runtime().loaded_round == 0 and reply == reference
     assert any("ignoring" in r.getMessage() for r in caplog.records)
     assert runtime().stored_round == 4  # rebuilt: a whole file for round 4 again
-    assert NodeStore(tmp_path, runtime().store.key).load(runtime().load_theta0(), setup.history) == 4
+    assert stored_round(tmp_path, runtime(), setup.history) == 4
 
 
 def test_the_state_is_keyed_by_model_flags_and_partition_and_checked_against_the_trajectory(setup, tmp_path):
@@ -157,7 +167,7 @@ def test_the_state_is_keyed_by_model_flags_and_partition_and_checked_against_the
     send(setup, context(setup, tmp_path), 4)
     rt = runtime()
     other = [(idx, val * 2) for idx, val in setup.history]  # another run with the same flags: another trajectory
-    assert NodeStore(tmp_path, key).load(rt.load_theta0(), other) == 0
-    assert NodeStore(tmp_path, key).load(rt.load_theta0(), setup.history[:2]) == 0  # a record that ends earlier
-    assert NodeStore(tmp_path, key).load(rt.load_theta0(), setup.history) == 3
+    assert stored_round(tmp_path, rt, other) == 0
+    assert stored_round(tmp_path, rt, setup.history[:2]) == 0  # a record that ends earlier
+    assert stored_round(tmp_path, rt, setup.history) == 3
     assert not any(Path(tmp_path).glob(".*.tmp"))  # the temporary file was renamed into place
