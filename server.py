@@ -15,6 +15,11 @@ from optimizers.seed_pool import SeededModel, make_seed_pool
 logger = logging.getLogger(__name__)
 
 
+def clients_per_round(fraction: float, num_clients: int) -> int:
+    """ceil(m * N) clients a round, at least 1 and at most N; m * N rounded first (0.07 * 100 = 7.000000000000001)."""
+    return min(num_clients, max(1, math.ceil(round(fraction * num_clients, 9))))
+
+
 @dataclass
 class ServerConfig:
     """The server's share of the run's flags."""
@@ -144,7 +149,7 @@ class Server:
     def select_clients(self) -> list[int]:
         """ceil(m * N) distinct clients from the server's RNG; m * N rounded first (0.07 * 100 = 7.000000000000001)."""
         n = self.config.num_clients
-        count = min(n, max(1, math.ceil(round(self.config.client_fraction * n, 9))))
+        count = clients_per_round(self.config.client_fraction, n)
         return sorted(self.rng.choice(n, size=count, replace=False).tolist())
 
     def probabilities(self) -> np.ndarray | None:

@@ -66,4 +66,6 @@ def run_flower(args, resume: RunState | None = None, faults: dict | None = None)
     result = server_app.RESULTS.pop(str(args.output_dir), None)
     if result is None:
         raise FedKSeedError("the Flower simulation ended without finishing the run (see the log above)")
+    if "error" in result:
+        raise FedKSeedError(result["error"])
     return result

@@ -66,3 +66,21 @@ def dolly_file(tmp_path) -> Path:
     path = tmp_path / "databricks-dolly-15k.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
     return path
+
+
+def one_thread_call(fn, *args, **kwargs):
+    """fn(*args, **kwargs) in one torch thread (bit-identical sums across engines), restoring the caller's logging
+    handlers (a run sets up its own)."""
+    import logging
+
+    import torch
+
+    root = logging.getLogger()
+    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.set_num_threads(threads)
