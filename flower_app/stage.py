@@ -66,6 +66,29 @@ def stage_app(app_dir: Path) -> Path:
     return app_dir
 
 
+def prepare(app_dir: Path, run_file: Path, nodes: int, flags: list[str]) -> argparse.Namespace:
+    """Check the flags as main.py does (a --resume run takes its checkpoint's flags), stage the app folder and
+    write the run file; returns the run's flags. Raises FedKSeedError on bad input."""
+    sys.path.insert(0, str(ROOT))
+    import config
+    from checkpoint import load_checkpoint
+    from flower_app.node import write_run_file
+
+    parser = config.build_parser()
+    args = parser.parse_args(flags + ["--engine", "flower"])
+    if args.resume is not None:
+        args = config.merge_resume(args, load_checkpoint(Path(args.resume)).flags, parser)
+    args = config.validate(args)
+    for name in ("model", "data_path", "output_dir", "resume"):
+        value = getattr(args, name)
+        if value is not None and (Path(value).exists() or name == "output_dir"):
+            setattr(args, name, str(Path(value).resolve()))
+    stage_app(app_dir)
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    write_run_file(run_file, args, nodes, resume=args.resume)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     own, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -75,21 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, required=True, help="SuperNodes the ServerApp waits for")
     opts = p.parse_args(own)
     sys.path.insert(0, str(ROOT))
-    import config
     from errors import FedKSeedError
-    from flower_app.node import write_run_file
 
     try:
-        args = config.validate(config.build_parser().parse_args(flags + ["--engine", "flower"]))
+        args = prepare(opts.app_dir, opts.run_file, opts.nodes, flags)
     except FedKSeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for name in ("model", "data_path", "output_dir"):
-        if Path(getattr(args, name)).exists() or name == "output_dir":
-            setattr(args, name, str(Path(getattr(args, name)).resolve()))
-    stage_app(opts.app_dir)
-    opts.run_file.parent.mkdir(parents=True, exist_ok=True)
-    write_run_file(opts.run_file, args, opts.nodes)
     print(args.output_dir)
     return 0
 
