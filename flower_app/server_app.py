@@ -3,13 +3,10 @@ evaluations.evaluate scores it; Flower carries only the round config, sparse Del
 
 A round (SuperNodes that joined since the last one are queried and taken in first):
   1. server.select_clients() and server.train_config(r), as in simulation.py.
-  2. Each selected client's instruction goes to the SuperNode hosting it (client i on partition i mod N), with the
-     Delta c that node needs since the round it last reported, and the Pro probabilities if it lacks this round's.
-     A node hosting several selected clients gets them in waves, one message at a time (its state is sequential).
-  3. Replies are decoded and checked (messages.check_reply: server.validate_update, as in-process); a rejected
-     one is logged and dropped; a node that reports being out of sync gets the full history once more. A client
-     without a reply by the round's deadline (--round_timeout) or whose node failed is lost for the round
-     (metrics.jsonl: lost), and so are its node's later clients that round.
+  2.-3. collect.py: each selected client's instruction goes to the SuperNode hosting it (client i on partition
+     i mod N), one message per node at a time, its replies checked as they arrive (messages.check_reply:
+     server.validate_update, as in-process); a client without a reply by the round's deadline (--round_timeout)
+     or whose node failed is lost for the round (metrics.jsonl: lost).
   4. With at least --min_replies accepted, the accepted uploads, in the order of the selection (the in-process
      engine's, so the float sums are the same), go to server.apply_round and the round's Delta c is recorded;
      with fewer, the run stops with an error and c unchanged (--resume continues from the last checkpoint).
@@ -30,7 +27,8 @@ from checkpoint import RunState, load_checkpoint, model_fingerprint
 from errors import FedKSeedError
 from evaluations import evaluate
 from flower_app import messages
-from flower_app.messages import NODE_REPORTED, check_reply
+from flower_app.collect import collect
+from flower_app.messages import check_reply
 from flower_app.node import read_run_file
 from flower_app.traffic import traffic_row, traffic_summary
 from modeling import load_model, load_tokenizer
@@ -208,7 +206,7 @@ class FlowerServer:
         self.refresh_nodes()
         selected = [self.clients[i] for i in server.select_clients()]
         order = {c.client_id: n for n, c in enumerate(selected)}
-        updates, rejected, lost, down, up = self.collect(round_idx, selected, server.train_config(round_idx))
+        updates, rejected, lost, down, up = collect(self, round_idx, selected, server.train_config(round_idx))
         accepted = sorted(updates.values(), key=lambda u: order[u.client_id])  # the in-process engine's order
         row = {
             "round": round_idx,
@@ -230,62 +228,6 @@ class FlowerServer:
         nonzero = np.flatnonzero(delta)
         self.state.deltas.append((nonzero.astype(np.int32), delta[nonzero]))
         return row
-
-    def collect(self, round_idx: int, selected: list, train_config) -> tuple[dict, list, list, list, list]:
-        """Send the round's instructions in waves (one message per node at a time) until every selected client
-        replied, or its node was lost for the round, or the round's deadline passed. Returns the accepted updates
-        by client, the rejected and the lost clients (with reasons), and the measured sizes down and up."""
-        args = self.args
-        timeout = args.round_timeout or args.flower_timeout
-        deadline = time.monotonic() + timeout
-        size = {c.client_id: len(c) for c in selected}
-        pending = [c.client_id for c in selected]
-        retried: set[int] = set()
-        lost_nodes: dict[int, str] = {}
-        updates, rejected, lost, down, up = {}, [], [], [], []
-        while pending:
-            wave, later, busy = [], [], set()
-            for cid in pending:  # one message per node at a time: a node's state changes with each message
-                node = self.hosts[cid]
-                if node in lost_nodes or time.monotonic() >= deadline:
-                    reason = lost_nodes.get(node, f"no reply within --round_timeout ({timeout:g} s)")
-                    lost.append({"client": cid, "node": node, "reason": reason})
-                    continue
-                (later if node in busy else wave).append(cid)
-                busy.add(node)
-            pending = later
-            sent = {}
-            for cid in wave:
-                node = self.hosts[cid]
-                content = messages.encode_instruction(self.instruction(round_idx, cid, node, train_config), args.K)
-                msg = Message(content, node, messages.TRAIN, group_id=str(round_idx))
-                down.append(messages.measure(msg))
-                sent[cid] = msg
-            if not sent:
-                continue
-            replies = {r.metadata.reply_to_message_id: r for r in self.grid.send_and_receive(
-                list(sent.values()), timeout=max(0.0, deadline - time.monotonic()))}
-            for cid, msg in sent.items():
-                node = self.hosts[cid]
-                reply = replies.get(msg.metadata.message_id)
-                if reply is None or reply.has_error():
-                    lost_nodes[node] = (f"no reply within --round_timeout ({timeout:g} s)" if reply is None
-                                        else f"node error: {reply.error.reason}")
-                    lost.append({"client": cid, "node": node, "reason": lost_nodes[node]})
-                    logger.warning("round %d: lost client %d (node %d): %s", round_idx, cid, node, lost_nodes[node])
-                    continue
-                up.append(messages.measure(reply))
-                reason = self.accept(reply, round_idx, cid, node, size[cid], updates)
-                if reason is not None and reason.startswith(NODE_REPORTED) and cid not in retried:
-                    retried.add(cid)
-                    self.node_synced[node], self.node_p_round[node] = 0, -1
-                    pending.append(cid)
-                    logger.warning("round %d: client %d: %s; resending the full history", round_idx, cid, reason)
-                elif reason is not None:
-                    logger.warning("round %d: rejected the reply for client %d (node %d): %s", round_idx, cid,
-                                   node, reason)
-                    rejected.append({"client": cid, "reason": reason})
-        return updates, rejected, lost, down, up
 
     def accept(self, reply: Message, round_idx: int, cid: int, node: int, num_examples: int,
                updates: dict) -> str | None:

@@ -42,27 +42,36 @@ class FakeGrid:
                  error: dict[int, int] | None = None, joins: dict[int, int] | None = None):
         self.nodes, self.kill, self.error, self.joins = nodes, kill or {}, error or {}, joins or {}
         self.dead: set[int] = set()
+        self.replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
         return [n for n in self.nodes if n not in self.dead and self.joins.get(n, n) in self.dead | {n}]
 
-    def send_and_receive(self, msgs: list[Message], timeout: float) -> list[Message]:
-        replies = []
+    def push_messages(self, msgs: list[Message]) -> list[str]:
+        """Handle each message at once (its reply is kept for pull_messages), unless its node is dead."""
+        ids = []
         for msg in msgs:
             msg.metadata.__dict__["_message_id"] = msg.object_id
+            ids.append(msg.object_id)
             dst, train = msg.metadata.dst_node_id, msg.metadata.message_type == messages.TRAIN
             if train and int(msg.metadata.group_id) >= self.kill.get(dst, math.inf):
                 self.dead.add(dst)
             if dst in self.dead:
                 continue
             if train and int(msg.metadata.group_id) == self.error.get(dst):
-                replies.append(Message(Error(code=0, reason="ClientApp crashed"), reply_to=msg))
+                self.replies[msg.object_id] = Message(Error(code=0, reason="ClientApp crashed"), reply_to=msg)
                 continue
             node._RUNTIMES.clear()
             ctx = self.nodes[dst]
             content = node.handle_train(msg.content, ctx) if train else node.handle_query(ctx)
-            replies.append(Message(content, reply_to=msg))
-        return replies
+            self.replies[msg.object_id] = Message(content, reply_to=msg)
+        return ids
+
+    def pull_messages(self, ids: list[str]) -> list[Message]:
+        return [self.replies.pop(i) for i in ids if i in self.replies]
+
+    def send_and_receive(self, msgs: list[Message], timeout: float) -> list[Message]:
+        return self.pull_messages(self.push_messages(msgs))
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +92,7 @@ def flags(model_dir, data_file, out, *extra) -> list[str]:
     return ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "-K", "64",
             "--rounds", "3", "--local_step", "5", "--num_clients", "4", "-m", "0.5", "--eval_examples", "4",
             "--eval_metric", "loss", "--eval_every", "0", "--lr", "1e-3", "--zo_eps", "1e-3", "--quiet",
-            "--no_compile", "--output_dir", str(out), *extra]
+            "--no_compile", "--round_timeout", "0.5", "--output_dir", str(out), *extra]
 
 
 def contexts(run_file, state_dir, run_id: int = 1, ids=(11, 12)) -> dict[int, SimpleNamespace]:
@@ -126,7 +135,8 @@ def test_a_lost_node_is_named_and_c_aggregates_exactly_the_accepted_replies(tiny
         assert row["clients"] or row["round"] == 3  # round 3 drew clients 1 and 3, both on node 12
         for entry in lost.values():
             assert entry["node"] == (11 if row["round"] == 1 else 12)
-            assert ("node error: ClientApp crashed" if row["round"] == 1 else "no reply") in entry["reason"]
+            expected = "node error: ClientApp crashed" if row["round"] == 1 else "no reply within --round_timeout (0.5"
+            assert expected in entry["reason"]
     accepted = [row["clients"] for row in rows]
     c = inprocess_with(flags(tiny_model_dir, data_file, tmp_path / "ref"), accepted, monkeypatch)
     assert np.count_nonzero(result["c"]) > 0 and np.array_equal(result["c"], c)
