@@ -113,27 +113,41 @@ class LocalDeployment:
         result = self.flwr(["ls", CONNECTION])
         return result.returncode == 0 and "failed" in result.stdout.lower()
 
-    def group(self, name: str) -> list[int]:
-        """Pids in the process group of `name` (the process and the apps it started)."""
-        result = subprocess.run(["pgrep", "-g", str(self.procs[name].pid)], capture_output=True, text=True)
-        return [int(pid) for pid in result.stdout.split()]
+    def tree(self, name: str) -> list[int]:
+        """The process `name` and all its descendants (Flower's SuperExec runs in a session of its own, and the
+        ServerApp and ClientApp processes under it)."""
+        children: dict[int, list[int]] = {}
+        for line in subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout.splitlines():
+            pid, ppid = (int(x) for x in line.split())
+            children.setdefault(ppid, []).append(pid)
+        found, todo = [], [self.procs[name].pid]
+        while todo:
+            found.append(todo.pop())
+            todo.extend(children.get(found[-1], []))
+        return found
+
+    @staticmethod
+    def send_signal(pids: list[int], sig: int) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
-        try:
-            os.killpg(self.procs[name].pid, sig)
-        except ProcessLookupError:
-            pass
+        """Signal `name` and every process under it (the tree is read first: orphans lose their parent link)."""
+        self.send_signal(self.tree(name), sig)
         self.procs[name].wait(timeout=30)
 
     def stop(self) -> int:
-        """TERM, then KILL, every process group started here; returns how many."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in self.procs.values():
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(1 if sig == signal.SIGTERM else 0)
+        """TERM, then KILL, every process started here and every process under it; returns how many were
+        started here."""
+        pids = [pid for name in self.procs for pid in self.tree(name)]
+        self.send_signal(pids, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(proc.poll() is None for proc in self.procs.values()):
+            time.sleep(0.2)
+        self.send_signal(pids, signal.SIGKILL)
         for proc in self.procs.values():
             proc.wait(timeout=30)
         return len(self.procs)
