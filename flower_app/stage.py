@@ -8,9 +8,10 @@ flags-file. RUN_FILE gets the resolved flags, checked as main.py checks them. Th
 
     flwr run APP_DIR CONNECTION --run-config "flags-file='RUN_FILE'" --stream
 
-A SuperNode may point the run at its own copies of the base model and data with
---node-config "partition-id=I num-partitions=N model='/path' data-path='/path'"; every node needs the same
-base model bit for bit (the ServerApp checks its fingerprint) and the same data file.
+A SuperNode may point the run at its own copies of the base model and data, and keep its state file elsewhere,
+with --node-config "partition-id=I num-partitions=N model='/path' data-path='/path' state-dir='/path'"; every
+node needs the same base model bit for bit (the ServerApp checks its fingerprint) and the same data file.
+A run stopped by a fault continues with a new `flwr run` of a run file staged with `-- --resume RUN_DIR`.
 scripts/flower_deploy_local.sh does all of it on 127.0.0.1.
 """
 from __future__ import annotations
