@@ -36,11 +36,14 @@ from run_files import read_metrics  # noqa: E402
 class FakeGrid:
     """Nodes by id -> their context; kill[node] = the round from whose train message on the node is gone;
     error[node] = a round in which its ClientApp fails; joins[node] = the dead node it replaces (it connects once
-    that one is gone)."""
+    that one is gone); wipe[node] = a round before which it restarts under the same id (its context.state is lost,
+    its node directory kept: a SuperNode with a registered key)."""
 
     def __init__(self, nodes: dict[int, SimpleNamespace], kill: dict[int, int] | None = None,
-                 error: dict[int, int] | None = None, joins: dict[int, int] | None = None):
+                 error: dict[int, int] | None = None, joins: dict[int, int] | None = None,
+                 wipe: dict[int, int] | None = None):
         self.nodes, self.kill, self.error, self.joins = nodes, kill or {}, error or {}, joins or {}
+        self.wipe = wipe or {}
         self.dead: set[int] = set()
         self.replies: dict[str, Message] = {}
 
@@ -58,6 +61,9 @@ class FakeGrid:
                 self.dead.add(dst)
             if dst in self.dead:
                 continue
+            if train and int(msg.metadata.group_id) == self.wipe.get(dst):
+                self.nodes[dst].state = RecordDict()
+                del self.wipe[dst]
             if train and int(msg.metadata.group_id) == self.error.get(dst):
                 self.replies[msg.object_id] = Message(Error(code=0, reason="ClientApp crashed"), reply_to=msg)
                 continue
@@ -205,6 +211,29 @@ def test_a_restarted_node_joins_under_a_new_id_and_catches_up_from_its_state_fil
     assert odd_after, "the restarted node trained no client after rejoining"
     assert all(entry["node"] == 12 for row in rows for entry in row["lost"])
     assert any(loaded)  # some fresh process started from a state file
+    c = inprocess_with(flags(tiny_model_dir, data_file, tmp_path / "ref", "--rounds", "5"),
+                       [row["clients"] for row in rows], monkeypatch)
+    assert np.array_equal(result["c"], c)
+
+
+def test_a_node_restarted_under_the_same_id_is_sent_the_whole_record_and_starts_from_its_state_file(
+        tiny_model_dir, data_file, tmp_path, monkeypatch):
+    argv = flags(tiny_model_dir, data_file, tmp_path / "flower", "--rounds", "5")
+    loaded = []
+    original = node.NodeRuntime.reset_pristine
+
+    def spy(self, history=None):
+        original(self, history)
+        loaded.append((len(history or []), self.loaded_round))
+
+    monkeypatch.setattr(node.NodeRuntime, "reset_pristine", spy)
+    # node 12 (odd clients) trains in every round; before round 4 it restarts and forgets its context.state
+    result, error = serve(parsed(argv), lambda rf: FakeGrid(contexts(rf, tmp_path / "nodes"), wipe={12: 4}))
+    assert error is None
+    rows = read_metrics(tmp_path / "flower" / "metrics.jsonl")
+    assert all(row["lost"] == [] and row["rejected"] == [] for row in rows)  # the out-of-sync reply was retried
+    assert rows[3]["clients"] == [0, 1]
+    assert (3, 2) in loaded  # the full record of rounds 1-3, started from the state file of round 2
     c = inprocess_with(flags(tiny_model_dir, data_file, tmp_path / "ref", "--rounds", "5"),
                        [row["clients"] for row in rows], monkeypatch)
     assert np.array_equal(result["c"], c)
