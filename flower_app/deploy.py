@@ -49,10 +49,11 @@ class LocalDeployment:
     def address(self) -> str:
         return f"{HOST}:{self.port}"
 
-    def write_cli_config(self, root_certificates: Path | None = None) -> None:
-        """The flwr CLI's connection: insecure, or TLS trusting root_certificates (default: the run's CA)."""
-        ca = root_certificates or self.certs.get("ca.pem")
-        tls = f'root-certificates = "{ca}"' if self.secure else "insecure = true"
+    def write_cli_config(self, root_certificates: Path | None = None, insecure: bool | None = None) -> None:
+        """The flwr CLI's connection: TLS trusting root_certificates (default: the run's CA) in secure mode, plain
+        HTTP otherwise (or when `insecure` says so)."""
+        plain = not self.secure if insecure is None else insecure
+        tls = "insecure = true" if plain else f'root-certificates = "{root_certificates or self.certs["ca.pem"]}"'
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{self.address}"\n{tls}\n')
 

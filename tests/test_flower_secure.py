@@ -34,9 +34,7 @@ def test_secure_deployment_matches_the_inprocess_c_and_refuses_strangers(tiny_mo
         assert dep.flwr(["ls", CONNECTION]).returncode == 0  # the CLI with the run's CA
         dep.write_cli_config(make_certificates(dep.work / "other2")["ca.pem"])
         assert dep.flwr(["ls", CONNECTION]).returncode != 0  # ... and with another CA
-        (dep.flwr_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n[superlink.{CONNECTION}]\naddress = "{dep.address}"\n'
-            "insecure = true\n")
+        dep.write_cli_config(insecure=True)
         assert dep.flwr(["ls", CONNECTION]).returncode != 0  # ... and without TLS
         dep.write_cli_config()
 
