@@ -114,9 +114,8 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                      help="Flower: seconds the server waits for the SuperNodes at set-up, and for a round's "
                      "replies unless --round_timeout is given")
     eng.add_argument("--round_timeout", type=float, default=0.0,
-                     help="Flower: seconds the server waits for a round's replies (all waves); a client whose "
-                     "reply has not arrived by then is lost for the round (metrics.jsonl: lost); "
-                     "0 = --flower_timeout")
+                     help="Flower: the round's deadline, in seconds from its start: a client whose reply has not "
+                     "arrived by then is lost for the round (metrics.jsonl: lost); 0 = --flower_timeout")
     eng.add_argument("--min_replies", type=int, default=1,
                      help="Flower: accepted replies a round needs to count; with fewer the run stops with an "
                      "error before changing c (continue with --resume from the last checkpoint); 0 = every round "
