@@ -11,7 +11,7 @@ import torch
 from errors import FedKSeedError
 from optimizers.perturbation import KINDS
 from optimizers.seed_pool import SEED_RANGE
-from server import state_bytes
+from server import clients_per_round, state_bytes
 from utils_data.data_flags import EVAL_FLAGS, FIELD_FLAGS, add_own_data_flags, check_own_data_flags
 from utils_data.partition_data import parse_iid
 
@@ -153,7 +153,15 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
                      "{node} replaced by its partition id; needs --dataset json --iid client --eval_path and "
                      "--flower_nodes; the clients are the client-column values the nodes hold)")
     eng.add_argument("--flower_timeout", type=float, default=3600.0,
-                     help="Flower: seconds the server waits for a round's replies")
+                     help="Flower: seconds the server waits for the SuperNodes at set-up, and for a round's "
+                     "replies unless --round_timeout is given")
+    eng.add_argument("--round_timeout", type=float, default=0.0,
+                     help="Flower: the round's deadline, in seconds from its start: a client whose reply has not "
+                     "arrived by then is lost for the round (metrics.jsonl: lost); 0 = --flower_timeout")
+    eng.add_argument("--min_replies", type=int, default=1,
+                     help="Flower: accepted replies a round needs to count; with fewer the run stops with an "
+                     "error before changing c (continue with --resume from the last checkpoint); 0 = every round "
+                     "counts, even one without replies (c unchanged)")
     eng.add_argument("--aggregation", choices=["mean", "median", "trimmed_mean"], default="mean",
                      help="per-seed aggregation of the clients' g: the paper's weighted mean, or a robust one")
     eng.add_argument("--trim_fraction", type=float, default=0.2,
@@ -208,6 +216,10 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.max_new_tokens >= 1, f"--max_new_tokens {args.max_new_tokens}: must be at least 1"),
         (args.flower_nodes >= 0, f"--flower_nodes {args.flower_nodes}: must be >= 0"),
         (args.flower_timeout > 0, f"--flower_timeout {args.flower_timeout}: must be positive"),
+        (args.round_timeout >= 0, f"--round_timeout {args.round_timeout}: must be >= 0 (0 = --flower_timeout)"),
+        (0 <= args.min_replies <= clients_per_round(args.m, args.num_clients),
+         f"--min_replies {args.min_replies}: must be in [0, {clients_per_round(args.m, args.num_clients)}], "
+         "the clients sampled a round"),
         (0 <= args.trim_fraction < 0.5, f"--trim_fraction {args.trim_fraction}: must be in [0, 0.5)"),
         (args.max_abs_grad >= 0, f"--max_abs_grad {args.max_abs_grad}: must be >= 0"),
         (args.seed >= 0, f"--seed {args.seed}: must be a non-negative integer"),

@@ -43,7 +43,7 @@ def run_flower(args, resume: RunState | None = None, faults: dict | None = None)
     out.mkdir(parents=True, exist_ok=True)
     nodes = node_count(args)
     run_file = write_run_file(out / RUN_FILE, args, nodes, resume=args.resume if resume is not None else None,
-                              faults=faults)
+                              faults=faults, node_state=False)  # the Ray actors keep their models
     gpu = str(args.device).startswith("cuda")
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.5 if gpu else 0.0},
@@ -66,4 +66,6 @@ def run_flower(args, resume: RunState | None = None, faults: dict | None = None)
     result = server_app.RESULTS.pop(str(args.output_dir), None)
     if result is None:
         raise FedKSeedError("the Flower simulation ended without finishing the run (see the log above)")
+    if "error" in result:
+        raise FedKSeedError(result["error"])
     return result

@@ -42,10 +42,12 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from client import ClientUpdate, LocalTraining
+from server import validate_update
 
 TRAIN = "train"
 QUERY = "query"
 TRAIN_RECORD = REPLY_RECORD = QUERY_RECORD = "fedkseed"  # one record per message; the message type tells which
+NODE_REPORTED = "node reported: "  # prefix of a reason the node itself sent (out of sync, ...): retried once
 
 
 class WireError(ValueError):
@@ -236,6 +238,25 @@ def decode_reply(content: RecordDict, max_bytes: int) -> Reply:
             raise
         raise WireError(f"malformed reply ({exc.__class__.__name__})") from None
     return Reply(update=update, synced=synced, p_round=p_round)
+
+
+def check_reply(content: RecordDict, round_idx: int, client_id: int, k: int,
+                max_pairs: int) -> tuple[Reply | None, str | None]:
+    """Decode a train reply and check it: (decoded reply or None, why it is rejected or None).
+
+    Byte-level checks (record present, types, element sizes, at most 4 * max_pairs bytes per array) are
+    decode_reply's; the upload itself (round, sample count, lengths, pair count, index range, finite g)
+    is checked by server.validate_update, the same function the in-process engine uses.
+    """
+    try:
+        decoded = decode_reply(content, max_bytes=4 * max_pairs)
+    except WireError as exc:
+        return None, str(exc)
+    if decoded.error is not None:
+        return decoded, f"{NODE_REPORTED}{decoded.error}"
+    if decoded.update.client_id != client_id:
+        return decoded, f"reply names client {decoded.update.client_id}, the message was for client {client_id}"
+    return decoded, validate_update(decoded.update, k, round_idx, max_pairs)
 
 
 # --- query ------------------------------------------------------------------------------------------------------

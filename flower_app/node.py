@@ -14,15 +14,16 @@ Two catch-up modes (--flower_catchup):
 
 Node state (context.state["fedkseed.node"], a ConfigRecord): synced round; exact mode: every round's Delta c
 (the node's record of the global trajectory); summed mode: its copy of the global c; Pro: the last probabilities
-and the round they are for. The models themselves live in a module-level cache keyed by run and flags: in the
-simulation engine a Ray actor process keeps them between messages (several virtual nodes share one actor's
-copy, each catching it up from its own recorded history); a deployed SuperNode starts a fresh ClientApp
-process per message, which loads theta0 from the node's local path and replays the recorded history from
-round 0 (still bit-identical, at the cost of the replay).
+and the round they are for. The models live in a module-level cache keyed by run and flags: in the simulation
+engine a Ray actor keeps them between messages (virtual nodes sharing an actor each catch its copy up from their
+own record). A deployed SuperNode starts a fresh ClientApp process per message: it loads theta0 once and, in
+exact mode, starts the pristine copy from the node's state file (node_store.py: the weights of the last synced
+round), replaying only the rounds since; without a usable state file, from round 0. Bit-identical either way.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -37,7 +38,9 @@ from checkpoint import model_fingerprint
 from client import Client, ClientUpdate, TrainConfig
 from errors import FedKSeedError
 from flower_app import messages
+from flower_app.faults import apply_fault
 from flower_app.messages import Instruction
+from flower_app.node_store import NodeStore, empty_model, store_for
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 from simulation import training_clients
@@ -54,11 +57,12 @@ NODE_OVERRIDES = ("model", "data_path", "device")  # node_config keys model, dat
 # --- the run file ---------------------------------------------------------------------------------------------
 
 def write_run_file(path: Path, args: argparse.Namespace, expected_nodes: int, resume: str | None = None,
-                   faults: dict | None = None) -> Path:
+                   faults: dict | None = None, node_state: bool = True) -> Path:
     """The resolved flags of a run, read by the ServerApp and every ClientApp (run_config is empty in the
     simulation engine, so the app takes its settings from here). `faults` is a test hook: client id -> a kind of
-    hostile reply that client sends (see FAULTS)."""
-    doc = {"flags": vars(args), "expected_nodes": expected_nodes, "resume": resume, "faults": faults or {}}
+    hostile reply that client sends (see FAULTS). `node_state`: nodes keep a state file by default."""
+    doc = {"flags": vars(args), "expected_nodes": expected_nodes, "resume": resume, "faults": faults or {},
+           "node_state": node_state}
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return path
 
@@ -118,9 +122,9 @@ class NodeState:
 # --- the per-process runtime ------------------------------------------------------------------------------------
 
 class NodeRuntime:
-    """The base model, seed pool and client data of a run, loaded once per process."""
+    """The base model, seed pool and client data of a run, loaded once per process, and the node's store."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, store: NodeStore | None = None):
         self.args = args
         self.k = args.K
         self.compile = False if args.no_compile else None
@@ -130,15 +134,44 @@ class NodeRuntime:
         # --flower_data node: the clients of this node's own data, by name (their global ids come from the server)
         self.held = {data.client_names[c.client_id]: c for c in clients} if args.flower_data == "node" else None
         self.seed_pool = make_seed_pool(args.K, stream(args.seed, "server"))  # the server's first draw
-        self.work = self.load_theta0()
-        self.fingerprint = model_fingerprint(self.work.model)
+        self._work: SeededModel | None = None  # the copy a client trains on; loaded on first use
+        self.work_is_theta0 = False  # the work copy holds theta0 (not trained yet): a fresh copy is a deepcopy
+        self._fingerprint: str | None = None
         self.pristine: SeededModel | None = None
         self.pristine_round = 0
+        self.store = store
+        self.stored_round = 0  # the round of the state file this process read or wrote
+        self.loaded_round = 0  # the round of the state file this process started its pristine copy from
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether the state file is used: not for half-precision weights, which every sync rebuilds from theta0
+        (SeededModel), so a stored copy cannot replace theta0."""
+        return self.store is not None and self.args.dtype == "float32"
+
+    def seeded(self, model) -> SeededModel:
+        return SeededModel(model.to(self.args.device), self.seed_pool, self.args.lr, kind=self.args.perturbation,
+                           compile=self.compile)
+
+    @property
+    def work(self) -> SeededModel:
+        if self._work is None:
+            self._work = self.seeded(load_model(self.args.model, self.args.dtype, self.args.device))
+            self.work_is_theta0 = True
+        return self._work
 
     def load_theta0(self) -> SeededModel:
-        """The base model from the node's --model path, at c = 0."""
-        model = load_model(self.args.model, self.args.dtype, self.args.device)
-        return SeededModel(model, self.seed_pool, self.args.lr, kind=self.args.perturbation, compile=self.compile)
+        """The base model at c = 0: a copy of the work model while it still is theta0, else read from --model."""
+        if self.work_is_theta0 or self._work is None:
+            return self.seeded(copy.deepcopy(self.work.model))
+        return self.seeded(load_model(self.args.model, self.args.dtype, self.args.device))
+
+    @property
+    def fingerprint(self) -> str:
+        """theta0's fingerprint (checked by the server in the query), computed on first use."""
+        if self._fingerprint is None:
+            self._fingerprint = model_fingerprint(self.work.model if self.work_is_theta0 else self.load_theta0().model)
+        return self._fingerprint
 
     def hosted(self, partition: int, partitions: int) -> list[int]:
         """Ids of the clients this node trains (shared data: i mod partitions; node data: named by the server)."""
@@ -153,32 +186,53 @@ class NodeRuntime:
         local = self.held.get(ins.name)
         return None if local is None else Client(ins.client, local.dataset, local.pad_id, local.run_seed)
 
-    def reset_pristine(self) -> None:
-        self.pristine = self.load_theta0()
-        self.pristine_round = 0
+    def reset_pristine(self, history: list[tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+        """A pristine copy at theta0, or at the stored state when `history` is given and the state matches it."""
+        self.pristine, self.pristine_round = None, 0
+        if history is not None and self.keeps_state:
+            self.pristine, self.pristine_round = self.store.load(history, self.seeded)
+        self.stored_round = self.loaded_round = self.pristine_round
+        if self.pristine is None:
+            self.pristine = self.load_theta0()
 
     def catch_up(self, history: list[tuple[np.ndarray, np.ndarray]], digest: bytes) -> bool:
-        """Bring the pristine copy to len(history) rounds; True when its c then matches the server's digest."""
+        """Bring the pristine copy to len(history) rounds; True when its c then matches the server's digest.
+        A fresh process starts from the stored state; if that ends out of sync, once more from theta0."""
         for attempt in range(2):
             if self.pristine is None or self.pristine_round > len(history) or attempt:
-                self.reset_pristine()
+                self.reset_pristine(None if attempt else history)
             self.pristine.replay_rounds(history[self.pristine_round:])
             self.pristine_round = len(history)
             if messages.c_digest(self.pristine.c) == digest:
+                if self.keeps_state and self.pristine_round > self.stored_round:
+                    self.store.save(self.pristine, self.pristine_round, history)
+                    self.stored_round = self.pristine_round
                 return True
         self.pristine = None
         return False
+
+    def train_copy(self) -> SeededModel:
+        """The work model at the pristine copy's state, to train on (a fresh process that started from its state
+        file builds it like the pristine copy, without reading theta0)."""
+        if self._work is None:
+            model = self.pristine.model
+            self._work = self.seeded(empty_model(model.config.to_json_string(), model.dtype))
+        self.work.copy_from(self.pristine)
+        self.work_is_theta0 = False
+        return self.work
 
 
 _RUNTIMES: dict[tuple, NodeRuntime] = {}
 
 
-def runtime(context, args: argparse.Namespace) -> NodeRuntime:
+def runtime(context, args: argparse.Namespace, doc: dict | None = None) -> NodeRuntime:
     """This process's runtime for the run (cached: ClientApp objects may be rebuilt per message)."""
-    key = (context.run_id, flags_key(args))
+    partition = int(context.node_config.get("partition-id", 0))
+    store = store_for(context.node_config, args, partition, bool((doc or {}).get("node_state", False)))
+    key = (context.run_id, flags_key(args), None if store is None else str(store.path))
     if key not in _RUNTIMES:
         _RUNTIMES.clear()  # one run at a time per process: free the previous run's models
-        _RUNTIMES[key] = NodeRuntime(args)
+        _RUNTIMES[key] = NodeRuntime(args, store)
     return _RUNTIMES[key]
 
 
@@ -193,8 +247,8 @@ def partition_of(context) -> tuple[int, int]:
 # --- the two handlers -------------------------------------------------------------------------------------------
 
 def handle_query(context) -> RecordDict:
-    args, _ = read_run_file(context)
-    rt = runtime(context, args)
+    args, doc = read_run_file(context)
+    rt = runtime(context, args, doc)
     partition, partitions = partition_of(context)
     held = None if rt.held is None else {name: len(c) for name, c in rt.held.items()}
     return messages.encode_query_reply(partition, partitions, rt.hosted(partition, partitions), rt.fingerprint,
@@ -203,7 +257,7 @@ def handle_query(context) -> RecordDict:
 
 def handle_train(content: RecordDict, context) -> RecordDict:
     args, doc = read_run_file(context)
-    rt = runtime(context, args)
+    rt = runtime(context, args, doc)
     ins = messages.decode_instruction(content, rt.k)
     state = NodeState.load(context.state, rt.k)
     reply = train(rt, ins, state, partition_of(context))
@@ -238,7 +292,7 @@ def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[
         if not rt.catch_up(state.history, ins.c_digest):
             state.synced, state.history = 0, []
             return error("out of sync: the caught-up c differs from the server's")
-        rt.work.copy_from(rt.pristine)
+        work = rt.train_copy()
         target = rt.pristine.c
     else:
         for indices, values in ins.groups:
@@ -248,39 +302,8 @@ def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[
             state.synced, state.c = 0, np.zeros(rt.k)
             return error("out of sync: the caught-up c differs from the server's")
         target = state.c.copy()
+        work = rt.work
+        rt.work_is_theta0 = False
     config = TrainConfig(round=ins.round, local=ins.local, probabilities=state.p if ins.pro else None)
-    update: ClientUpdate = client.train(rt.work, target, config)
+    update: ClientUpdate = client.train(work, target, config)
     return messages.encode_reply(update, state.synced, state.p_round)
-
-
-# --- fault injection (tests) -----------------------------------------------------------------------------------
-
-FAULTS = ("nan", "inf", "index", "lengths", "zero_samples", "negative_samples", "round", "oversized", "scale1000")
-
-
-def apply_fault(rec: ConfigRecord, kind: str, ins: Instruction) -> None:
-    """Turn an honest reply record into a hostile one of the given kind (a test hook; see write_run_file)."""
-    idx = np.frombuffer(rec["idx"], dtype="<i4").copy()
-    g = np.frombuffer(rec["g"], dtype="<f4").copy()
-    if kind == "nan":
-        g[0] = np.nan
-    elif kind == "inf":
-        g[-1] = np.inf
-    elif kind == "index":
-        idx[0] = 2**20  # far outside [0, K)
-    elif kind == "lengths":
-        g = g[:-1]
-    elif kind == "zero_samples":
-        rec["n"] = 0
-    elif kind == "negative_samples":
-        rec["n"] = -3
-    elif kind == "round":
-        rec["round"] = ins.round - 1
-    elif kind == "oversized":
-        idx, g = np.concatenate([idx, idx]), np.concatenate([g, g])
-    elif kind == "scale1000":
-        g = g * 1000
-    else:
-        raise ValueError(f"unknown fault {kind!r}; expected one of {', '.join(FAULTS)}")
-    rec["idx"], rec["g"] = idx.astype("<i4").tobytes(), g.astype("<f4").tobytes()
-

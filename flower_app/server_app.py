@@ -1,18 +1,16 @@
 """The ServerApp: server.Server drives the run (sampling, aggregation, c, Pro probabilities) and
 evaluations.evaluate scores it; Flower carries only the round config, sparse Delta c and (seed index, g) pairs.
 
-A round:
+A round (SuperNodes that joined since the last one are queried and taken in first):
   1. server.select_clients() and server.train_config(r), as in simulation.py.
-  2. Each selected client's instruction goes to the SuperNode that hosts it (client i on the node whose
-     partition-id is i mod num-partitions; with --flower_data node, the node whose own data holds it: see
-     discovery.py), with the Delta c that node needs since the round the server last
-     heard from it, and the Pro probabilities if the node does not hold this round's yet. A node hosting several
-     selected clients gets them in successive waves, one message at a time, so its state stays sequential.
-  3. Replies are decoded, checked (messages.decode_reply, then server.validate_update: the same check as the
-     in-process engine) and a rejected one is logged and dropped; a node that reports being out of sync is
-     sent the full history once more in the next wave.
-  4. The accepted uploads, in the order of the selection (the in-process engine's order, so the float sums
-     are the same), go to server.apply_round; the round's Delta c is recorded for later catch-ups.
+  2.-3. collect.py: each selected client's instruction goes to the SuperNode hosting it (client i on partition
+     i mod N; with --flower_data node, the node whose own data holds it: see discovery.py), one message per node at
+     a time, its replies checked as they arrive (messages.check_reply: server.validate_update, as in-process); a
+     client without a reply by the round's deadline (--round_timeout) or whose node failed is lost for the round
+     (metrics.jsonl: lost).
+  4. With at least --min_replies accepted, the accepted uploads, in the order of the selection (the in-process
+     engine's, so the float sums are the same), go to server.apply_round and the round's Delta c is recorded;
+     with fewer, the run stops with an error and c unchanged (--resume continues from the last checkpoint).
 """
 from __future__ import annotations
 
@@ -23,20 +21,23 @@ import time
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from checkpoint import RunState, load_checkpoint, model_fingerprint
 from errors import FedKSeedError
 from evaluations import evaluate
 from flower_app import messages
+from flower_app.collect import collect
 from flower_app.discovery import discover
+from flower_app.messages import check_reply
 from flower_app.node import read_run_file
+from flower_app.traffic import traffic_row, traffic_summary
 from methods.fedkseed import checkpoint, fresh_state, restore, server_config
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import make_seed_pool
 from run_files import MetricsFile
-from server import Server, validate_update
+from server import Server
 from simulation import build_clients, evaluation_set, open_run_dir
 from streams import stream
 from utils_data.llm_dataset import LLMDataset
@@ -44,38 +45,21 @@ from utils_data.load_data import load_eval_records, load_for_run
 
 logger = logging.getLogger("fedkseed")
 
-NODE_REPORTED = "node reported: "  # prefix of a reason the node itself sent (out of sync, ...): retried once
-PAPER_BOUND_BYTES = 18_000  # the paper's title: "communication cost under 18 kilobytes" (per client per round)
 RESULTS: dict[str, dict] = {}  # output_dir -> what run() returns (read back by engine.run_flower)
 
 app = ServerApp()
-
-
-def check_reply(content: RecordDict, round_idx: int, client_id: int, k: int,
-                max_pairs: int) -> tuple[messages.Reply | None, str | None]:
-    """Decode a train reply and check it: (decoded reply or None, why it is rejected or None).
-
-    Byte-level checks (record present, types, element sizes, at most 4 * max_pairs bytes per array) are
-    messages.decode_reply's; the upload itself (round, sample count, lengths, pair count, index range, finite g)
-    is checked by server.validate_update, the same function the in-process engine uses.
-    """
-    try:
-        decoded = messages.decode_reply(content, max_bytes=4 * max_pairs)
-    except messages.WireError as exc:
-        return None, str(exc)
-    if decoded.error is not None:
-        return decoded, f"{NODE_REPORTED}{decoded.error}"
-    if decoded.update.client_id != client_id:
-        return decoded, f"reply names client {decoded.update.client_id}, the message was for client {client_id}"
-    return decoded, validate_update(decoded.update, k, round_idx, max_pairs)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     args, doc = read_run_file(context)
     resume = load_checkpoint(Path(doc["resume"])) if doc.get("resume") else None
-    result = FlowerServer(args, grid, int(doc.get("expected_nodes") or 1), resume).run()
-    RESULTS[str(args.output_dir)] = result
+    try:
+        RESULTS[str(args.output_dir)] = FlowerServer(args, grid, int(doc.get("expected_nodes") or 1), resume).run()
+    except FedKSeedError as exc:
+        RESULTS[str(args.output_dir)] = {"error": str(exc)}
+        logger.error("error: %s", exc)
+        raise
 
 
 class FlowerServer:
@@ -88,6 +72,7 @@ class FlowerServer:
         self.resume = resume
         self.node_synced: dict[int, int] = {}  # node id -> the round the server last heard it synced to
         self.node_p_round: dict[int, int] = {}  # node id -> the round of the Pro probabilities it holds
+        self.known_nodes: set[int] = set()  # every node id queried so far
 
     # --- set-up -------------------------------------------------------------------------------------------------
 
@@ -118,16 +103,21 @@ class FlowerServer:
         for round_idx in range(state.round + 1, args.rounds + 1):
             start = time.time()
             row = self.round(round_idx)
-            traffic.append(row)
-            final = round_idx == args.rounds
-            if final or (args.eval_every and round_idx % args.eval_every == 0):
+            final = round_idx == args.rounds and not row.get("aborted")
+            if not row.get("aborted") and (final or (args.eval_every and round_idx % args.eval_every == 0)):
                 row.update(self.run_eval(round_idx, args.eval_metric if final else "loss"))
             row["seconds"] = round(time.time() - start, 3)
             metrics.write(row)
-            logger.info("round %d: train loss %.4f, %d/%d clients accepted, %d rejected, %.0f B down, %.0f B up "
-                        "per client (serialized messages)", round_idx, row["train_loss"], len(row["clients"]),
-                        len(row["selected"]), len(row["rejected"]), row["bytes_down_per_client"],
-                        row["bytes_up_per_client"])
+            if row.get("aborted"):
+                raise FedKSeedError(
+                    f"round {round_idx}: {len(row['clients'])} of {len(row['selected'])} replies accepted "
+                    f"({len(row['lost'])} lost, {len(row['rejected'])} rejected), fewer than --min_replies "
+                    f"{args.min_replies}; the run stopped with c as after round {round_idx - 1}: --resume {out}")
+            logger.info("round %d: train loss %.4f, %d/%d clients accepted, %d rejected, %d lost, %.0f B down, "
+                        "%.0f B up per client (serialized messages)", round_idx, row["train_loss"],
+                        len(row["clients"]), len(row["selected"]), len(row["rejected"]), len(row["lost"]),
+                        row["bytes_down_per_client"], row["bytes_up_per_client"])
+            traffic.append(row)
             state.round = round_idx
             if final or (args.save_every and round_idx % args.save_every == 0):
                 checkpoint(out, state, server)
@@ -135,7 +125,7 @@ class FlowerServer:
         summary = {"base": state.base_eval,
                    "final": {k: row[k] for k in ("eval_loss", "rouge_l") if k in row},
                    "rounds": args.rounds, "method": "fedkseed-pro" if args.bias_sampling else "fedkseed",
-                   "engine": "flower", "communication": self.traffic_summary(traffic)}
+                   "engine": "flower", "communication": traffic_summary(traffic)}
         if args.save:
             np.savez(out / "coefficients.npz", c=server.c, seed_pool=server.seed_pool, lr=args.lr)
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -149,16 +139,53 @@ class FlowerServer:
         found = discover(self.grid, self.expected_nodes, args.flower_timeout, fingerprint, pool)
         self.node_synced = dict.fromkeys(found.nodes, 0)
         self.node_p_round = dict.fromkeys(found.nodes, -1)
+        self.known_nodes.update(found.nodes)
+        self.fingerprint = fingerprint
         if args.flower_data == "node":
             clients, self.hosts = found.remote_clients()
             self.names = {c.client_id: c.name for c in clients}
+            self.name_ids = {c.name: c.client_id for c in clients}
             return clients, evaluation_set(args, load_eval_records(args), self.tokenizer)
-        self.hosts, self.names = found.hosts, {}
+        self.hosts, self.names, self.name_ids = found.hosts, {}, {}
         clients, eval_set = build_clients(args, load_for_run(args), self.tokenizer)
         missing = [c.client_id for c in clients if c.client_id not in self.hosts]
         if missing:
             raise FedKSeedError(f"Flower: no SuperNode hosts clients {missing[:10]} (check num-partitions)")
         return clients, eval_set
+
+    def query(self, nodes: list[int], hosts: dict[int, int]) -> dict[int, str]:
+        """Ask nodes which clients they host and check their base model and seed pool; a node that passes hosts
+        its clients from now on (in `hosts`). Returns node id -> why it was not taken."""
+        queries = [Message(RecordDict({messages.QUERY_RECORD: ConfigRecord({})}), node, messages.QUERY,
+                           group_id="setup") for node in nodes]
+        failed = {node: "did not answer the set-up query in time" for node in nodes}
+        pool = messages.array_digest(self.server.seed_pool)
+        for reply in self.grid.send_and_receive(queries, timeout=self.args.flower_timeout):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                failed[node] = f"failed its set-up: {reply.error.reason}"
+                continue
+            rec = reply.content.config_records[messages.QUERY_RECORD]
+            if rec["fingerprint"] != self.fingerprint or rec["pool_digest"] != pool:
+                failed[node] = (f"(partition {rec['partition']}) holds a different base model or seed pool than the "
+                                "server (fingerprint mismatch)")
+                continue
+            del failed[node]
+            hosts.update({int(cid): node for cid in rec["clients"]})
+            hosts.update({self.name_ids[name]: node for name in rec.get("names", []) if name in self.name_ids})
+            self.node_synced[node], self.node_p_round[node] = 0, -1
+        self.known_nodes.update(nodes)
+        return failed
+
+    def refresh_nodes(self) -> None:
+        """Take in SuperNodes that connected since the last round (a restarted node registers anew): they host
+        their partition's clients from this round, starting from their own state (they say what they hold)."""
+        new = sorted(set(self.grid.get_node_ids()) - self.known_nodes)
+        if new:
+            for node, reason in self.query(new, self.hosts).items():
+                logger.warning("Flower: not taking in SuperNode %d: %s", node, reason)
+            logger.info("Flower: SuperNodes %s joined; %d clients on %d nodes", new, len(self.hosts),
+                        len(set(self.hosts.values())))
 
     def run_eval(self, round_idx: int, metric: str) -> dict:
         args = self.args
@@ -179,80 +206,40 @@ class FlowerServer:
             changed = np.unique(np.concatenate(touched)).astype(np.int64) if touched else np.zeros(0, np.int64)
             groups = [(changed, server.c[changed])]
         probs = train_config.probabilities
-        pro = probs is not None
         return messages.Instruction(
             round=round_idx, client=client_id, local=train_config.local, catchup=args.flower_catchup,
-            base=base, groups=groups, c_digest=messages.c_digest(server.c), pro=pro, p_round=round_idx,
-            probabilities=probs if pro and self.node_p_round.get(node) != round_idx else None,
+            base=base, groups=groups, c_digest=messages.c_digest(server.c), pro=probs is not None, p_round=round_idx,
+            probabilities=probs if probs is not None and self.node_p_round.get(node) != round_idx else None,
             name=self.names.get(client_id, ""))
 
     def round(self, round_idx: int) -> dict:
+        """One round: instructions out, replies checked, the accepted ones aggregated into c (unless fewer than
+        --min_replies were accepted: then the row says aborted and c is unchanged)."""
         args, server = self.args, self.server
+        self.refresh_nodes()
         selected = [self.clients[i] for i in server.select_clients()]
-        train_config = server.train_config(round_idx)
         order = {c.client_id: n for n, c in enumerate(selected)}
-        size = {c.client_id: len(c) for c in selected}
-        pending = [c.client_id for c in selected]
-        retried: set[int] = set()
-        updates, rejected, down, up = {}, [], [], []
-        while pending:
-            wave, later, busy = [], [], set()
-            for cid in pending:  # one message per node at a time: a node's state changes with each message
-                (later if self.hosts[cid] in busy else wave).append(cid)
-                busy.add(self.hosts[cid])
-            pending = later
-            sent = {}
-            for cid in wave:
-                node = self.hosts[cid]
-                content = messages.encode_instruction(self.instruction(round_idx, cid, node, train_config), args.K)
-                msg = Message(content, node, messages.TRAIN, group_id=str(round_idx))
-                down.append(messages.measure(msg))
-                sent[cid] = msg
-            replies = {r.metadata.reply_to_message_id: r for r in self.grid.send_and_receive(
-                list(sent.values()), timeout=args.flower_timeout)}
-            for cid, msg in sent.items():
-                node = self.hosts[cid]
-                reply = replies.get(msg.metadata.message_id)
-                reason = None
-                if reply is None:
-                    reason = "no reply before --flower_timeout"
-                elif reply.has_error():
-                    reason = f"node error: {reply.error.reason}"
-                else:
-                    up.append(messages.measure(reply))
-                    reason = self.accept(reply, round_idx, cid, node, size[cid], updates)
-                    if reason is not None and reason.startswith(NODE_REPORTED) and cid not in retried:
-                        retried.add(cid)
-                        self.node_synced[node], self.node_p_round[node] = 0, -1
-                        pending.append(cid)
-                        logger.warning("round %d: client %d: %s; resending the full history", round_idx, cid,
-                                       reason)
-                        continue
-                if reason is not None:
-                    logger.warning("round %d: rejected the reply for client %d (node %d): %s", round_idx, cid,
-                                   node, reason)
-                    rejected.append({"client": cid, "reason": reason})
-        for cid in updates:
-            self.state.last_round[cid] = round_idx - 1
+        updates, rejected, lost, down, up = collect(self, round_idx, selected, server.train_config(round_idx))
         accepted = sorted(updates.values(), key=lambda u: order[u.client_id])  # the in-process engine's order
-        delta = server.apply_round(accepted)
-        nonzero = np.flatnonzero(delta)
-        self.state.deltas.append((nonzero.astype(np.int32), delta[nonzero]))
         row = {
             "round": round_idx,
             "selected": [c.client_id for c in selected],
             "clients": [u.client_id for u in accepted],
             "rejected": rejected,
+            "lost": lost,
             "train_loss": float(np.nanmean([u.mean_loss for u in accepted])) if accepted else float("nan"),
             "skipped_nan": sum(u.skipped["nan"] for u in accepted),
             "skipped_clip": sum(u.skipped["clip"] for u in accepted),
+            **traffic_row(down, up),
         }
-        for name, sizes in (("down", down), ("up", up)):
-            for level in ("message", "record", "payload"):
-                values = [s[level] for s in sizes]
-                key = f"bytes_{name}_per_client" if level == "message" else f"bytes_{name}_{level}_per_client"
-                row[key] = float(np.mean(values)) if values else 0.0
-            row[f"bytes_{name}_max"] = max((s["message"] for s in sizes), default=0)
+        if len(accepted) < min(args.min_replies, len(selected)):
+            row["aborted"] = True
+            return row
+        for cid in updates:
+            self.state.last_round[cid] = round_idx - 1
+        delta = server.apply_round(accepted)
+        nonzero = np.flatnonzero(delta)
+        self.state.deltas.append((nonzero.astype(np.int32), delta[nonzero]))
         return row
 
     def accept(self, reply: Message, round_idx: int, cid: int, node: int, num_examples: int,
@@ -266,26 +253,3 @@ class FlowerServer:
         if reason is None:
             updates[cid] = decoded.update
         return reason
-
-    @staticmethod
-    def traffic_summary(rows: list[dict]) -> dict:
-        """Mean and max bytes per client per round over the run, beside the paper's bound."""
-        if not rows:
-            return {}
-        down = float(np.mean([r["bytes_down_per_client"] for r in rows]))
-        up = float(np.mean([r["bytes_up_per_client"] for r in rows]))
-        out = {
-            "bytes_down_per_client_round": down, "bytes_up_per_client_round": up,
-            "bytes_total_per_client_round": down + up,
-            "bytes_down_max": max(r["bytes_down_max"] for r in rows),
-            "bytes_up_max": max(r["bytes_up_max"] for r in rows),
-            "bytes_down_payload_per_client_round": float(np.mean([r["bytes_down_payload_per_client"] for r in rows])),
-            "bytes_up_payload_per_client_round": float(np.mean([r["bytes_up_payload_per_client"] for r in rows])),
-            "measured_as": "Flower's serialized message object tree (deflated objects + object ids), "
-                           "without gRPC/HTTP2 framing",
-            "paper_bound_bytes": PAPER_BOUND_BYTES,
-        }
-        out["within_paper_bound"] = out["bytes_total_per_client_round"] < PAPER_BOUND_BYTES
-        logger.info("communication per client per round: %.0f B down + %.0f B up = %.1f KB (max %d B down, %d B up; "
-                    "paper: < 18 KB)", down, up, (down + up) / 1000, out["bytes_down_max"], out["bytes_up_max"])
-        return out

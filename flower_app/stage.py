@@ -8,10 +8,12 @@ flags-file. RUN_FILE gets the resolved flags, checked as main.py checks them. Th
 
     flwr run APP_DIR CONNECTION --run-config "flags-file='RUN_FILE'" --stream
 
-A SuperNode may point the run at its own copies of the base model and data with
---node-config "partition-id=I num-partitions=N model='/path' data-path='/path'"; every node needs the same
-base model bit for bit (the ServerApp checks its fingerprint) and the same data file; with --flower_data node
-each node reads only its own data file (its data-path, or --data_path with {node} replaced by its partition-id).
+A SuperNode may point the run at its own copies of the base model and data, and keep its state file elsewhere,
+with --node-config "partition-id=I num-partitions=N model='/path' data-path='/path' state-dir='/path'"; every
+node needs the same base model bit for bit (the ServerApp checks its fingerprint) and the same data file; with
+--flower_data node each node reads only its own data file (its data-path, or --data_path with {node} replaced by
+its partition-id). A run stopped by a fault continues with a new `flwr run` of a run file staged with
+`-- --resume RUN_DIR`.
 scripts/flower_deploy_local.sh does all of it on 127.0.0.1.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("flower_app", "optimizers", "utils_data")
+PACKAGES = ("flower_app", "methods", "optimizers", "utils_data")
 
 PYPROJECT = """\
 [build-system]
@@ -67,6 +69,29 @@ def stage_app(app_dir: Path) -> Path:
     return app_dir
 
 
+def prepare(app_dir: Path, run_file: Path, nodes: int, flags: list[str]) -> argparse.Namespace:
+    """Check the flags as main.py does (a --resume run takes its checkpoint's flags), stage the app folder and
+    write the run file; returns the run's flags. Raises FedKSeedError on bad input."""
+    sys.path.insert(0, str(ROOT))
+    import config
+    from checkpoint import load_checkpoint
+    from flower_app.node import write_run_file
+
+    parser = config.build_parser()
+    args = parser.parse_args(flags + ["--engine", "flower"])
+    if args.resume is not None:
+        args = config.merge_resume(args, load_checkpoint(Path(args.resume)).flags, parser)
+    args = config.validate(args)
+    for name in ("model", "data_path", "eval_path", "output_dir", "resume"):  # a data path may be a glob or
+        value = getattr(args, name)  # hold {node}; a model may be a builtin name
+        if value is not None and (Path(value).exists() or name not in ("model", "resume")):
+            setattr(args, name, str(Path(value).resolve()))
+    stage_app(app_dir)
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    write_run_file(run_file, args, nodes, resume=args.resume)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     own, flags = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -76,23 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, required=True, help="SuperNodes the ServerApp waits for")
     opts = p.parse_args(own)
     sys.path.insert(0, str(ROOT))
-    import config
     from errors import FedKSeedError
-    from flower_app.node import write_run_file
 
     try:
-        args = config.validate(config.build_parser().parse_args(flags + ["--engine", "flower"]))
+        args = prepare(opts.app_dir, opts.run_file, opts.nodes, flags)
     except FedKSeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for name in ("model", "data_path", "eval_path", "output_dir"):  # a data path may be a glob or hold {node}
-        if getattr(args, name) is None:
-            continue
-        if Path(getattr(args, name)).exists() or name != "model":
-            setattr(args, name, str(Path(getattr(args, name)).resolve()))
-    stage_app(opts.app_dir)
-    opts.run_file.parent.mkdir(parents=True, exist_ok=True)
-    write_run_file(opts.run_file, args, opts.nodes)
     print(args.output_dir)
     return 0
 

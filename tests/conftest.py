@@ -88,3 +88,21 @@ def run_and_kill(argv: list[str], out: Path, at_round: int, env: dict, timeout: 
         time.sleep(0.02)
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     return load_checkpoint(out).round
+
+
+def one_thread_call(fn, *args, **kwargs):
+    """fn(*args, **kwargs) in one torch thread (bit-identical sums across engines), restoring the caller's logging
+    handlers (a run sets up its own)."""
+    import logging
+
+    import torch
+
+    root = logging.getLogger()
+    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        torch.set_num_threads(threads)

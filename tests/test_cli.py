@@ -55,6 +55,9 @@ BAD_INPUT = {
     "empty_after_filtering": (["--max_length", "8", "--use_prompts"], "no usable training examples"),
     "zerotask_out_of_range": (["--zerotask", "99"], "--zerotask 99"),
     "unreadable_model_dir": (["--model", "{folder}"], "not a local model"),
+    "round_timeout_negative": (["--round_timeout", "-1"], "--round_timeout -1"),
+    "min_replies_negative": (["--min_replies", "-1"], "--min_replies -1"),
+    "min_replies_above_the_round": (["--min_replies", "2"], "--min_replies 2: must be in [0, 1]"),
 }
 
 

@@ -13,8 +13,7 @@ from flwr.app import Message, Metadata  # noqa: E402
 
 from client import ClientUpdate, LocalTraining  # noqa: E402
 from flower_app import messages  # noqa: E402
-from flower_app.node import FAULTS, apply_fault  # noqa: E402
-from flower_app.server_app import NODE_REPORTED, check_reply  # noqa: E402
+from flower_app.faults import FAULTS, apply_fault  # noqa: E402
 
 K = 1024
 STEPS = 200
@@ -111,7 +110,7 @@ def test_instruction_round_trips_including_pro_probabilities():
 
 def test_reply_round_trips_g_as_float32():
     update = honest_update()
-    decoded, reason = check_reply(messages.encode_reply(update, 2, -1), 3, 7, K, STEPS)
+    decoded, reason = messages.check_reply(messages.encode_reply(update, 2, -1), 3, 7, K, STEPS)
     assert reason is None
     np.testing.assert_array_equal(decoded.update.seed_indices, update.seed_indices)
     np.testing.assert_array_equal(decoded.update.grads, update.grads)  # float32-representable: exact
@@ -132,14 +131,14 @@ def test_each_kind_of_hostile_reply_is_rejected(kind):
     assert kind in FAULTS
     content = messages.encode_reply(honest_update(), 2, -1)
     apply_fault(content[messages.REPLY_RECORD], kind, instruction([round_delta(1, 1, 0)] * 2))
-    decoded, reason = check_reply(content, 3, 7, K, STEPS)
+    decoded, reason = messages.check_reply(content, 3, 7, K, STEPS)
     assert reason is not None and EXPECTED[kind] in reason, reason
 
 
 def test_scaled_gradients_are_well_formed_and_pass_validation():
     content = messages.encode_reply(honest_update(), 2, -1)
     apply_fault(content[messages.REPLY_RECORD], "scale1000", instruction([round_delta(1, 1, 0)] * 2))
-    assert check_reply(content, 3, 7, K, STEPS)[1] is None  # poisoning is the aggregation's job
+    assert messages.check_reply(content, 3, 7, K, STEPS)[1] is None  # poisoning is the aggregation's job
 
 
 @pytest.mark.parametrize("mutate, phrase", [
@@ -152,10 +151,10 @@ def test_scaled_gradients_are_well_formed_and_pass_validation():
 def test_malformed_replies_are_rejected(mutate, phrase):
     content = messages.encode_reply(honest_update(), 2, -1)
     mutate(content[messages.REPLY_RECORD])
-    _, reason = check_reply(content, 3, 7, K, STEPS)
+    _, reason = messages.check_reply(content, 3, 7, K, STEPS)
     assert reason is not None and phrase in reason, reason
 
 
 def test_a_node_reported_error_is_passed_on_as_such():
-    decoded, reason = check_reply(messages.encode_error_reply("out of sync", 0, -1), 3, 7, K, STEPS)
-    assert reason == f"{NODE_REPORTED}out of sync" and decoded.synced == 0
+    decoded, reason = messages.check_reply(messages.encode_error_reply("out of sync", 0, -1), 3, 7, K, STEPS)
+    assert reason == f"{messages.NODE_REPORTED}out of sync" and decoded.synced == 0

@@ -20,7 +20,7 @@ pytest.importorskip("ray")
 
 import config  # noqa: E402
 import main  # noqa: E402
-from conftest import ROOT, dolly_records  # noqa: E402
+from conftest import ROOT, dolly_records, one_thread_call  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 
 K, STEPS = 1024, 200
@@ -43,15 +43,7 @@ def flags(model_dir, data_file, out, *extra) -> list[str]:
 
 def run_cli(argv: list[str]) -> dict:
     """main.train in one torch thread (the tiny model runs 3x faster than on 2), restoring pytest's logging."""
-    root = logging.getLogger()
-    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return main.train(argv)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        torch.set_num_threads(threads)
+    return one_thread_call(main.train, argv)
 
 
 @pytest.fixture(scope="module")

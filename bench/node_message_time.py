@@ -1,0 +1,130 @@
+"""A deployed SuperNode's time per train message after R rounds of history: before (no state file: the fresh
+ClientApp process replays every round from theta0) and after (it starts from the node's state file, written
+when it last synced, round R - 1, and replays round R only).
+
+    python bench/node_message_time.py                            # SmolLM2-135M-Instruct, R = 1, 10, 40
+    python bench/node_message_time.py --model PATH --rounds 1,5 --seeds-per-round 4
+
+Simulated in this process, not on a SuperLink: the ClientApp's train handler (flower_app.node.handle_train) is
+called with a Flower-like context after clearing the module-level model cache, which is what a fresh ClientApp
+process starts with (Python, torch and transformers imports and the native kernel build are not timed). The
+history is synthetic: R rounds of Delta c with --seeds-per-round distinct seeds each (a real round touches
+about clients x local steps seeds, so a real replay from round 0 costs proportionally more). Every message
+trains --local-step steps. Both replies are checked to be identical bit for bit.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import ROOT  # noqa: E402
+from flwr.app import RecordDict  # noqa: E402
+
+import config  # noqa: E402
+from client import LocalTraining  # noqa: E402
+from flower_app import messages, node  # noqa: E402
+from flower_app.node_store import NodeStore, state_key  # noqa: E402
+
+
+def run_args(opts: argparse.Namespace, out: Path) -> argparse.Namespace:
+    argv = ["--model", opts.model, "--dataset", "dolly", "--data_path", str(ROOT / opts.data), "-K", str(opts.K),
+            "--num_clients", "2", "--local_step", str(opts.local_step), "--max_length", "128", "--lr", "3e-7",
+            "--output_dir", str(out)]
+    return config.validate(config.build_parser().parse_args(argv))
+
+
+def message(args, run_file: Path, state_dir: str, history, digest: bytes, base: int) -> tuple[dict, float, float]:
+    """One train message for round len(history) + 1 in a 'fresh process': (reply, seconds, catch-up seconds)."""
+    node._RUNTIMES.clear()
+    state = RecordDict()
+    node.NodeState(synced=base, history=history[:base], c=np.zeros(args.K)).save(state, args.K, "exact")
+    ctx = SimpleNamespace(run_id=1, node_config={"partition-id": 0, "num-partitions": 1, "state-dir": state_dir},
+                          run_config={"flags-file": str(run_file)}, state=state)
+    local = LocalTraining(lr=args.lr, eps=args.zo_eps, local_step=args.local_step, grad_clip=args.grad_clip)
+    ins = messages.Instruction(round=len(history) + 1, client=0, local=local, catchup="exact", base=base,
+                               groups=history[base:], c_digest=digest)
+    content = messages.encode_instruction(ins, args.K)
+    catchup = []
+    original = node.NodeRuntime.catch_up
+
+    def timed_catch_up(self, *a):
+        start = time.perf_counter()
+        try:
+            return original(self, *a)
+        finally:
+            catchup.append(time.perf_counter() - start)
+
+    node.NodeRuntime.catch_up = timed_catch_up
+    try:
+        start = time.perf_counter()
+        reply = node.handle_train(content, ctx)
+        seconds = time.perf_counter() - start
+    finally:
+        node.NodeRuntime.catch_up = original
+    rec = dict(reply[messages.REPLY_RECORD])
+    if "error" in rec:
+        raise SystemExit(f"error: the node replied {rec['error']}")
+    return rec, seconds, sum(catchup)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--data", default="data/databricks-dolly-15k-sample.jsonl")
+    p.add_argument("--rounds", default="1,10,40", help="rounds of history before the timed message")
+    p.add_argument("--seeds-per-round", type=int, default=8, help="distinct seeds in each round's Delta c")
+    p.add_argument("--local-step", type=int, default=2, help="local MeZO steps the timed message trains")
+    p.add_argument("-K", type=int, default=4096)
+    opts = p.parse_args()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    rounds = sorted(int(r) for r in opts.rounds.split(","))
+    work = Path(tempfile.mkdtemp(prefix="fedkseed-node-bench-"))
+    args = run_args(opts, work / "out")
+    run_file = node.write_run_file(work / "run.json", args, 1)
+    rng = np.random.default_rng(0)
+    history = []
+    for _ in range(max(rounds)):
+        idx = np.sort(rng.choice(args.K, opts.seeds_per_round, replace=False)).astype(np.int64)
+        history.append((idx, rng.normal(0, 30, len(idx))))
+
+    # the state files of rounds R - 1 (what the node wrote when it last synced), and the server's c digests
+    start = time.perf_counter()
+    rt = node.NodeRuntime(args)
+    copy, digests = rt.load_theta0(), {}
+    for r in range(max(rounds) + 1):
+        if r + 1 in rounds:
+            NodeStore(work / f"state-{r + 1}", state_key(args, 0)).save(copy, r, history)
+        if r in rounds:
+            digests[r] = messages.c_digest(copy.c)
+        if r < max(rounds):
+            copy.replay_rounds(history[r:r + 1])
+    del rt, copy
+    print(f"{args.model}: K = {args.K}, {opts.seeds_per_round} seeds a round of history, {opts.local_step} local "
+          f"steps a message, {torch.get_num_threads()} torch thread(s); set-up {time.perf_counter() - start:.0f} s")
+    print(f"{'rounds':>6} | {'before: s/message':>17} {'(catch-up)':>10} | {'after: s/message':>16} "
+          f"{'(catch-up)':>10} | {'before/after':>12}")
+    rows = []
+    for r in rounds:
+        before, t_before, c_before = message(args, run_file, "off", history[:r], digests[r], base=0)
+        after, t_after, c_after = message(args, run_file, str(work / f"state-{r}"), history[:r], digests[r],
+                                          base=r - 1)
+        if before != after:
+            raise SystemExit(f"error: the replies after {r} rounds differ")
+        rows.append({"rounds": r, "before": t_before, "before_catchup": c_before, "after": t_after,
+                     "after_catchup": c_after, "ratio": t_before / t_after})
+        print(f"{r:>6} | {t_before:>17.2f} {c_before:>10.2f} | {t_after:>16.2f} {c_after:>10.2f} | "
+              f"{t_before / t_after:>11.2f}x")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

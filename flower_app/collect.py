@@ -1,0 +1,89 @@
+"""A round's messages on the Grid: each selected client's instruction goes to the SuperNode hosting it, with the
+Delta c that node needs since the round it last reported (and the Pro probabilities if it lacks this round's).
+A node hosting several selected clients gets them one after the other (its state is sequential), the next as
+soon as its previous reply arrives; nodes proceed independently, so a dead node costs only its own clients.
+
+Replies are checked as they arrive (messages.check_reply: server.validate_update, the in-process check); a
+rejected one is logged and dropped; a node that reports being out of sync gets the client again with the full
+history, once. At the round's deadline (--round_timeout, default --flower_timeout) every client without a reply
+is lost for the round, and so is a client whose node sent a Flower error (its ClientApp failed, or the SuperLink
+reports the node unavailable) or whose node was lost earlier in the round.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import Message
+
+from flower_app import messages
+from flower_app.messages import NODE_REPORTED
+
+logger = logging.getLogger("fedkseed")
+
+POLL_SECONDS = 0.2  # between pulls for replies
+
+
+def collect(owner, round_idx: int, selected: list, train_config) -> tuple[dict, list, list, list, list]:
+    """Run the round's messages for `owner` (a FlowerServer: grid, hosts, args, instruction(), accept(),
+    node_synced, node_p_round). Returns the accepted updates by client id, the rejected and the lost clients
+    (dicts with reasons), and the measured sizes of the messages down and up."""
+    args, grid = owner.args, owner.grid
+    timeout = args.round_timeout or args.flower_timeout
+    deadline = time.monotonic() + timeout
+    late = f"no reply within --round_timeout ({timeout:g} s)"
+    size = {c.client_id: len(c) for c in selected}
+    queues: dict[int, list[int]] = {}
+    for c in selected:
+        queues.setdefault(owner.hosts[c.client_id], []).append(c.client_id)
+    in_flight: dict[str, tuple[int, int]] = {}  # message id -> (client, node)
+    retried: set[int] = set()
+    updates, rejected, lost, down, up = {}, [], [], [], []
+
+    def send_next(node: int) -> None:
+        if not queues[node]:
+            return
+        cid = queues[node].pop(0)
+        content = messages.encode_instruction(owner.instruction(round_idx, cid, node, train_config), args.K)
+        msg = Message(content, node, messages.TRAIN, group_id=str(round_idx))
+        down.append(messages.measure(msg))
+        (msg_id,) = grid.push_messages([msg])
+        in_flight[msg_id] = (cid, node)
+
+    def lose(node: int, reason: str, cids: list[int]) -> None:
+        for cid in cids:
+            lost.append({"client": cid, "node": node, "reason": reason})
+            logger.warning("round %d: lost client %d (node %d): %s", round_idx, cid, node, reason)
+        queues[node] = []
+
+    for node in queues:
+        send_next(node)
+    while in_flight:
+        replies = list(grid.pull_messages(list(in_flight))) if time.monotonic() < deadline else []
+        if not replies:
+            if time.monotonic() >= deadline:
+                for cid, node in in_flight.values():
+                    lose(node, late, [cid, *queues[node]])
+                break
+            time.sleep(POLL_SECONDS)
+            continue
+        for reply in replies:
+            if reply.metadata.reply_to_message_id not in in_flight:
+                continue  # not a reply to this round's messages
+            cid, node = in_flight.pop(reply.metadata.reply_to_message_id)
+            if reply.has_error():
+                lose(node, f"node error: {reply.error.reason}", [cid, *queues[node]])
+                continue
+            up.append(messages.measure(reply))
+            reason = owner.accept(reply, round_idx, cid, node, size[cid], updates)
+            if reason is not None and reason.startswith(NODE_REPORTED) and cid not in retried:
+                retried.add(cid)
+                owner.node_synced[node], owner.node_p_round[node] = 0, -1
+                queues[node].insert(0, cid)
+                logger.warning("round %d: client %d: %s; resending the full history", round_idx, cid, reason)
+            elif reason is not None:
+                logger.warning("round %d: rejected the reply for client %d (node %d): %s", round_idx, cid, node,
+                               reason)
+                rejected.append({"client": cid, "reason": reason})
+            send_next(node)
+    return updates, rejected, lost, down, up
