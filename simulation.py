@@ -101,7 +101,7 @@ def cost_metrics(reports: list[LocalReport]) -> dict:
         "bytes_up_per_client": float(np.mean([r.bytes_up for r in reports])),
         "forward_equivalents_per_client": float(np.mean([r.forward_equivalents for r in reports])),
         "client_seconds": round(float(np.mean([r.seconds for r in reports])), 3),
-        "peak_memory_bytes": int(max(r.peak_bytes for r in reports)),
+        "peak_memory_bytes": int(max((r.peak_bytes for r in reports), default=0)),
     }
 
 
