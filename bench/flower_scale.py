@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -75,10 +76,13 @@ def main_() -> None:
             str(work / "run")]
     os.environ.setdefault("FEDKSEED_COMPILE", "0")
     start = time.perf_counter()
-    with PeakRss() as rss:
-        result = one_thread_call(main.train, argv)
-    wall = time.perf_counter() - start
-    rows = read_metrics(work / "run" / "metrics.jsonl")
+    try:
+        with PeakRss() as rss:
+            result = one_thread_call(main.train, argv)
+        wall = time.perf_counter() - start
+        rows = read_metrics(work / "run" / "metrics.jsonl")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     comm = result["summary"]["communication"]
     print(f"{Path(opts.data).name}: {opts.clients} clients (one virtual SuperNode each), -m {opts.m}, K = {opts.K}, "
           f"{opts.local_step} local steps, tiny model; {os.cpu_count()} CPUs")

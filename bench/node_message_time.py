@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -113,6 +114,15 @@ def main() -> None:
     print(f"{'rounds':>6} | {'before: s/message':>17} {'(catch-up)':>10} | {'after: s/message':>16} "
           f"{'(catch-up)':>10} | {'before/after':>12}")
     rows = []
+    try:
+        measure_all(args, run_file, work, rounds, history, digests, rows)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the state files: about the model's size each
+    print(json.dumps(rows))
+
+
+def measure_all(args, run_file: Path, work: Path, rounds: list[int], history, digests: dict, rows: list) -> None:
+    """Before and after, side by side, for each number of rounds."""
     for r in rounds:
         before, t_before, c_before = message(args, run_file, "off", history[:r], digests[r], base=0)
         after, t_after, c_after = message(args, run_file, str(work / f"state-{r}"), history[:r], digests[r],
@@ -123,7 +133,6 @@ def main() -> None:
                      "after_catchup": c_after, "ratio": t_before / t_after})
         print(f"{r:>6} | {t_before:>17.2f} {c_before:>10.2f} | {t_after:>16.2f} {c_after:>10.2f} | "
               f"{t_before / t_after:>11.2f}x")
-    print(json.dumps(rows))
 
 
 if __name__ == "__main__":

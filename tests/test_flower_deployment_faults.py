@@ -2,8 +2,8 @@
 a SuperNode SIGKILLed while its ClientApp runs: the round ends with the replies that arrived, metrics name the
 lost clients, and c is the aggregation of exactly the accepted replies; the node restarted catches up from its
 state file and the server's record of Delta c, and its replies are what an uninterrupted node sends (c matches
-the in-process engine run on the accepted clients); the ServerApp SIGKILLed mid-run: a new `flwr run --resume`
-reaches the uninterrupted c."""
+the in-process engine run on the accepted clients); the ServerApp, or the SuperLink with it, SIGKILLed mid-run:
+a new `flwr run --resume` reaches the uninterrupted c."""
 from __future__ import annotations
 
 import os
@@ -48,17 +48,25 @@ def test_a_supernode_killed_mid_round_is_lost_and_catches_up_when_restarted(tiny
     assert np.count_nonzero(c) > 10 and np.array_equal(c, reference)
 
 
-def test_the_serverapp_killed_mid_run_resumes_with_a_new_flwr_run_to_the_same_c(tiny_model_dir, dolly_file,
-                                                                                 tmp_path):
+@pytest.mark.parametrize("victim", ["serverapp", "superlink"])
+def test_the_serverapp_or_superlink_killed_mid_run_resumes_with_a_new_flwr_run_to_the_same_c(
+        tiny_model_dir, dolly_file, tmp_path, victim):
     argv = flags(tiny_model_dir, dolly_file, tmp_path / "run")
-    dep, out = started(tmp_path, 18830, argv)
+    dep, out = started(tmp_path, 18830 if victim == "serverapp" else 18840, argv)
     with dep:
         dep.wait_until(lambda: len(rows_of(out)) >= 2, WAIT, "round 2")
         serverapps = [pid for pid in dep.tree("superlink")
                       if b"flwr-serverapp" in Path(f"/proc/{pid}/cmdline").read_bytes()]
         assert serverapps, "no ServerApp process under the SuperLink"
-        for pid in serverapps:
-            os.kill(pid, 9)
+        if victim == "serverapp":
+            for pid in serverapps:
+                os.kill(pid, 9)
+        else:  # the SuperLink and its ServerApp; its state (runs, node registrations) was in memory, and the
+            dep.kill("superlink")  # SuperNodes retry their old registration forever: they are restarted too
+            dep.start_superlink()
+            for i in range(2):
+                dep.kill(f"supernode-{i}")
+                dep.start_supernode(i, 2)
         done = len(rows_of(out))
         assert done < 4
         prepare(dep.work / "app", dep.work / "resume.json", 2, ["--resume", str(out)])
