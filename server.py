@@ -44,6 +44,12 @@ def clients_per_round(fraction: float, num_clients: int) -> int:
     return min(num_clients, max(1, int(round(fraction * num_clients, 9))))
 
 
+def sample_clients(rng: np.random.Generator, fraction: float, num_clients: int) -> list[int]:
+    """A round's clients: clients_per_round distinct ids drawn from the server's RNG, sorted."""
+    count = clients_per_round(fraction, num_clients)
+    return sorted(rng.choice(num_clients, size=count, replace=False).tolist())
+
+
 def client_weights(updates: list[ClientUpdate], equal_weight: bool) -> np.ndarray:
     """Each client's share of the round: its data size (or 1) over the round's total."""
     sizes = np.array([1.0 if equal_weight else u.num_samples for u in updates], dtype=np.float64)
@@ -158,10 +164,8 @@ class Server:
         return self.seeded.c
 
     def select_clients(self) -> list[int]:
-        """clients_per_round distinct clients from the server's RNG."""
-        n = self.config.num_clients
-        count = clients_per_round(self.config.client_fraction, n)
-        return sorted(self.rng.choice(n, size=count, replace=False).tolist())
+        """The round's clients (sample_clients on the server's RNG)."""
+        return sample_clients(self.rng, self.config.client_fraction, self.config.num_clients)
 
     def probabilities(self) -> np.ndarray | None:
         """The round's seed sampling probabilities (FedKSeed-Pro), or None for uniform sampling."""

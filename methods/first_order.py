@@ -21,7 +21,7 @@ from errors import FedKSeedError
 from measure import LocalCost
 from methods.base import FO_STEP_FORWARDS, LocalReport, Method
 from modeling import lm_loss
-from server import clients_per_round
+from server import sample_clients
 from streams import stream
 
 Tensors = dict[str, np.ndarray]
@@ -121,8 +121,7 @@ class FirstOrder(Method):
         self.round, self.base_eval = state.round, state.base_eval
 
     def select_clients(self, round_idx: int) -> list[int]:
-        n = len(self.sizes)
-        return sorted(self.rng.choice(n, size=clients_per_round(self.args.m, n), replace=False).tolist())
+        return sample_clients(self.rng, self.args.m, len(self.sizes))
 
     def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
         seed = int(stream(self.args.seed, "torch", round_idx, client.client_id).integers(2**62))
