@@ -77,13 +77,14 @@ class RunState:
         )
 
 
-TENSORS_FILE = "tensors.npz"
+TENSORS_FILE = "tensors-{round}.npz"
 
 
 @dataclass
 class TensorState:
     """The state of a run whose model crosses the wire (FedIT, FedAvg): the global trained tensors, the server's
-    RNG and the round. The tensors live in tensors.npz beside checkpoint.json, which holds their SHA-256."""
+    RNG and the round. The tensors live in tensors-<round>.npz beside checkpoint.json, which names that file and
+    holds its SHA-256."""
 
     round: int
     fingerprint: str
@@ -109,18 +110,23 @@ def _write_verified(path: Path, doc: dict) -> None:
 
 
 def save_checkpoint(path: Path, state: RunState | TensorState) -> None:
-    """checkpoint.json, written atomically with a length and checksum header (and tensors.npz first, for a
-    TensorState: a crash between the two leaves a checkpoint.json whose checksum the new tensors fail)."""
+    """checkpoint.json, written atomically with a length and checksum header. A TensorState's tensors go first into
+    a file of their round's own, which the new checkpoint.json then names: a crash between the two leaves the
+    previous checkpoint and its tensors whole. Older tensor files are removed after."""
     if isinstance(state, RunState):
         _write_verified(path, state.to_json())
         return
     buffer = io.BytesIO()
     np.savez(buffer, **state.tensors)
     data = buffer.getvalue()
-    _write_atomic(path.with_name(TENSORS_FILE), data)
+    name = TENSORS_FILE.format(round=state.round)
+    _write_atomic(path.with_name(name), data)
     _write_verified(path, {"kind": "tensors", "round": state.round, "fingerprint": state.fingerprint,
                            "flags": state.flags, "server_rng": state.server_rng, "base_eval": state.base_eval,
-                           "tensors_sha256": hashlib.sha256(data).hexdigest()})
+                           "tensors_file": name, "tensors_sha256": hashlib.sha256(data).hexdigest()})
+    for old in path.parent.glob(TENSORS_FILE.format(round="*")):
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> RunState | TensorState:
@@ -148,7 +154,7 @@ def load_checkpoint(path: Path) -> RunState | TensorState:
 
 
 def _load_tensor_state(path: Path, doc: dict) -> TensorState:
-    tensors_path = path.with_name(TENSORS_FILE)
+    tensors_path = path.with_name(doc["tensors_file"])
     try:
         data = tensors_path.read_bytes()
     except OSError:

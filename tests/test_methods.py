@@ -204,3 +204,24 @@ def test_fedkseed_on_lora_moves_only_the_adapters_and_replays_bit_identically(ti
 def test_peft_lora_with_fedavg_is_refused(capsys):
     assert main.main(["--dataset", "dolly", "--method", "fedavg", "--peft", "lora"]) == 2
     assert capsys.readouterr().err.startswith("error: --peft lora: fedavg trains every weight")
+
+
+def test_a_crash_between_the_tensors_and_the_checkpoint_leaves_the_previous_checkpoint_whole(tmp_path):
+    from checkpoint import CHECKPOINT_FILE, TensorState, save_checkpoint
+
+    def state(round_idx, value):
+        return TensorState(round=round_idx, fingerprint="f", flags={}, server_rng={},
+                           tensors={"w": np.full(3, value, dtype=np.float32)})
+
+    save_checkpoint(tmp_path / CHECKPOINT_FILE, state(1, 1.0))
+    # the next save dies after writing its tensors, before checkpoint.json: simulated by saving elsewhere and
+    # copying only the tensors file in
+    other = tmp_path / "other"
+    other.mkdir()
+    save_checkpoint(other / CHECKPOINT_FILE, state(2, 2.0))
+    for f in other.glob("tensors*.npz"):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.round == 1 and np.array_equal(loaded.tensors["w"], [1.0, 1.0, 1.0])
+    save_checkpoint(tmp_path / CHECKPOINT_FILE, state(2, 2.0))
+    assert [f.name for f in tmp_path.glob("tensors*.npz")] == ["tensors-2.npz"]  # older files go
