@@ -205,8 +205,8 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (not args.bias_sampling or args.method == "fedkseed", f"--bias_sampling: FedKSeed-Pro's seed sampling; "
          f"--method {args.method} has no seeds"),
         (args.lora_r >= 1, f"--lora_r {args.lora_r}: must be at least 1"),
-        (args.engine == "inprocess" or (args.method == "fedkseed" and args.peft == "none"), f"--engine "
-         f"{args.engine}: runs --method fedkseed without --peft only so far; use the in-process engine"),
+        (args.flower_catchup == "exact" or args.method == "fedkseed", f"--flower_catchup {args.flower_catchup}: "
+         f"a catch-up of Delta c; --method {args.method} sends its tensors whole every round"),
         (0 <= args.lora_dropout < 1, f"--lora_dropout {args.lora_dropout}: must be in [0, 1)"),
         (args.bias_loss_clip > 0, f"--bias_loss_clip {args.bias_loss_clip}: must be positive"),
         (args.eval_every >= 0, f"--eval_every {args.eval_every}: must be >= 0"),

@@ -1,13 +1,14 @@
-"""A round's messages on the Grid: each selected client's instruction goes to the SuperNode hosting it, with the
-Delta c that node needs since the round it last reported (and the Pro probabilities if it lacks this round's).
-A node hosting several selected clients gets them one after the other (its state is sequential), the next as
-soon as its previous reply arrives; nodes proceed independently, so a dead node costs only its own clients.
+"""A round's messages on the Grid: each selected client's message (the method's wire makes it: FedKSeed's the
+Delta c the node lacks, FedIT's the adapters) goes to the SuperNode hosting it. A node hosting several selected
+clients gets them one after the other (its state is sequential), the next as soon as its previous reply arrives;
+nodes proceed independently, so a dead node costs only its own clients.
 
-Replies are checked as they arrive (messages.check_reply: server.validate_update, the in-process check); a
-rejected one is logged and dropped; a node that reports being out of sync gets the client again with the full
-history, once. At the round's deadline (--round_timeout, default --flower_timeout) every client without a reply
-is lost for the round, and so is a client whose node sent a Flower error (its ClientApp failed, or the SuperLink
-reports the node unavailable) or whose node was lost earlier in the round.
+Replies are checked as they arrive (the wire's accept: for FedKSeed server.validate_update, the in-process check);
+a rejected one is logged and dropped; a node that reports an error of its own (out of sync) gets the client again
+after the wire's resync (FedKSeed: the full history), once. At the round's deadline (--round_timeout, default
+--flower_timeout) every client without a reply is lost for the round, and so is a client whose node sent a Flower
+error (its ClientApp failed, or the SuperLink reports the node unavailable) or whose node was lost earlier in the
+round.
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ logger = logging.getLogger("fedkseed")
 POLL_SECONDS = 0.2  # between pulls for replies
 
 
-def collect(owner, round_idx: int, selected: list, train_config) -> tuple[dict, list, list, list, list]:
-    """Run the round's messages for `owner` (a FlowerServer: grid, hosts, args, instruction(), accept(),
-    node_synced, node_p_round). Returns the accepted updates by client id, the rejected and the lost clients
-    (dicts with reasons), and the measured sizes of the messages down and up."""
+def collect(owner, round_idx: int, selected: list) -> tuple[dict, list, list, list, list]:
+    """Run the round's messages for `owner` (a FlowerServer: grid, hosts, args, message(), accept(), resync()).
+    Returns the accepted reports by client id, the rejected and the lost clients (dicts with reasons), and the
+    measured sizes of the messages down and up."""
     args, grid = owner.args, owner.grid
     timeout = args.round_timeout or args.flower_timeout
     deadline = time.monotonic() + timeout
@@ -38,14 +39,13 @@ def collect(owner, round_idx: int, selected: list, train_config) -> tuple[dict, 
         queues.setdefault(owner.hosts[c.client_id], []).append(c.client_id)
     in_flight: dict[str, tuple[int, int]] = {}  # message id -> (client, node)
     retried: set[int] = set()
-    updates, rejected, lost, down, up = {}, [], [], [], []
+    reports, rejected, lost, down, up = {}, [], [], [], []
 
     def send_next(node: int) -> None:
         if not queues[node]:
             return
         cid = queues[node].pop(0)
-        content = messages.encode_instruction(owner.instruction(round_idx, cid, node, train_config), args.K)
-        msg = Message(content, node, messages.TRAIN, group_id=str(round_idx))
+        msg = Message(owner.message(round_idx, cid, node), node, messages.TRAIN, group_id=str(round_idx))
         down.append(messages.measure(msg))
         (msg_id,) = grid.push_messages([msg])
         in_flight[msg_id] = (cid, node)
@@ -75,10 +75,10 @@ def collect(owner, round_idx: int, selected: list, train_config) -> tuple[dict, 
                 lose(node, f"node error: {reply.error.reason}", [cid, *queues[node]])
                 continue
             up.append(messages.measure(reply))
-            reason = owner.accept(reply, round_idx, cid, node, size[cid], updates)
+            reason = owner.accept(reply, round_idx, cid, node, size[cid], reports)
             if reason is not None and reason.startswith(NODE_REPORTED) and cid not in retried:
                 retried.add(cid)
-                owner.node_synced[node], owner.node_p_round[node] = 0, -1
+                owner.resync(node)
                 queues[node].insert(0, cid)
                 logger.warning("round %d: client %d: %s; resending the full history", round_idx, cid, reason)
             elif reason is not None:
@@ -86,4 +86,4 @@ def collect(owner, round_idx: int, selected: list, train_config) -> tuple[dict, 
                                reason)
                 rejected.append({"client": cid, "reason": reason})
             send_next(node)
-    return updates, rejected, lost, down, up
+    return reports, rejected, lost, down, up

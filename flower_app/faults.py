@@ -6,7 +6,9 @@ import numpy as np
 from flwr.app import ConfigRecord
 
 from flower_app.messages import Instruction
+from methods.base import LocalReport
 
+ARRAY_FAULTS = ("tensor_nan", "tensor_shape", "tensor_missing", "tensor_dtype")
 FAULTS = ("nan", "inf", "index", "lengths", "zero_samples", "negative_samples", "round", "oversized", "scale1000")
 
 
@@ -36,3 +38,22 @@ def apply_fault(rec: ConfigRecord, kind: str, ins: Instruction) -> None:
         raise ValueError(f"unknown fault {kind!r}; expected one of {', '.join(FAULTS)}")
     rec["idx"], rec["g"] = idx.astype("<i4").tobytes(), g.astype("<f4").tobytes()
 
+
+
+def apply_array_fault(report: LocalReport, kind: str) -> None:
+    """Turn an honest upload of tensors into a hostile one of the given kind (a test hook, as apply_fault)."""
+    name = sorted(report.upload)[0]
+    tensor = report.upload[name]
+    if kind == "tensor_nan":
+        tensor = tensor.copy()
+        tensor.flat[0] = np.nan
+    elif kind == "tensor_shape":
+        tensor = tensor[:-1]
+    elif kind == "tensor_dtype":
+        tensor = tensor.astype(np.float64)
+    elif kind == "tensor_missing":
+        del report.upload[name]
+        return
+    else:
+        raise ValueError(f"unknown fault {kind!r}; expected one of {', '.join(ARRAY_FAULTS)}")
+    report.upload[name] = tensor

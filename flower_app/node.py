@@ -37,10 +37,13 @@ from flwr.app import ConfigRecord, RecordDict
 from checkpoint import model_fingerprint
 from client import Client, ClientUpdate, TrainConfig
 from errors import FedKSeedError
-from flower_app import messages
-from flower_app.faults import apply_fault
+from flower_app import array_messages, messages
+from flower_app.faults import apply_array_fault, apply_fault
 from flower_app.messages import Instruction
 from flower_app.node_store import NodeStore, empty_model, store_for
+from methods import build_method
+from methods.base import ArrayMethod
+from methods.fedkseed import perturbed_model
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 from simulation import training_clients
@@ -137,6 +140,7 @@ class NodeRuntime:
         self._work: SeededModel | None = None  # the copy a client trains on; loaded on first use
         self.work_is_theta0 = False  # the work copy holds theta0 (not trained yet): a fresh copy is a deepcopy
         self._fingerprint: str | None = None
+        self._array_method: ArrayMethod | None = None
         self.pristine: SeededModel | None = None
         self.pristine_round = 0
         self.store = store
@@ -146,17 +150,22 @@ class NodeRuntime:
     @property
     def keeps_state(self) -> bool:
         """Whether the state file is used: not for half-precision weights, which every sync rebuilds from theta0
-        (SeededModel), so a stored copy cannot replace theta0."""
-        return self.store is not None and self.args.dtype == "float32"
+        (SeededModel), so a stored copy cannot replace theta0; not for LoRA (--peft lora), whose adapters the
+        stored copy does not describe."""
+        return self.store is not None and self.args.dtype == "float32" and self.args.peft == "none"
 
     def seeded(self, model) -> SeededModel:
         return SeededModel(model.to(self.args.device), self.seed_pool, self.args.lr, kind=self.args.perturbation,
                            compile=self.compile)
 
+    def read_theta0(self) -> SeededModel:
+        """theta0 read from --model: the model z perturbs (with --peft lora, the base plus its initial adapters)."""
+        return self.seeded(perturbed_model(load_model(self.args.model, self.args.dtype, self.args.device), self.args))
+
     @property
     def work(self) -> SeededModel:
         if self._work is None:
-            self._work = self.seeded(load_model(self.args.model, self.args.dtype, self.args.device))
+            self._work = self.read_theta0()
             self.work_is_theta0 = True
         return self._work
 
@@ -164,13 +173,25 @@ class NodeRuntime:
         """The base model at c = 0: a copy of the work model while it still is theta0, else read from --model."""
         if self.work_is_theta0 or self._work is None:
             return self.seeded(copy.deepcopy(self.work.model))
-        return self.seeded(load_model(self.args.model, self.args.dtype, self.args.device))
+        return self.read_theta0()
+
+    @property
+    def array_method(self) -> ArrayMethod:
+        """--method fedit / fedavg: the method's client side (its work copy of the model), built on first use."""
+        if self._array_method is None:
+            model = load_model(self.args.model, self.args.dtype, self.args.device)
+            self._array_method = build_method(self.args, model, list(self.clients.values()))
+        return self._array_method
 
     @property
     def fingerprint(self) -> str:
         """theta0's fingerprint (checked by the server in the query), computed on first use."""
         if self._fingerprint is None:
-            self._fingerprint = model_fingerprint(self.work.model if self.work_is_theta0 else self.load_theta0().model)
+            if self.args.method != "fedkseed":
+                self._fingerprint = self.array_method.fingerprint
+            else:
+                model = self.work.model if self.work_is_theta0 else self.load_theta0().model
+                self._fingerprint = model_fingerprint(model)
         return self._fingerprint
 
     def hosted(self, partition: int, partitions: int) -> list[int]:
@@ -179,12 +200,12 @@ class NodeRuntime:
             return []
         return sorted(cid for cid in self.clients if cid % partitions == partition)
 
-    def client_for(self, ins: Instruction, partition: tuple[int, int]) -> Client | None:
-        """The client an instruction names, under the server's id for it; None when this node does not hold it."""
+    def client_for(self, client_id: int, name: str, partition: tuple[int, int]) -> Client | None:
+        """The client a message names, under the server's id for it; None when this node does not hold it."""
         if self.held is None:
-            return self.clients[ins.client] if ins.client in self.hosted(*partition) else None
-        local = self.held.get(ins.name)
-        return None if local is None else Client(ins.client, local.dataset, local.pad_id, local.run_seed)
+            return self.clients[client_id] if client_id in self.hosted(*partition) else None
+        local = self.held.get(name)
+        return None if local is None else Client(client_id, local.dataset, local.pad_id, local.run_seed)
 
     def reset_pristine(self, history: list[tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         """A pristine copy at theta0, or at the stored state when `history` is given and the state matches it."""
@@ -258,6 +279,8 @@ def handle_query(context) -> RecordDict:
 def handle_train(content: RecordDict, context) -> RecordDict:
     args, doc = read_run_file(context)
     rt = runtime(context, args, doc)
+    if array_messages.is_array_message(content):
+        return train_arrays(rt, content, partition_of(context), doc.get("faults", {}))
     ins = messages.decode_instruction(content, rt.k)
     state = NodeState.load(context.state, rt.k)
     reply = train(rt, ins, state, partition_of(context))
@@ -274,7 +297,7 @@ def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[
         logger.warning("node: round %d client %d: %s", ins.round, ins.client, reason)
         return messages.encode_error_reply(reason, state.synced, state.p_round)
 
-    client = rt.client_for(ins, partition)
+    client = rt.client_for(ins.client, ins.name, partition)
     if client is None:
         named = f" ({ins.name})" if ins.name else ""
         return error(f"client {ins.client}{named} is not hosted on partition {partition[0]}")
@@ -307,3 +330,15 @@ def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[
     config = TrainConfig(round=ins.round, local=ins.local, probabilities=state.p if ins.pro else None)
     update: ClientUpdate = client.train(work, target, config)
     return messages.encode_reply(update, state.synced, state.p_round)
+
+
+def train_arrays(rt: NodeRuntime, content: RecordDict, partition: tuple[int, int], faults: dict) -> RecordDict:
+    """An array-shipping method's round for one client: train from the received tensors, reply with the upload."""
+    ins = array_messages.decode_instruction(content)
+    client = rt.client_for(ins.client, ins.name, partition)
+    if client is None:
+        return array_messages.encode_error_reply(f"client {ins.client} is not hosted on partition {partition[0]}")
+    report = rt.array_method.local_work(client, ins.round, ins.tensors)
+    if str(ins.client) in faults:
+        apply_array_fault(report, faults[str(ins.client)])
+    return array_messages.encode_reply(ins.round, report)

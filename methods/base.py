@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from client import Client
@@ -64,3 +65,23 @@ class Method(ABC):
     def finish(self, out: Path) -> dict:
         """At the end of the run: write the method's final files into the run directory; returns its entries of
         summary.json."""
+
+
+class ArrayMethod(Method):
+    """A method whose messages are named arrays: the server sends a client arrays, the client trains from them and
+    uploads arrays. The engines carry them as they are (Flower: one ArrayRecord each way) and measure them."""
+
+    @abstractmethod
+    def download(self, client_id: int, round_idx: int) -> dict[str, np.ndarray]:
+        """What the server sends the client this round."""
+
+    @abstractmethod
+    def local_work(self, client: Client, round_idx: int, received: dict[str, np.ndarray], progress=None) -> LocalReport:
+        """The client's round from what it received (anywhere: in-process or on a node); its upload is arrays."""
+
+    @abstractmethod
+    def check_upload(self, upload: dict[str, np.ndarray]) -> str | None:
+        """Why an upload from an untrusted client cannot be combined (names, shapes, dtypes, values), or None."""
+
+    def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
+        return self.local_work(client, round_idx, self.download(client.client_id, round_idx), progress)

@@ -48,6 +48,12 @@ def changed_since(deltas: list[tuple[np.ndarray, np.ndarray]], since_round: int)
     return len(np.unique(np.concatenate(touched))) if touched else 0
 
 
+def perturbed_model(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """The model z perturbs: the base model, or with --peft lora the base plus its initial adapters (seeded by
+    --seed), z over the adapter tensors only."""
+    return with_lora(model, args) if args.peft == "lora" else model
+
+
 def fresh_state(args: argparse.Namespace, server: Server, fingerprint: str, clients: list[Client]) -> RunState:
     """The run's state before its first round."""
     return RunState(round=0, fingerprint=fingerprint, flags=vars(args).copy(), seed_pool=server.seed_pool,
@@ -87,8 +93,7 @@ class FedKSeed(Method):
         self.args = args
         self.name = "fedkseed-pro" if args.bias_sampling else "fedkseed"
         compile_z = False if args.no_compile else None
-        if args.peft == "lora":  # z over the adapters only; theta0 = the base model plus the initial adapters
-            model = with_lora(model, args)
+        model = perturbed_model(model, args)
         fingerprint = model_fingerprint(model)
         self.server = Server(model, server_config(args, len(clients)), compile=compile_z)
         self.work = SeededModel(copy.deepcopy(model), self.server.seed_pool, args.lr, kind=args.perturbation,

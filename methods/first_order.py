@@ -19,7 +19,7 @@ from checkpoint import CHECKPOINT_FILE, TensorState, model_fingerprint, save_che
 from client import Client, LocalTraining, client_rng
 from errors import FedKSeedError
 from measure import LocalCost
-from methods.base import FO_STEP_FORWARDS, LocalReport, Method
+from methods.base import FO_STEP_FORWARDS, ArrayMethod, LocalReport
 from modeling import lm_loss
 from server import sample_clients
 from streams import stream
@@ -88,7 +88,7 @@ def local_train(model: torch.nn.Module, batches, lr: float, weight_decay: float)
     return losses
 
 
-class FirstOrder(Method):
+class FirstOrder(ArrayMethod):
     """FedIT (--method fedit: LoRA) or full-parameter FedAvg (--method fedavg)."""
 
     def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
@@ -123,19 +123,32 @@ class FirstOrder(Method):
     def select_clients(self, round_idx: int) -> list[int]:
         return sample_clients(self.rng, self.args.m, len(self.sizes))
 
-    def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
+    def download(self, client_id: int, round_idx: int) -> Tensors:
+        return self.global_tensors
+
+    def local_work(self, client: Client, round_idx: int, received: Tensors, progress=None) -> LocalReport:
         seed = int(stream(self.args.seed, "torch", round_idx, client.client_id).integers(2**62))
         with LocalCost(self.args.device) as cost, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # dropout: the same masks wherever and whenever (resume) the client runs
-            write_tensors(self.work, self.global_tensors)
+            write_tensors(self.work, received)
             batches = client.batches(self.local, client_rng(self.args.seed, round_idx, client.client_id))
             losses = local_train(self.work, _counted(batches, progress), self.args.lr, self.args.weight_decay)
             upload = read_tensors(self.work)
-        size = tensors_bytes(upload)
-        return LocalReport(client_id=client.client_id, upload=upload, bytes_down=size, bytes_up=size + 8,
-                           forward_equivalents=FO_STEP_FORWARDS * len(losses),
+        return LocalReport(client_id=client.client_id, upload=upload, bytes_down=tensors_bytes(received),
+                           bytes_up=tensors_bytes(upload) + 8, forward_equivalents=FO_STEP_FORWARDS * len(losses),
                            train_loss=float(np.mean(losses)) if losses else float("nan"),
                            seconds=cost.seconds, peak_bytes=cost.peak_bytes)
+
+    def check_upload(self, upload: Tensors) -> str | None:
+        if upload.keys() != self.global_tensors.keys():
+            return f"the upload names {len(upload)} tensors, not this model's {len(self.global_tensors)} trained ones"
+        for name, ref in self.global_tensors.items():
+            a = upload[name]
+            if a.dtype != ref.dtype or a.shape != ref.shape:
+                return f"tensor {name}: {a.dtype} {tuple(a.shape)}, expected {ref.dtype} {tuple(ref.shape)}"
+            if not np.isfinite(a).all():
+                return f"tensor {name}: non-finite values"
+        return None
 
     def finish_round(self, round_idx: int, reports: list[LocalReport]) -> dict:
         sizes = np.array([1.0 if self.args.equal_weight else self.sizes[r.client_id] for r in reports])

@@ -96,8 +96,7 @@ def test_fedavg_ships_every_weight(tiny):
     (["--lora_r", "4"], "--lora_r: LoRA flags need --method fedit"),
     (["--method", "fedavg", "--lora_target_modules", "q_proj"], "LoRA flags need --method fedit"),
     (["--method", "fedit", "--bias_sampling"], "--bias_sampling: FedKSeed-Pro's seed sampling"),
-    (["--method", "fedit", "--engine", "flower"], "--engine flower: runs --method fedkseed without --peft only"),
-    (["--peft", "lora", "--engine", "flower"], "--engine flower: runs --method fedkseed without --peft only"),
+    (["--method", "fedit", "--engine", "flower", "--flower_catchup", "summed"], "--flower_catchup summed: a catch-up"),
     (["--method", "fedit", "--lora_r", "0"], "--lora_r 0: must be at least 1"),
 ])
 def test_bad_method_flag_combinations_are_one_line_exit_2(argv, phrase, capsys):
