@@ -112,3 +112,18 @@ def test_fedkseed_on_lora_in_flower_gives_the_inprocess_c(tiny_model_dir, data_f
     assert np.array_equal(a["c"], b["c"])
     rows_a, rows_b = read_metrics(tmp_path / "a" / "metrics.jsonl"), read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["eval_loss"] for r in rows_a] == [r["eval_loss"] for r in rows_b]
+
+
+def test_fedit_in_flower_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run(fedit_runs, tiny_model_dir, data_file,
+                                                                                 tmp_path):
+    _, (b, b_dir) = fedit_runs
+    out = tmp_path / "resumed"
+    argv = flags(tiny_model_dir, data_file, out, "--method", "fedit", "--engine", "flower", "--flower_nodes", "2")
+    run_cli([*argv[:argv.index("--rounds") + 1], "2", *argv[argv.index("--rounds") + 2:]])
+    resumed = run_cli(["--resume", str(out), "--rounds", "3", "--quiet"])
+    assert resumed["summary"]["engine"] == "flower"
+    tb, tr = b["method"].global_tensors, resumed["method"].global_tensors
+    assert all(np.array_equal(tb[name], tr[name]) for name in tb)
+    rows_b, rows_r = read_metrics(b_dir / "metrics.jsonl"), read_metrics(out / "metrics.jsonl")
+    assert [(r["round"], r.get("train_loss"), r["eval_loss"]) for r in rows_b] == \
+        [(r["round"], r.get("train_loss"), r["eval_loss"]) for r in rows_r]
