@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="metric evaluated at the end (eval loss is evaluated every --eval_every rounds)")
     ev.add_argument("--eval_every", type=int, default=1, help="rounds between eval-loss evaluations; 0 = at the end")
     ev.add_argument("--eval_examples", type=int, default=0, help="held-out examples evaluated; 0 = all")
+    ev.add_argument("--val_examples", type=int, default=0,
+                    help="further held-out examples, disjoint from the evaluated ones, whose loss is logged as "
+                         "val_loss at every evaluation (to tune on records that are not reported); 0 = none")
+    ev.add_argument("--rouge_every", type=int, default=0,
+                    help="rounds between Rouge-L evaluations besides round 0 and the last (--eval_metric rouge); "
+                         "0 = none")
     ev.add_argument("--eval_base", type=parse_bool, nargs="?", const=True, default=True, metavar="BOOL",
                     help="evaluate the base model (loss and metric) as round 0, as the authors' code; "
                     "--eval_base false / --no_eval_base skips it")
@@ -212,6 +218,10 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
         (args.eval_every >= 0, f"--eval_every {args.eval_every}: must be >= 0"),
         (args.save_every >= 0, f"--save_every {args.save_every}: must be >= 0"),
         (args.eval_examples >= 0, f"--eval_examples {args.eval_examples}: must be >= 0"),
+        (args.val_examples >= 0, f"--val_examples {args.val_examples}: must be >= 0"),
+        (args.val_examples == 0 or args.eval_examples > 0, f"--val_examples {args.val_examples}: needs "
+         "--eval_examples N > 0 (with 0 every held-out record is evaluated, none is left to validate on)"),
+        (args.rouge_every >= 0, f"--rouge_every {args.rouge_every}: must be >= 0"),
         (args.eval_batch_size >= 1, f"--eval_batch_size {args.eval_batch_size}: must be at least 1"),
         (args.max_new_tokens >= 1, f"--max_new_tokens {args.max_new_tokens}: must be at least 1"),
         (args.flower_nodes >= 0, f"--flower_nodes {args.flower_nodes}: must be >= 0"),

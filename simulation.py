@@ -15,24 +15,14 @@ from tqdm import tqdm
 from checkpoint import CHECKPOINT_FILE, RunState
 from client import Client
 from errors import FedKSeedError
-from evaluations import evaluate
 from methods import LocalReport, build_method
 from modeling import load_model, load_tokenizer
+from run_evaluation import RoundEvaluator, report_dropped, run_prompt_format
 from run_files import MetricsFile, setup_logging, write_config
-from streams import stream
-from utils_data.default_tokens import prompt_format
 from utils_data.llm_dataset import LLMDataset
 from utils_data.load_data import load_for_run
 
 logger = logging.getLogger("fedkseed")
-
-
-def eval_subset(records: list[dict], n: int, seed: int) -> list[dict]:
-    """n held-out records from a seeded shuffle, in their original order (all of them when n is 0)."""
-    if n == 0 or n >= len(records):
-        return records
-    order = stream(seed, "eval").permutation(len(records))[:n]
-    return [records[i] for i in sorted(order)]
 
 
 def training_clients(args, data, tokenizer) -> list[Client]:
@@ -47,32 +37,9 @@ def training_clients(args, data, tokenizer) -> list[Client]:
     return clients
 
 
-def build_clients(args, data, tokenizer) -> tuple[list[Client], LLMDataset]:
-    """The usable clients and the evaluation set."""
-    return training_clients(args, data, tokenizer), evaluation_set(args, data.eval_records, tokenizer)
-
-
-def evaluation_set(args, eval_records: list[dict], tokenizer) -> LLMDataset:
-    """--eval_examples of the held-out records, tokenized."""
-    eval_set = LLMDataset(eval_subset(eval_records, args.eval_examples, args.seed), tokenizer,
-                          run_prompt_format(args), args.max_length)
-    report_dropped("evaluation", [eval_set], args.max_length)
-    if len(eval_set) == 0:
-        raise FedKSeedError("no usable evaluation examples after tokenisation (check --max_length)")
-    return eval_set
-
-
-def run_prompt_format(args) -> str:
-    return prompt_format(args.dataset, args.use_prompts, args.prompt_format)
-
-
-def report_dropped(kind: str, datasets: list[LLMDataset], max_length: int) -> None:
-    """One log line for all the records of `datasets` that cannot fit max_length tokens."""
-    dropped = sum(ds.dropped for ds in datasets)
-    if dropped:
-        total = dropped + sum(len(ds) for ds in datasets)
-        logger.info("skipped %d of %d %s records: no response token left within --max_length %d",
-                    dropped, total, kind, max_length)
+def build_clients(args, data, tokenizer) -> tuple[list[Client], RoundEvaluator]:
+    """The usable clients and the run's evaluator (its evaluation and validation sets)."""
+    return training_clients(args, data, tokenizer), RoundEvaluator(args, data.eval_records, tokenizer)
 
 
 def open_run_dir(args, resume: RunState | None) -> Path:
@@ -112,9 +79,9 @@ def run(args, resume: RunState | None = None) -> dict:
 
     data = load_for_run(args)
     tokenizer = load_tokenizer(args.model)
-    clients, eval_set = build_clients(args, data, tokenizer)
+    clients, evaluator = build_clients(args, data, tokenizer)
     logger.info("%d clients (%d training examples), %d evaluation examples, %s on %s (%s), %s",
-                len(clients), sum(len(c) for c in clients), len(eval_set), args.model, args.device, args.dtype,
+                len(clients), sum(len(c) for c in clients), len(evaluator), args.model, args.device, args.dtype,
                 args.method)
     method = build_method(args, load_model(args.model, args.dtype, args.device), clients, resume)
     metrics = MetricsFile(out / "metrics.jsonl", fresh=resume is None)
@@ -122,14 +89,8 @@ def run(args, resume: RunState | None = None) -> dict:
         metrics.keep_rounds_up_to(method.round)
         logger.info("resumed %s at round %d", out, method.round)
 
-    def run_eval(round_idx: int, metric: str) -> dict:
-        result = evaluate(method.global_model(), tokenizer, eval_set, metric, args.max_new_tokens,
-                          args.eval_batch_size, progress=show)
-        logger.info("round %d: %s", round_idx, "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        return result
-
     if args.eval_base and resume is None:
-        method.base_eval = run_eval(0, args.eval_metric)
+        method.base_eval = evaluator(method.global_model(), 0, args.eval_metric, progress=show)
         metrics.write({"round": 0, **method.base_eval})
     row = {}
     for round_idx in tqdm(range(method.round + 1, args.rounds + 1), desc="rounds", disable=not show):
@@ -141,15 +102,15 @@ def run(args, resume: RunState | None = None) -> dict:
                 bar.set_postfix_str(f"client {n}/{len(selected)}")
                 reports.append(method.train_client(client, round_idx, progress=bar))
         row = {"round": round_idx, **method.finish_round(round_idx, reports), **cost_metrics(reports)}
-        final = round_idx == args.rounds
-        if final or (args.eval_every and round_idx % args.eval_every == 0):
-            row.update(run_eval(round_idx, args.eval_metric if final else "loss"))
+        metric = evaluator.metric_due(round_idx)
+        if metric is not None:
+            row.update(evaluator(method.global_model(), round_idx, metric, progress=show))
         row["seconds"] = round(time.time() - start, 3)
         metrics.write(row)
         logger.info("round %d: train loss %.4f, %d clients, %.0f B up, %.0f B down, %.0f forward-equivalents "
                     "per client", round_idx, row["train_loss"], len(reports), row["bytes_up_per_client"],
                     row["bytes_down_per_client"], row["forward_equivalents_per_client"])
-        if final or (args.save_every and round_idx % args.save_every == 0):
+        if round_idx == args.rounds or (args.save_every and round_idx % args.save_every == 0):
             method.save(out)
 
     summary = {"base": method.base_eval, "final": {k: row[k] for k in ("eval_loss", "rouge_l") if k in row},

@@ -26,7 +26,6 @@ from flwr.serverapp import Grid, ServerApp
 
 from checkpoint import RunState, TensorState, load_checkpoint
 from errors import FedKSeedError
-from evaluations import evaluate
 from flower_app import messages
 from flower_app.array_wire import ArrayWire
 from flower_app.collect import collect
@@ -36,10 +35,10 @@ from flower_app.node import read_run_file
 from flower_app.traffic import traffic_row, traffic_summary
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import make_seed_pool
+from run_evaluation import RoundEvaluator
 from run_files import MetricsFile
-from simulation import build_clients, cost_metrics, evaluation_set, open_run_dir
+from simulation import build_clients, cost_metrics, open_run_dir
 from streams import stream
-from utils_data.llm_dataset import LLMDataset
 from utils_data.load_data import load_eval_records, load_for_run
 
 logger = logging.getLogger("fedkseed")
@@ -79,14 +78,14 @@ class FlowerServer:
         self.tokenizer = load_tokenizer(args.model)
         model = load_model(args.model, args.dtype, args.device)
         self.wire = wire = (FedKSeedWire if args.method == "fedkseed" else ArrayWire)(args, model)
-        self.clients, self.eval_set = self.set_up_clients(wire.fingerprint)
+        self.clients, self.evaluator = self.set_up_clients(wire.fingerprint)
         wire.start(self.clients, self.resume)
         metrics = MetricsFile(out / "metrics.jsonl", fresh=self.resume is None)
         if self.resume is not None:
             metrics.keep_rounds_up_to(wire.round)
             logger.info("resumed %s at round %d", out, wire.round)
         logger.info("Flower: %d clients on %d SuperNodes (%s), %d evaluation examples", len(self.clients),
-                    len(set(self.hosts.values())), args.method, len(self.eval_set))
+                    len(set(self.hosts.values())), args.method, len(self.evaluator))
 
         if args.eval_base and self.resume is None:
             wire.base_eval = self.run_eval(0, args.eval_metric)
@@ -96,8 +95,9 @@ class FlowerServer:
             start = time.time()
             row = self.round(round_idx)
             final = round_idx == args.rounds and not row.get("aborted")
-            if not row.get("aborted") and (final or (args.eval_every and round_idx % args.eval_every == 0)):
-                row.update(self.run_eval(round_idx, args.eval_metric if final else "loss"))
+            metric = None if row.get("aborted") else self.evaluator.metric_due(round_idx)
+            if metric is not None:
+                row.update(self.run_eval(round_idx, metric))
             row["seconds"] = round(time.time() - start, 3)
             metrics.write(row)
             if row.get("aborted"):
@@ -120,7 +120,7 @@ class FlowerServer:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return {"summary": summary, **wire.result()}
 
-    def set_up_clients(self, fingerprint: str) -> tuple[list, LLMDataset]:
+    def set_up_clients(self, fingerprint: str) -> tuple[list, RoundEvaluator]:
         """Discover the SuperNodes (discovery.discover) and the clients they host, and load the evaluation set:
         from the server's copy of the data (shared), or from --eval_path alone (node data)."""
         args = self.args
@@ -134,13 +134,13 @@ class FlowerServer:
             clients, self.hosts = found.remote_clients()
             self.names = {c.client_id: c.name for c in clients}
             self.name_ids = {c.name: c.client_id for c in clients}
-            return clients, evaluation_set(args, load_eval_records(args), self.tokenizer)
+            return clients, RoundEvaluator(args, load_eval_records(args), self.tokenizer)
         self.hosts, self.names, self.name_ids = found.hosts, {}, {}
-        clients, eval_set = build_clients(args, load_for_run(args), self.tokenizer)
+        clients, evaluator = build_clients(args, load_for_run(args), self.tokenizer)
         missing = [c.client_id for c in clients if c.client_id not in self.hosts]
         if missing:
             raise FedKSeedError(f"Flower: no SuperNode hosts clients {missing[:10]} (check num-partitions)")
-        return clients, eval_set
+        return clients, evaluator
 
     def query(self, nodes: list[int], hosts: dict[int, int]) -> dict[int, str]:
         """Ask nodes which clients they host and check their base model and seed pool; a node that passes hosts
@@ -176,11 +176,8 @@ class FlowerServer:
                         len(set(self.hosts.values())))
 
     def run_eval(self, round_idx: int, metric: str) -> dict:
-        args = self.args
-        result = evaluate(self.wire.global_model(), self.tokenizer, self.eval_set, metric, args.max_new_tokens,
-                          args.eval_batch_size, progress=not args.quiet and sys.stderr.isatty())
-        logger.info("round %d: %s", round_idx, "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        return result
+        return self.evaluator(self.wire.global_model(), round_idx, metric,
+                              progress=not self.args.quiet and sys.stderr.isatty())
 
     # --- a round ------------------------------------------------------------------------------------------------
 

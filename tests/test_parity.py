@@ -13,9 +13,9 @@ import modeling
 from client import Client, LocalTraining, client_rng
 from conftest import dolly_records, write_tiny_model
 from evaluations import evaluate
+from run_evaluation import eval_subset
 from run_files import read_metrics
 from server import clients_per_round
-from simulation import eval_subset
 from streams import STREAMS, stream
 from utils_data.default_tokens import IGNORE_INDEX, build_prompt, prompt_format
 from utils_data.llm_dataset import LLMDataset, special_prefix

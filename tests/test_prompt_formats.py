@@ -116,7 +116,7 @@ def test_rows_that_cannot_fit_are_reported_once(tokenizer, caplog):
     data = FederatedData(clients=[[NO_INPUT, long, long]] * 5, client_names=[str(i) for i in range(5)],
                          eval_records=[NO_INPUT, long])
     args = argparse.Namespace(dataset="json", use_prompts=True, prompt_format="none", max_length=32, seed=0,
-                              eval_examples=0)
+                              eval_examples=0, val_examples=0)
     with caplog.at_level(logging.INFO, logger="fedkseed"):
         clients, eval_set = build_clients(args, data, tokenizer)
     assert len(clients) == 5 and len(eval_set) == 1

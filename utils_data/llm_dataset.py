@@ -40,7 +40,7 @@ class LLMDataset(Dataset):
 
     The BOS (or whatever special_prefix finds) is there when the tokenizer adds it by default, as in the authors'
     pipeline. Records left with no supervised token after truncation are dropped; `self.dropped` counts them
-    (simulation.report_dropped reports them once for all clients), `self.records` holds the kept records and
+    (run_evaluation.report_dropped reports them once for all clients), `self.records` holds the kept records and
     `self.prompt_lengths` their prompt lengths (prefix included), aligned with the items.
     """
 

@@ -1,0 +1,88 @@
+"""What a run evaluates, on which records, and when (both engines use it; it knows nothing of the method).
+
+- The evaluation set: --eval_examples held-out records from a seeded shuffle (all of them with 0).
+- The validation set (--val_examples): the next records of the same shuffle, disjoint from the evaluation set; its
+  loss is logged as val_loss beside every evaluation, so that hyperparameters can be chosen on records that are
+  not the reported ones.
+- When: eval loss every --eval_every rounds, Rouge-L every --rouge_every rounds (with --eval_metric rouge), and
+  --eval_metric at round 0 (the base model) and at the last round.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from errors import FedKSeedError
+from evaluations import eval_loss, evaluate
+from streams import stream
+from utils_data.default_tokens import prompt_format
+from utils_data.llm_dataset import LLMDataset
+
+logger = logging.getLogger("fedkseed")
+
+
+def eval_subset(records: list[dict], n: int, seed: int, skip: int = 0) -> list[dict]:
+    """n held-out records from a seeded shuffle, after its first `skip`, in their original order (all of them
+    when n is 0)."""
+    if n == 0 or (skip == 0 and n >= len(records)):
+        return records
+    order = stream(seed, "eval").permutation(len(records))[skip:skip + n]
+    return [records[i] for i in sorted(order)]
+
+
+def run_prompt_format(args: argparse.Namespace) -> str:
+    return prompt_format(args.dataset, args.use_prompts, args.prompt_format)
+
+
+def report_dropped(kind: str, datasets: list[LLMDataset], max_length: int) -> None:
+    """One log line for all the records of `datasets` that cannot fit max_length tokens."""
+    dropped = sum(ds.dropped for ds in datasets)
+    if dropped:
+        total = dropped + sum(len(ds) for ds in datasets)
+        logger.info("skipped %d of %d %s records: no response token left within --max_length %d",
+                    dropped, total, kind, max_length)
+
+
+def held_out_set(args: argparse.Namespace, records: list[dict], tokenizer, kind: str) -> LLMDataset:
+    """The evaluation (kind "evaluation") or validation (kind "validation") records, tokenized."""
+    n, skip = (args.eval_examples, 0) if kind == "evaluation" else (args.val_examples, args.eval_examples)
+    dataset = LLMDataset(eval_subset(records, n, args.seed, skip), tokenizer, run_prompt_format(args),
+                         args.max_length)
+    report_dropped(kind, [dataset], args.max_length)
+    if len(dataset) == 0:
+        raise FedKSeedError(f"no usable {kind} examples after tokenisation (check --max_length, and that "
+                            f"{len(records)} held-out records cover --eval_examples + --val_examples)")
+    return dataset
+
+
+class RoundEvaluator:
+    """Evaluates a model after a round, as the flags say."""
+
+    def __init__(self, args: argparse.Namespace, records: list[dict], tokenizer):
+        self.args, self.tokenizer = args, tokenizer
+        self.eval_set = held_out_set(args, records, tokenizer, "evaluation")
+        self.val_set = held_out_set(args, records, tokenizer, "validation") if args.val_examples else None
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def __len__(self) -> int:
+        return len(self.eval_set)
+
+    def metric_due(self, round_idx: int) -> str | None:
+        """What to evaluate after round `round_idx` (0: the base model): "rouge", "loss", or None."""
+        args = self.args
+        if round_idx in (0, args.rounds):
+            return args.eval_metric
+        if args.eval_metric == "rouge" and args.rouge_every and round_idx % args.rouge_every == 0:
+            return "rouge"
+        if args.eval_every and round_idx % args.eval_every == 0:
+            return "loss"
+        return None
+
+    def __call__(self, model, round_idx: int, metric: str, progress: bool = False) -> dict:
+        args = self.args
+        result = evaluate(model, self.tokenizer, self.eval_set, metric, args.max_new_tokens, args.eval_batch_size,
+                          progress=progress)
+        if self.val_set is not None:
+            result["val_loss"] = eval_loss(model, self.val_set, args.eval_batch_size, self.pad_id, progress=progress)
+        logger.info("round %d: %s", round_idx, "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return result
