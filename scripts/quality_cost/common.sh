@@ -1,0 +1,33 @@
+# Settings of the quality-against-cost study (docs/results.md); sourced, not run. SmolLM2-135M-Instruct on this
+# 2-core CPU; every run: 10 rounds x 4 clients x 50 local steps = 2,000 local steps (zeroth- or first-order), the
+# base model evaluated at round 0, held-out eval loss every round and Rouge-L at rounds 0, 5 and 10 on 100 records,
+# validation loss on 100 further held-out records (the lr sweep chooses on it).
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source scripts/small/common.sh  # run_once: skip finished runs, resume killed ones
+DATA=${QC_DATA:-../shared/data}
+QC=(--model smollm2-135m-instruct --max_length 256 --rounds 10 --local_step 50 --eval_examples 100
+    --val_examples 100 --eval_every 1 --rouge_every 5 --max_new_tokens 128 --eval_batch_size 8 --quiet --log)
+# Dolly-15K: 200 clients by Dirichlet 0.5 over the categories, summarization held out (the paper's), 4 a round.
+DOLLY=(--dataset dolly --data_path "$DATA/databricks-dolly-15k.jsonl" --iid dir0.5 --num_clients 200 -m 0.02)
+# Natural Instructions: a client per training task (~600 keep a record within 256 tokens), 4 a round; test tasks.
+NI=(--dataset instruct --data_path "$DATA" -m 0.007)
+METHODS=(fedkseed fedkseed_pro fedkseed_lora fedit fedavg)
+
+method_flags() {  # method_flags METHOD: the flags that make the method (K and eps as the paper's Dolly scripts)
+  case $1 in
+    fedkseed) echo --method fedkseed -K 1024 --zo_eps 1e-3 ;;
+    fedkseed_pro) echo --method fedkseed -K 1024 --zo_eps 1e-3 --bias_sampling ;;
+    fedkseed_lora) echo --method fedkseed -K 1024 --zo_eps 1e-3 --peft lora ;;
+    fedit) echo --method fedit ;;
+    fedavg) echo --method fedavg ;;
+  esac
+}
+
+lr_grid() {  # lr_grid METHOD: the 3 learning rates swept (seed 0, Dolly, chosen on validation loss)
+  case $1 in
+    fedkseed | fedkseed_pro) echo 1e-6 3e-6 1e-5 ;;
+    fedkseed_lora) echo 1e-5 1e-4 1e-3 ;;
+    fedit) echo 3e-5 1e-4 3e-4 ;;
+    fedavg) echo 1e-6 3e-6 1e-5 ;;
+  esac
+}

@@ -1,0 +1,241 @@
+"""The quality-against-cost study's numbers (scripts/quality_cost/run.sh), from its run directories.
+
+    python scripts/quality_cost/report.py choose OUT --method M   # the lr of M's sweep with the lowest final val loss
+    python scripts/quality_cost/report.py report OUT [--json F] [--plots DIR]   # markdown tables (stdout), plots
+
+Runs are OUT/<dataset>/<method>-lr<lr>-s<seed>. The base model is every run's round 0 (the same evaluation records
+for every method of a seed). Costs are per run: bytes up + down summed over the round's clients, client
+forward-equivalents (a zeroth-order step 2, a first-order step 3) summed likewise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from run_files import read_metrics  # noqa: E402
+
+METHODS = {"fedkseed": "FedKSeed", "fedkseed_pro": "FedKSeed-Pro", "fedkseed_lora": "FedKSeed + LoRA",
+           "fedit": "FedIT (LoRA, AdamW)", "fedavg": "FedAvg (full, AdamW)"}
+DATASETS = {"dolly": "Dolly-15K (summarization held out)", "instruct": "Natural Instructions (test tasks)"}
+RUN_NAME = re.compile(r"(?P<method>[a-z_]+)-lr(?P<lr>[0-9.e+-]+)-s(?P<seed>\d+)$")
+
+
+class ReportError(Exception):
+    pass
+
+
+def runs(out: Path, dataset: str, method: str, lr: str | None = None) -> list[Path]:
+    """The finished runs of a method (at one lr when given), by seed."""
+    found = []
+    for path in sorted((out / dataset).glob(f"{method}-lr*-s*")):
+        m = RUN_NAME.match(path.name)
+        if m and m["method"] == method and (lr is None or m["lr"] == lr) and (path / "summary.json").exists():
+            found.append(path)
+    return sorted(found, key=lambda p: int(RUN_NAME.match(p.name)["seed"]))
+
+
+def final_val_loss(run: Path) -> float:
+    return [r["val_loss"] for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r][-1]
+
+
+def choose(out: Path, method: str) -> str:
+    """The lr whose seed-0 Dolly run ends with the lowest validation loss."""
+    swept = [p for p in runs(out, "dolly", method) if RUN_NAME.match(p.name)["seed"] == "0"]
+    if not swept:
+        raise ReportError(f"no finished seed-0 Dolly run of {method} under {out}: run the sweep first")
+    return RUN_NAME.match(min(swept, key=final_val_loss).name)["lr"]
+
+
+def trajectory(run: Path) -> dict[str, np.ndarray]:
+    """Per evaluated round: round, eval loss, cumulative bytes and forward-equivalents of all the run's clients."""
+    rows = read_metrics(run / "metrics.jsonl")
+    bytes_, fe, points = 0.0, 0.0, []
+    for r in rows:
+        if r["round"] > 0:
+            n = len(r["clients"])
+            bytes_ += n * (r["bytes_up_per_client"] + r["bytes_down_per_client"])
+            fe += n * r["forward_equivalents_per_client"]
+        if "eval_loss" in r:
+            points.append((r["round"], r["eval_loss"], bytes_, fe))
+    return dict(zip(("round", "loss", "bytes", "fe"), (np.array(c) for c in zip(*points, strict=True)), strict=True))
+
+
+def run_numbers(run: Path) -> dict:
+    """One run's final and base numbers and its costs."""
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if r["round"] > 0]
+    t = trajectory(run)
+    return {"seed": int(RUN_NAME.match(run.name)["seed"]), "lr": RUN_NAME.match(run.name)["lr"],
+            "loss": summary["final"]["eval_loss"], "rouge_l": summary["final"].get("rouge_l"),
+            "base_loss": summary["base"]["eval_loss"], "base_rouge_l": summary["base"].get("rouge_l"),
+            "up": float(np.mean([r["bytes_up_per_client"] for r in rows])),
+            "down": float(np.mean([r["bytes_down_per_client"] for r in rows])),
+            "total_bytes": float(t["bytes"][-1]), "forward_equivalents": float(t["fe"][-1]),
+            "client_seconds": float(np.mean([r["client_seconds"] for r in rows])),
+            "peak_memory_bytes": int(max(r["peak_memory_bytes"] for r in rows)),
+            "val_loss": final_val_loss(run), "commit": json.loads((run / "config.json").read_text())["git_revision"]}
+
+
+def pm(values: list[float], digits: int = 4) -> str:
+    a = np.asarray(values, dtype=float)
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.{digits}f}"
+
+
+def human(n: float) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def dataset_numbers(out: Path, dataset: str) -> dict[str, list[dict]]:
+    numbers = {}
+    for method in METHODS:
+        try:
+            lr = choose(out, method)
+        except ReportError:
+            continue
+        found = [run_numbers(r) for r in runs(out, dataset, method, lr)]
+        if found:
+            numbers[method] = found
+    return numbers
+
+
+def table(numbers: dict[str, list[dict]]) -> list[str]:
+    lines = ["| method | lr | eval loss | Δ loss vs base | Rouge-L | Δ Rouge-L vs base | up / client / round "
+             "| down / client / round | total bytes | client forward-eq. | client s / round | peak memory | seeds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    base = next(iter(numbers.values()))
+    lines.append(f"| base (round 0) | – | {pm([n['base_loss'] for n in base])} | – "
+                 f"| {pm([n['base_rouge_l'] for n in base])} | – | – | – | – | – | – | – | {len(base)} |")
+    for method, ns in numbers.items():
+        d_loss = [n["loss"] - n["base_loss"] for n in ns]
+        d_rouge = [n["rouge_l"] - n["base_rouge_l"] for n in ns]
+        lines.append(
+            f"| {METHODS[method]} | {ns[0]['lr']} | {pm([n['loss'] for n in ns])} | {pm(d_loss)} "
+            f"| {pm([n['rouge_l'] for n in ns])} | {pm(d_rouge)} | {human(np.mean([n['up'] for n in ns]))} "
+            f"| {human(np.mean([n['down'] for n in ns]))} | {human(np.mean([n['total_bytes'] for n in ns]))} "
+            f"| {np.mean([n['forward_equivalents'] for n in ns]):.0f} "
+            f"| {np.mean([n['client_seconds'] for n in ns]):.0f} "
+            f"| {np.mean([n['peak_memory_bytes'] for n in ns]) / 2**20:.0f} MiB | {len(ns)} |")
+    return lines
+
+
+def cost_to_target(out: Path, dataset: str, numbers: dict[str, list[dict]]) -> tuple[list[str], dict]:
+    """What each method spent (mean over seeds) to first reach half of FedIT's final loss improvement."""
+    if "fedit" not in numbers:
+        return ["(no FedIT runs yet: no target)"], {}
+    fedit = numbers["fedit"]
+    base = float(np.mean([n["base_loss"] for n in fedit]))
+    target = base - 0.5 * (base - float(np.mean([n["loss"] for n in fedit])))
+    lines = [f"Target: eval loss {target:.4f} (base {base:.4f}, half of FedIT's mean improvement).", ""]
+    found = {}
+    for method, ns in numbers.items():
+        trajs = [trajectory(runs(out, dataset, method, ns[0]["lr"])[i]) for i in range(len(ns))]
+        mean_loss = np.mean([t["loss"] for t in trajs], axis=0)
+        hit = np.flatnonzero(mean_loss <= target)
+        if len(hit) == 0:
+            lines.append(f"- {METHODS[method]}: not reached in {int(trajs[0]['round'][-1])} rounds "
+                         f"(best mean loss {mean_loss.min():.4f})")
+            found[method] = None
+            continue
+        i = hit[0]
+        b, fe = float(np.mean([t["bytes"][i] for t in trajs])), float(np.mean([t["fe"][i] for t in trajs]))
+        lines.append(f"- {METHODS[method]}: round {int(trajs[0]['round'][i])}, {human(b)}, "
+                     f"{fe:.0f} forward-equivalents")
+        found[method] = {"round": int(trajs[0]["round"][i]), "bytes": b, "forward_equivalents": fe}
+    return lines, {"target_loss": target, "methods": found}
+
+
+def plot(out: Path, dataset: str, numbers: dict[str, list[dict]], folder: Path) -> list[Path]:
+    """Eval loss against cumulative bytes (log), forward-equivalents and round: mean over seeds, min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for x, label, log in (("bytes", "cumulative bytes, all clients (up + down)", True),
+                          ("fe", "cumulative client forward-equivalents", False), ("round", "round", False)):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for method, ns in numbers.items():
+            trajs = [trajectory(r) for r in runs(out, dataset, method, ns[0]["lr"])]
+            xs = np.mean([t[x] for t in trajs], axis=0)
+            losses = np.array([t["loss"] for t in trajs])
+            xs = np.where(xs > 0, xs, 1.0) if log else xs
+            ax.plot(xs, losses.mean(axis=0), marker=".", label=f"{METHODS[method]} (lr {ns[0]['lr']})")
+            ax.fill_between(xs, losses.min(axis=0), losses.max(axis=0), alpha=0.2)
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(label + (" (round 0 drawn at 1)" if log else ""))
+        ax.set_ylabel("held-out eval loss")
+        ax.set_title(DATASETS[dataset])
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / f"quality_cost_{dataset}_{x}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def sweep_table(out: Path) -> list[str]:
+    lines = ["| method | lr | final val loss | final eval loss | chosen |", "| --- | --- | --- | --- | --- |"]
+    for method in METHODS:
+        swept = [p for p in runs(out, "dolly", method) if RUN_NAME.match(p.name)["seed"] == "0"]
+        if not swept:
+            continue
+        best = choose(out, method)
+        for run in sorted(swept, key=lambda p: float(RUN_NAME.match(p.name)["lr"])):
+            lr = RUN_NAME.match(run.name)["lr"]
+            final = json.loads((run / "summary.json").read_text())["final"]["eval_loss"]
+            lines.append(f"| {METHODS[method]} | {lr} | {final_val_loss(run):.4f} | {final:.4f} "
+                         f"| {'yes' if lr == best else ''} |")
+    return lines
+
+
+def report(out: Path, json_path: Path | None, plots: Path | None) -> str:
+    lines, doc = ["## Learning-rate sweep (Dolly, seed 0, validation loss)", "", *sweep_table(out)], {}
+    for dataset, title in DATASETS.items():
+        numbers = dataset_numbers(out, dataset)
+        if not numbers:
+            continue
+        target_lines, target = cost_to_target(out, dataset, numbers)
+        lines += ["", f"## {title}", "", *table(numbers), "", "Cost to target:", "", *target_lines]
+        doc[dataset] = {"runs": numbers, "cost_to_target": target}
+        if plots is not None:
+            lines += ["", *(f"![{p.stem}]({p.name})" for p in plot(out, dataset, numbers, plots))]
+    if json_path is not None:
+        json_path.write_text(json.dumps(doc, indent=2) + "\n")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=["choose", "report"])
+    p.add_argument("out", type=Path)
+    p.add_argument("--method", choices=list(METHODS))
+    p.add_argument("--json", type=Path)
+    p.add_argument("--plots", type=Path)
+    args = p.parse_args(argv)
+    try:
+        if args.command == "choose":
+            if args.method is None:
+                raise ReportError("choose needs --method")
+            print(choose(args.out, args.method))
+        else:
+            print(report(args.out, args.json, args.plots))
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

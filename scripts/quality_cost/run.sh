@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The quality-against-cost study of docs/results.md. Usage: scripts/quality_cost/run.sh [OUT_DIR] (default
+# runs/quality_cost). Resumable: finished runs are skipped and killed ones continue from their checkpoint, so the
+# study runs in several sittings; runs are named <method>-lr<lr>-s<seed> under dolly/ and instruct/.
+#   1. Dolly, seed 0: every method at each lr of its grid (common.sh).
+#   2. Each method's lr: the lowest final validation loss of step 1 (scripts/quality_cost/report.py choose).
+#   3. Dolly seeds 1 and 2, then Natural Instructions seeds 0 1 2, at the chosen lr.
+#   4. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
+# PART=sweep|dolly|instruct|report runs one part only (each needs the parts before it).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+OUT=${1:-runs/quality_cost}
+mkdir -p "$OUT"
+part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
+run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended to $OUT/wall_time.txt
+  local dir=$1 method=$2 lr=$3 seed=$4 start; shift 4
+  [ -f "$dir/summary.json" ] && return 0
+  start=$(date +%s)
+  # shellcheck disable=SC2046
+  run_once "$dir" "${QC[@]}" "$@" $(method_flags "$method") --lr "$lr" --seed "$seed"
+  echo "$dir: $(( $(date +%s) - start )) s" >> "$OUT/wall_time.txt"
+}
+if part sweep; then
+  for method in "${METHODS[@]}"; do
+    for lr in $(lr_grid "$method"); do run "$OUT/dolly/$method-lr$lr-s0" "$method" "$lr" 0 "${DOLLY[@]}"; done
+  done
+fi
+chosen() { python scripts/quality_cost/report.py choose "$OUT" --method "$1"; }
+if part dolly; then
+  for seed in 1 2; do
+    for method in "${METHODS[@]}"; do lr=$(chosen "$method"); run "$OUT/dolly/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${DOLLY[@]}"; done
+  done
+fi
+if part instruct; then
+  for seed in 0 1 2; do
+    for method in "${METHODS[@]}"; do lr=$(chosen "$method"); run "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
+  done
+fi
+if part report; then
+  python scripts/quality_cost/report.py report "$OUT" --json "$OUT/results.json" --plots "$OUT" | tee "$OUT/report.md"
+fi

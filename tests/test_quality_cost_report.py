@@ -1,0 +1,66 @@
+"""scripts/quality_cost/report.py on run folders laid out as scripts/quality_cost/run.sh writes them: the lr chosen
+on validation loss (not on the reported eval loss), paired differences to the base, costs summed over clients, and
+the cost to reach half of FedIT's improvement."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts" / "quality_cost"))
+import report  # noqa: E402
+
+
+def write_run(run, losses: list[float], val: list[float], up: float, down: float, fe: float) -> None:
+    """A 2-client-a-round run whose eval loss after round r is losses[r] (round 0: the base model)."""
+    run.mkdir(parents=True)
+    rows = [{"round": 0, "eval_loss": losses[0], "rouge_l": 0.2, "val_loss": val[0]}]
+    for r in range(1, len(losses)):
+        rows.append({"round": r, "clients": [0, 1], "eval_loss": losses[r], "val_loss": val[r],
+                     "bytes_up_per_client": up, "bytes_down_per_client": down, "forward_equivalents_per_client": fe,
+                     "client_seconds": 3.0, "peak_memory_bytes": 2**30})
+    rows[-1]["rouge_l"] = 0.25
+    (run / "config.json").write_text(json.dumps({"flags": {}, "git_revision": "abc"}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "summary.json").write_text(json.dumps({"base": rows[0], "final": rows[-1]}))
+
+
+@pytest.fixture
+def study(tmp_path):
+    dolly = tmp_path / "dolly"
+    # FedIT's sweep: 1e-4 has the lower validation loss although 3e-4 has the lower eval loss
+    write_run(dolly / "fedit-lr1e-4-s0", [2.0, 1.8, 1.6], [2.1, 1.9, 1.7], 1000, 1000, 30)
+    write_run(dolly / "fedit-lr3e-4-s0", [2.0, 1.5, 1.4], [2.1, 1.9, 1.8], 1000, 1000, 30)
+    write_run(dolly / "fedit-lr1e-4-s1", [2.2, 2.0, 1.8], [2.3, 2.1, 1.9], 1000, 1000, 30)
+    # FedKSeed reaches FedIT's half-way loss (2.1 - 0.2 = 1.9 mean) only at round 2; Pro never does
+    write_run(dolly / "fedkseed-lr1e-6-s0", [2.0, 1.95, 1.85], [2.1, 2.0, 1.9], 400, 100, 20)
+    write_run(dolly / "fedkseed-lr1e-6-s1", [2.2, 2.1, 1.95], [2.3, 2.2, 2.1], 400, 100, 20)
+    write_run(dolly / "fedkseed_pro-lr1e-6-s0", [2.0, 2.0, 1.99], [2.1, 2.1, 2.1], 400, 4100, 20)
+    return tmp_path
+
+
+def test_the_lr_is_chosen_on_validation_loss(study):
+    assert report.choose(study, "fedit") == "1e-4"
+    assert report.main(["choose", str(study), "--method", "fedavg"]) == 2
+
+
+def test_the_table_has_paired_differences_and_costs_summed_over_clients(study):
+    numbers = report.dataset_numbers(study, "dolly")
+    assert [n["seed"] for n in numbers["fedit"]] == [0, 1]  # the chosen lr's seeds only
+    fedkseed = numbers["fedkseed"][1]
+    assert fedkseed["loss"] - fedkseed["base_loss"] == pytest.approx(-0.25)
+    assert fedkseed["total_bytes"] == 2 * 2 * 500 and fedkseed["forward_equivalents"] == 2 * 2 * 20
+    row = next(line for line in report.table(numbers) if line.startswith("| FedKSeed |"))
+    assert "-0.2000 ± 0.0707" in row  # paired: (-0.15, -0.25)
+
+
+def test_cost_to_target_is_the_first_round_at_half_of_fedits_improvement(study):
+    lines, doc = report.cost_to_target(study, "dolly", report.dataset_numbers(study, "dolly"))
+    assert doc["target_loss"] == pytest.approx(1.9)  # base 2.1, FedIT's final 1.7 on average
+    assert doc["methods"]["fedit"]["round"] == 1
+    assert doc["methods"]["fedkseed"] == {"round": 2, "bytes": 2000.0, "forward_equivalents": 80.0}
+    assert doc["methods"]["fedkseed_pro"] is None
+    assert any("FedKSeed-Pro" in line and "not reached" in line for line in lines)
