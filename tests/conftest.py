@@ -61,6 +61,14 @@ def dolly_records(n_per_category: int = 12) -> list[dict]:
     return out
 
 
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory) -> Path:
+    """The Dolly-schema records in one file, shared by the modules that only read it."""
+    path = tmp_path_factory.mktemp("dolly") / "databricks-dolly-15k.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
+    return path
+
+
 @pytest.fixture
 def dolly_file(tmp_path) -> Path:
     path = tmp_path / "databricks-dolly-15k.jsonl"

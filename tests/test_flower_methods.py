@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 
 os.environ["FEDKSEED_COMPILE"] = "0"
 
@@ -18,17 +17,10 @@ pytest.importorskip("ray")
 
 import config  # noqa: E402
 import main  # noqa: E402
-from conftest import dolly_records, one_thread_call  # noqa: E402
+from conftest import one_thread_call  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 
 ADAPTER_BYTES = 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8)) * 4  # tiny model, r 8 on q_proj and v_proj, float32
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("dolly") / "databricks-dolly-15k.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
-    return path
 
 
 def flags(model_dir, data_file, out, *extra) -> list[str]:

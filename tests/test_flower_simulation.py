@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import subprocess
-from pathlib import Path
 
 os.environ["FEDKSEED_COMPILE"] = "0"
 
@@ -20,17 +19,10 @@ pytest.importorskip("ray")
 
 import config  # noqa: E402
 import main  # noqa: E402
-from conftest import ROOT, dolly_records, one_thread_call  # noqa: E402
+from conftest import ROOT, one_thread_call  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 
 K, STEPS = 1024, 200
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("dolly") / "databricks-dolly-15k.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
-    return path
 
 
 def flags(model_dir, data_file, out, *extra) -> list[str]:

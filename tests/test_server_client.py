@@ -2,7 +2,6 @@
 theta0 - lr * sum_j c_j z_j, catch-up by replaying Delta c, determinism, and FedKSeed-Pro's probabilities."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -96,13 +95,6 @@ def test_server_apply_round_moves_c_by_the_aggregate_and_keeps_the_closed_form()
 
 
 # --- in-process runs through main.run ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dolly") / "databricks-dolly-15k.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
-    return path
 
 
 def run_main(model_dir, data_file, out, *extra: str) -> dict:

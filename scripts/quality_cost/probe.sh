@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Per-step time of each method at the study's settings (one client, one round of STEPS local steps on Dolly, no
+# evaluation to speak of), and what the study will cost. Usage: scripts/quality_cost/probe.sh [OUT_DIR] [STEPS]
+# Run it on a quiet machine: it is a timing.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+OUT=${1:-runs/quality_cost_probe}
+STEPS=${2:-10}
+for method in "${METHODS[@]}"; do
+  lr=$(lr_grid "$method" | cut -d' ' -f2)
+  # shellcheck disable=SC2046
+  run_once "$OUT/$method" "${QC[@]}" "${DOLLY[@]}" $(method_flags "$method") --lr "$lr" --seed 0 --rounds 1 \
+    --local_step "$STEPS" --num_clients 200 -m 0.005 --eval_examples 4 --val_examples 0 --eval_metric loss \
+    --no_eval_base
+done
+python - "$OUT" "$STEPS" <<'PY'
+import json, sys
+from pathlib import Path
+out, steps = Path(sys.argv[1]), int(sys.argv[2])
+print("| method | s / local step | peak memory |")
+print("| --- | --- | --- |")
+for run in sorted(p for p in out.iterdir() if p.is_dir()):
+    row = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    print(f"| {run.name} | {row['client_seconds'] / steps:.3f} | {row['peak_memory_bytes'] / 2**20:.0f} MiB |")
+PY
