@@ -31,3 +31,9 @@ lr_grid() {  # lr_grid METHOD: the 3 learning rates swept (seed 0, Dolly, chosen
     fedavg) echo 1e-6 3e-6 1e-5 ;;
   esac
 }
+
+rerun_flags() {  # rerun_flags LR: the smallest configuration that tests/test_quality_cost_rerun.py reruns: FedKSeed on
+  # Dolly, seed 0, its first 2 rounds (400 local steps), eval loss only; its numbers are those of rounds 0-2 of the
+  # study's seed-0 run at that lr (evaluation draws nothing from the training streams)
+  echo "${QC[@]}" "${DOLLY[@]}" "$(method_flags fedkseed)" --lr "$1" --seed 0 --rounds 2 --eval_metric loss --val_examples 0
+}

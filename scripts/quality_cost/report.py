@@ -200,6 +200,20 @@ def sweep_table(out: Path) -> list[str]:
     return lines
 
 
+def rerun_record(out: Path) -> dict | None:
+    """FedKSeed's seed-0 Dolly eval loss at rounds 0-2 (the chosen lr) and the same rounds rerun in one thread."""
+    rerun = out / "rerun-1thread" / "metrics.jsonl"
+    if not rerun.exists():
+        return None
+    lr = choose(out, "fedkseed")
+
+    def losses(path: Path) -> dict[str, float]:
+        return {str(r["round"]): r["eval_loss"] for r in read_metrics(path) if r["round"] <= 2 and "eval_loss" in r}
+
+    return {"lr": lr, "recorded": losses(out / "dolly" / f"fedkseed-lr{lr}-s0" / "metrics.jsonl"),
+            "rerun_1thread": losses(rerun)}
+
+
 def report(out: Path, json_path: Path | None, plots: Path | None) -> str:
     lines, doc = ["## Learning-rate sweep (Dolly, seed 0, validation loss)", "", *sweep_table(out)], {}
     for dataset, title in DATASETS.items():
@@ -211,6 +225,7 @@ def report(out: Path, json_path: Path | None, plots: Path | None) -> str:
         doc[dataset] = {"runs": numbers, "cost_to_target": target}
         if plots is not None:
             lines += ["", *(f"![{p.stem}]({p.name})" for p in plot(out, dataset, numbers, plots))]
+    doc["rerun"] = rerun_record(out)
     if json_path is not None:
         json_path.write_text(json.dumps(doc, indent=2) + "\n")
     return "\n".join(lines)

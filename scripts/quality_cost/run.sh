@@ -5,8 +5,10 @@
 #   1. Dolly, seed 0: every method at each lr of its grid (common.sh).
 #   2. Each method's lr: the lowest final validation loss of step 1 (scripts/quality_cost/report.py choose).
 #   3. Dolly seeds 1 and 2, then Natural Instructions seeds 0 1 2, at the chosen lr.
-#   4. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
-# PART=sweep|dolly|instruct|report runs one part only (each needs the parts before it).
+#   4. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
+#      tests/test_quality_cost_rerun.py).
+#   5. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
+# PART=sweep|dolly|instruct|rerun|report runs one part only (each needs the parts before it).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=${1:-runs/quality_cost}
@@ -36,6 +38,12 @@ if part instruct; then
     for method in "${METHODS[@]}"; do lr=$(chosen "$method"); run "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
   done
 fi
+if part rerun; then
+  # shellcheck disable=SC2046
+  OMP_NUM_THREADS=1 run_once "$OUT/rerun-1thread" $(rerun_flags "$(chosen fedkseed)")
+fi
 if part report; then
-  python scripts/quality_cost/report.py report "$OUT" --json "$OUT/results.json" --plots "$OUT" | tee "$OUT/report.md"
+  # DOCS=docs writes the recorded numbers and the plots where docs/results.md and the tests read them
+  python scripts/quality_cost/report.py report "$OUT" --json "${DOCS:-$OUT}/quality_cost_results.json" \
+    --plots "${DOCS:-$OUT}" | tee "$OUT/report.md"
 fi
