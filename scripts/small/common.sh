@@ -7,7 +7,8 @@ COMMON=(--model smollm2-135m-instruct --use_prompts --rounds 3 --local_step 20 -
 # Dolly: the committed 460-record sample, 10 clients (Dirichlet 0.5 over categories), 2 clients a round.
 SMALL=("${COMMON[@]}" --dataset dolly --data_path data/databricks-dolly-15k-sample.jsonl
        --iid dir0.5 --num_clients 10 -m 0.2)
-# Natural Instructions: one client per train task (626 keep a record within max_length), 2 clients a round.
+# Natural Instructions: one client per train task (626 keep a record within max_length); -m 0.003 samples
+# int(0.003 x 626) = 1 client a round (2 before the parity change from ceil to int, as the authors' main.py).
 NI_DATA=${NI_DATA:-../shared/data}
 SMALL_NI=("${COMMON[@]}" --dataset instruct --data_path "$NI_DATA" -m 0.003)
 
