@@ -14,8 +14,10 @@ sys.path.insert(0, str(ROOT / "scripts" / "quality_cost"))
 import report  # noqa: E402
 
 
-def write_run(run, losses: list[float], val: list[float], up: float, down: float, fe: float) -> None:
-    """A 2-client-a-round run whose eval loss after round r is losses[r] (round 0: the base model)."""
+def write_run(run, losses: list[float], val: list[float], up: float, down: float, fe: float,
+              base: bool = True) -> None:
+    """A 2-client-a-round run whose eval loss after round r is losses[r] (round 0: the base model, left out of
+    metrics.jsonl unless `base`)."""
     run.mkdir(parents=True)
     rows = [{"round": 0, "eval_loss": losses[0], "rouge_l": 0.2, "val_loss": val[0]}]
     for r in range(1, len(losses)):
@@ -24,8 +26,8 @@ def write_run(run, losses: list[float], val: list[float], up: float, down: float
                      "client_seconds": 3.0, "peak_memory_bytes": 2**30})
     rows[-1]["rouge_l"] = 0.25
     (run / "config.json").write_text(json.dumps({"flags": {}, "git_revision": "abc"}))
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run / "summary.json").write_text(json.dumps({"base": rows[0], "final": rows[-1]}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[0 if base else 1:]))
+    (run / "summary.json").write_text(json.dumps({"base": rows[0] if base else None, "final": rows[-1]}))
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def study(tmp_path):
     # FedKSeed reaches FedIT's half-way loss (2.1 - 0.2 = 1.9 mean) only at round 2; Pro never does
     write_run(dolly / "fedkseed-lr1e-6-s0", [2.0, 1.95, 1.85], [2.1, 2.0, 1.9], 400, 100, 20)
     write_run(dolly / "fedkseed-lr1e-6-s1", [2.2, 2.1, 1.95], [2.3, 2.2, 2.1], 400, 100, 20)
-    write_run(dolly / "fedkseed_pro-lr1e-6-s0", [2.0, 2.0, 1.99], [2.1, 2.1, 2.1], 400, 4100, 20)
+    write_run(dolly / "fedkseed_pro-lr1e-6-s0", [9.9, 2.0, 1.99], [2.1, 2.1, 2.1], 400, 4100, 20, base=False)
     return tmp_path
 
 
@@ -64,3 +66,9 @@ def test_cost_to_target_is_the_first_round_at_half_of_fedits_improvement(study):
     assert doc["methods"]["fedkseed"] == {"round": 2, "bytes": 2000.0, "forward_equivalents": 80.0}
     assert doc["methods"]["fedkseed_pro"] is None
     assert any("FedKSeed-Pro" in line and "not reached" in line for line in lines)
+
+
+def test_a_run_without_round_0_takes_the_base_of_its_seed_from_another_run(study):
+    pro = report.dataset_numbers(study, "dolly")["fedkseed_pro"][0]
+    assert pro["base_loss"] == 2.0  # seed 0's base (the 9.9 was never written)
+    assert report.trajectory(study / "dolly" / "fedkseed_pro-lr1e-6-s0")["loss"].tolist() == [2.0, 2.0, 1.99]

@@ -10,7 +10,7 @@ for method in "${METHODS[@]}"; do
   lr=$(lr_grid "$method" | cut -d' ' -f2)
   # shellcheck disable=SC2046
   run_once "$OUT/$method" "${QC[@]}" "${DOLLY[@]}" $(method_flags "$method") --lr "$lr" --seed 0 --rounds 1 \
-    --local_step "$STEPS" --num_clients 200 -m 0.005 --eval_examples 4 --val_examples 0 --eval_metric loss \
+    --local_step "$STEPS" --num_clients 200 -m 0.0075 --eval_examples 4 --val_examples 0 --eval_metric loss \
     --no_eval_base
 done
 python - "$OUT" "$STEPS" <<'PY'

@@ -3,9 +3,10 @@
     python scripts/quality_cost/report.py choose OUT --method M   # the lr of M's sweep with the lowest final val loss
     python scripts/quality_cost/report.py report OUT [--json F] [--plots DIR]   # markdown tables (stdout), plots
 
-Runs are OUT/<dataset>/<method>-lr<lr>-s<seed>. The base model is every run's round 0 (the same evaluation records
-for every method of a seed). Costs are per run: bytes up + down summed over the round's clients, client
-forward-equivalents (a zeroth-order step 2, a first-order step 3) summed likewise.
+Runs are OUT/<dataset>/<method>-lr<lr>-s<seed>. The base model is evaluated once per dataset and seed, at round 0
+of one of its runs (the evaluation records are the same for every method of a seed). Costs are per run: bytes up +
+down summed over the round's clients, client forward-equivalents (a zeroth-order step 2, a first-order step 3)
+summed likewise.
 """
 from __future__ import annotations
 
@@ -52,9 +53,22 @@ def choose(out: Path, method: str) -> str:
     return RUN_NAME.match(min(swept, key=final_val_loss).name)["lr"]
 
 
+def base_eval(run: Path) -> dict:
+    """The base model's evaluation for the run's dataset and seed: round 0 of whichever run of that seed evaluated
+    it (the study evaluates the base model once per seed; every method starts from it, LoRA's B at zero)."""
+    seed = RUN_NAME.match(run.name)["seed"]
+    for other in sorted(run.parent.glob(f"*-s{seed}")):
+        rows = read_metrics(other / "metrics.jsonl") if (other / "metrics.jsonl").exists() else []
+        if rows and rows[0]["round"] == 0 and RUN_NAME.match(other.name)["seed"] == seed:
+            return rows[0]
+    raise ReportError(f"no evaluation of the base model for seed {seed} under {run.parent}")
+
+
 def trajectory(run: Path) -> dict[str, np.ndarray]:
     """Per evaluated round: round, eval loss, cumulative bytes and forward-equivalents of all the run's clients."""
     rows = read_metrics(run / "metrics.jsonl")
+    if rows[0]["round"] != 0:
+        rows = [base_eval(run), *rows]
     bytes_, fe, points = 0.0, 0.0, []
     for r in rows:
         if r["round"] > 0:
@@ -73,7 +87,7 @@ def run_numbers(run: Path) -> dict:
     t = trajectory(run)
     return {"seed": int(RUN_NAME.match(run.name)["seed"]), "lr": RUN_NAME.match(run.name)["lr"],
             "loss": summary["final"]["eval_loss"], "rouge_l": summary["final"].get("rouge_l"),
-            "base_loss": summary["base"]["eval_loss"], "base_rouge_l": summary["base"].get("rouge_l"),
+            "base_loss": base_eval(run)["eval_loss"], "base_rouge_l": base_eval(run).get("rouge_l"),
             "up": float(np.mean([r["bytes_up_per_client"] for r in rows])),
             "down": float(np.mean([r["bytes_down_per_client"] for r in rows])),
             "total_bytes": float(t["bytes"][-1]), "forward_equivalents": float(t["fe"][-1]),

@@ -14,13 +14,19 @@ source "$(dirname "$0")/common.sh"
 OUT=${1:-runs/quality_cost}
 mkdir -p "$OUT"
 part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
-run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended to $OUT/wall_time.txt
-  local dir=$1 method=$2 lr=$3 seed=$4 start; shift 4
+run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended to $OUT/wall_time.txt. The base
+  # model is evaluated once per dataset and seed, by its first run (report.py reads it from there).
+  local dir=$1 method=$2 lr=$3 seed=$4 start base=--no_eval_base; shift 4
   [ -f "$dir/summary.json" ] && return 0
+  if [ "$(base_run "$(dirname "$dir")" "$seed")" = "$(basename "$dir")" ]; then base=--eval_base; fi
   start=$(date +%s)
   # shellcheck disable=SC2046
-  run_once "$dir" "${QC[@]}" "$@" $(method_flags "$method") --lr "$lr" --seed "$seed"
+  run_once "$dir" "${QC[@]}" "$@" $(method_flags "$method") --lr "$lr" --seed "$seed" "$base"
   echo "$dir: $(( $(date +%s) - start )) s" >> "$OUT/wall_time.txt"
+}
+base_run() {  # base_run DATASET_DIR SEED: the run of that seed that evaluates the base model (FedKSeed's, first lr)
+  if [ "$(basename "$1")" = dolly ] && [ "$2" = 0 ]; then echo "fedkseed-lr$(lr_grid fedkseed | cut -d' ' -f1)-s0"
+  else echo "fedkseed-lr$(chosen fedkseed)-s$2"; fi
 }
 if part sweep; then
   for method in "${METHODS[@]}"; do
