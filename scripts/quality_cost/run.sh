@@ -2,13 +2,13 @@
 # The quality-against-cost study of docs/results.md. Usage: scripts/quality_cost/run.sh [OUT_DIR] (default
 # runs/quality_cost). Resumable: finished runs are skipped and killed ones continue from their checkpoint, so the
 # study runs in several sittings; runs are named <method>-lr<lr>-s<seed> under dolly/ and instruct/.
-#   1. Dolly, seed 0: every method at each lr of its grid (common.sh).
+#   1. Dolly, seed 0: every method at each lr of its grid (common.sh), the middle lrs first.
 #   2. Each method's lr: the lowest final validation loss of step 1 (scripts/quality_cost/report.py choose).
 #   3. Dolly seeds 1 and 2, then Natural Instructions seeds 0 1 2, at the chosen lr.
 #   4. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
 #      tests/test_quality_cost_rerun.py).
 #   5. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
-# PART=sweep|dolly|instruct|rerun|report runs one part only (each needs the parts before it).
+# PART=sweep|dolly|instruct|rerun|report runs one part only (each needs the parts before it); DRY=1 lists the runs.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=${1:-runs/quality_cost}
@@ -16,21 +16,27 @@ mkdir -p "$OUT"
 part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
 run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended to $OUT/wall_time.txt. The base
   # model is evaluated once per dataset and seed, by its first run (report.py reads it from there).
-  local dir=$1 method=$2 lr=$3 seed=$4 start base=--no_eval_base; shift 4
+  # Validation loss only in the sweep (Dolly, seed 0).
+  local dir=$1 method=$2 lr=$3 seed=$4 start base=--no_eval_base val=(); shift 4
   [ -f "$dir/summary.json" ] && return 0
   if [ "$(base_run "$(dirname "$dir")" "$seed")" = "$(basename "$dir")" ]; then base=--eval_base; fi
+  if [ "$(basename "$(dirname "$dir")")" != dolly ] || [ "$seed" != 0 ]; then val=(--val_examples 0); fi
+  if [ -n "${DRY:-}" ]; then echo "$dir $method $lr $seed $base ${val[*]}"; return 0; fi
   start=$(date +%s)
   # shellcheck disable=SC2046
-  run_once "$dir" "${QC[@]}" "$@" $(method_flags "$method") --lr "$lr" --seed "$seed" "$base"
+  run_once "$dir" "${QC[@]}" "$@" $(method_flags "$method") --lr "$lr" --seed "$seed" "$base" "${val[@]}"
   echo "$dir: $(( $(date +%s) - start )) s" >> "$OUT/wall_time.txt"
 }
-base_run() {  # base_run DATASET_DIR SEED: the run of that seed that evaluates the base model (FedKSeed's, first lr)
-  if [ "$(basename "$1")" = dolly ] && [ "$2" = 0 ]; then echo "fedkseed-lr$(lr_grid fedkseed | cut -d' ' -f1)-s0"
+base_run() {  # base_run DATASET_DIR SEED: the run of that seed that evaluates the base model (FedKSeed's; in
+  # the sweep, at its middle lr, which runs first)
+  if [ "$(basename "$1")" = dolly ] && [ "$2" = 0 ]; then echo "fedkseed-lr$(lr_grid fedkseed | cut -d' ' -f2)-s0"
   else echo "fedkseed-lr$(chosen fedkseed)-s$2"; fi
 }
-if part sweep; then
-  for method in "${METHODS[@]}"; do
-    for lr in $(lr_grid "$method"); do run "$OUT/dolly/$method-lr$lr-s0" "$method" "$lr" 0 "${DOLLY[@]}"; done
+if part sweep; then  # the middle lr of every method first: a first complete comparison after 5 runs
+  for i in 2 1 3; do
+    for method in "${METHODS[@]}"; do
+      lr=$(lr_grid "$method" | cut -d' ' -f"$i"); run "$OUT/dolly/$method-lr$lr-s0" "$method" "$lr" 0 "${DOLLY[@]}"
+    done
   done
 fi
 chosen() { python scripts/quality_cost/report.py choose "$OUT" --method "$1"; }
