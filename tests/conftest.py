@@ -114,3 +114,21 @@ def one_thread_call(fn, *args, **kwargs):
         root.handlers[:] = handlers
         root.setLevel(level)
         torch.set_num_threads(threads)
+
+
+def run_flower_with_faults(argv: list[str], faults: list[str]) -> dict:
+    """A Flower simulation run of `argv` in which client i sends the hostile reply faults[i] (flower_app.faults),
+    restoring the caller's logging handlers."""
+    import logging
+
+    import config
+    from flower_app.engine import run_flower
+
+    args = config.validate(config.build_parser().parse_args(argv))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return run_flower(args, faults={str(cid): kind for cid, kind in enumerate(faults)})
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)

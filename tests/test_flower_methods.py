@@ -4,7 +4,6 @@ rejected per message; FedKSeed on LoRA gives the in-process c bit for bit."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 os.environ["FEDKSEED_COMPILE"] = "0"
@@ -15,9 +14,8 @@ import pytest  # noqa: E402
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
-import config  # noqa: E402
 import main  # noqa: E402
-from conftest import one_thread_call  # noqa: E402
+from conftest import one_thread_call, run_flower_with_faults  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 
 ADAPTER_BYTES = 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8)) * 4  # tiny model, r 8 on q_proj and v_proj, float32
@@ -73,20 +71,11 @@ def test_fedit_in_flower_reports_the_measured_adapter_messages(fedit_runs):
 
 
 def test_hostile_tensor_uploads_are_rejected_and_the_round_goes_on(tiny_model_dir, data_file, tmp_path):
-    from flower_app.engine import run_flower
-
     kinds = ["tensor_nan", "tensor_shape", "tensor_missing", "tensor_dtype"]
     argv = flags(tiny_model_dir, data_file, tmp_path / "hostile", "--method", "fedit", "--engine", "flower",
                  "--num_clients", "6", "-m", "1", "--rounds", "1", "--local_step", "1", "--flower_nodes", "2",
                  "--iid", "0")
-    args = config.validate(config.build_parser().parse_args(argv))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        result = run_flower(args, faults={str(cid): kind for cid, kind in enumerate(kinds)})
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    result = run_flower_with_faults(argv, kinds)
     row = read_metrics(tmp_path / "hostile" / "metrics.jsonl")[-1]
     assert row["clients"] == [4, 5]  # the honest ones
     reasons = {r["client"]: r["reason"] for r in row["rejected"]}

@@ -4,7 +4,6 @@ catch-up, and a real SuperLink + 2 SuperNodes deployment on 127.0.0.1."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 
@@ -17,9 +16,8 @@ import torch  # noqa: E402
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
-import config  # noqa: E402
 import main  # noqa: E402
-from conftest import ROOT, one_thread_call  # noqa: E402
+from conftest import ROOT, one_thread_call, run_flower_with_faults  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 
 K, STEPS = 1024, 200
@@ -82,20 +80,11 @@ def test_flower_metrics_report_measured_bytes_within_the_bounds(flower):
 
 
 def test_hostile_replies_are_rejected_per_message_and_the_round_goes_on(tiny_model_dir, data_file, tmp_path):
-    from flower_app.engine import run_flower
-
     kinds = ["nan", "inf", "index", "lengths", "zero_samples", "negative_samples", "round", "oversized"]
     argv = flags(tiny_model_dir, data_file, tmp_path / "hostile", "--engine", "flower", "--flower_nodes", "5",
                  "--num_clients", "10", "-m", "1", "--rounds", "1", "--local_step", "3", "-K", "64", "--iid", "0",
                  "--log")
-    args = config.validate(config.build_parser().parse_args(argv))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        result = run_flower(args, faults={str(cid): kind for cid, kind in enumerate(kinds)})
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    result = run_flower_with_faults(argv, kinds)
     base, row = read_metrics(tmp_path / "hostile" / "metrics.jsonl")
     assert base["round"] == 0
     assert row["selected"] == list(range(10))
