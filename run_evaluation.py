@@ -13,7 +13,7 @@ import argparse
 import logging
 
 from errors import FedKSeedError
-from evaluations import eval_loss, evaluate
+from evaluations import evaluate
 from streams import stream
 from utils_data.default_tokens import prompt_format
 from utils_data.llm_dataset import LLMDataset
@@ -62,7 +62,6 @@ class RoundEvaluator:
         self.args, self.tokenizer = args, tokenizer
         self.eval_set = held_out_set(args, records, tokenizer, "evaluation")
         self.val_set = held_out_set(args, records, tokenizer, "validation") if args.val_examples else None
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def __len__(self) -> int:
         return len(self.eval_set)
@@ -83,6 +82,7 @@ class RoundEvaluator:
         result = evaluate(model, self.tokenizer, self.eval_set, metric, args.max_new_tokens, args.eval_batch_size,
                           progress=progress)
         if self.val_set is not None:
-            result["val_loss"] = eval_loss(model, self.val_set, args.eval_batch_size, self.pad_id, progress=progress)
+            result["val_loss"] = evaluate(model, self.tokenizer, self.val_set, "loss", batch_size=args.eval_batch_size,
+                                          progress=progress)["eval_loss"]
         logger.info("round %d: %s", round_idx, "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
         return result
