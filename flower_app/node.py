@@ -41,8 +41,8 @@ from flower_app import array_messages, messages
 from flower_app.faults import apply_array_fault, apply_fault
 from flower_app.messages import Instruction
 from flower_app.node_store import NodeStore, empty_model, store_for
-from methods import build_method
-from methods.base import ArrayMethod
+from methods import build_array_client
+from methods.base import ArrayClient
 from methods.fedkseed import perturbed_model
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
@@ -140,7 +140,7 @@ class NodeRuntime:
         self._work: SeededModel | None = None  # the copy a client trains on; loaded on first use
         self.work_is_theta0 = False  # the work copy holds theta0 (not trained yet): a fresh copy is a deepcopy
         self._fingerprint: str | None = None
-        self._array_method: ArrayMethod | None = None
+        self._array_client: ArrayClient | None = None
         self.pristine: SeededModel | None = None
         self.pristine_round = 0
         self.store = store
@@ -176,19 +176,19 @@ class NodeRuntime:
         return self.read_theta0()
 
     @property
-    def array_method(self) -> ArrayMethod:
-        """--method fedit / fedavg: the method's client side (its work copy of the model), built on first use."""
-        if self._array_method is None:
+    def array_client(self) -> ArrayClient:
+        """--method fedit / fedavg: the method's client side (one copy of the model), built on first use."""
+        if self._array_client is None:
             model = load_model(self.args.model, self.args.dtype, self.args.device)
-            self._array_method = build_method(self.args, model, list(self.clients.values()))
-        return self._array_method
+            self._array_client = build_array_client(self.args, model)
+        return self._array_client
 
     @property
     def fingerprint(self) -> str:
         """theta0's fingerprint (checked by the server in the query), computed on first use."""
         if self._fingerprint is None:
             if self.args.method != "fedkseed":
-                self._fingerprint = self.array_method.fingerprint
+                self._fingerprint = self.array_client.fingerprint
             else:
                 model = self.work.model if self.work_is_theta0 else self.load_theta0().model
                 self._fingerprint = model_fingerprint(model)
@@ -338,7 +338,7 @@ def train_arrays(rt: NodeRuntime, content: RecordDict, partition: tuple[int, int
     client = rt.client_for(ins.client, ins.name, partition)
     if client is None:
         return array_messages.encode_error_reply(f"client {ins.client} is not hosted on partition {partition[0]}")
-    report = rt.array_method.local_work(client, ins.round, ins.tensors)
+    report = rt.array_client.local_work(client, ins.round, ins.tensors)
     if str(ins.client) in faults:
         apply_array_fault(report, faults[str(ins.client)])
     return array_messages.encode_reply(ins.round, report)

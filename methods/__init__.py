@@ -5,13 +5,13 @@ import argparse
 
 import torch
 
-from checkpoint import RunState, TensorState
+from checkpoint import RunState, TensorState, model_fingerprint
 from client import Client
-from methods.base import LocalReport, Method
+from methods.base import ArrayClient, LocalReport, Method
 
 METHODS = ("fedkseed", "fedit", "fedavg")
 
-__all__ = ["METHODS", "LocalReport", "Method", "build_method"]
+__all__ = ["METHODS", "LocalReport", "Method", "build_array_client", "build_method"]
 
 
 def build_method(args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
@@ -24,3 +24,12 @@ def build_method(args: argparse.Namespace, model: torch.nn.Module, clients: list
     from methods.first_order import FirstOrder
 
     return FirstOrder(args, model, clients, resume)
+
+
+def build_array_client(args: argparse.Namespace, model: torch.nn.Module) -> ArrayClient:
+    """The client side alone of an array-shipping --method (fedit, fedavg), around the loaded base model: what a
+    Flower node trains with (the server's copy of the model stays on the server)."""
+    from methods.first_order import FirstOrderClient, trainable_model
+
+    fingerprint = model_fingerprint(model)  # before the method wraps it
+    return FirstOrderClient(args, trainable_model(model, args), fingerprint)

@@ -67,6 +67,17 @@ class Method(ABC):
         summary.json."""
 
 
+class ArrayClient(ABC):
+    """The client side of an ArrayMethod: trains from the arrays it receives and holds no server state, so a node
+    builds only this (one copy of the model)."""
+
+    fingerprint: str  # of the base model it was built around
+
+    @abstractmethod
+    def local_work(self, client: Client, round_idx: int, received: dict[str, np.ndarray], progress=None) -> LocalReport:
+        """The client's round from what it received (anywhere: in-process or on a node); its upload is arrays."""
+
+
 class ArrayMethod(Method):
     """A method whose messages are named arrays: the server sends a client arrays, the client trains from them and
     uploads arrays. The engines carry them as they are (Flower: one ArrayRecord each way) and measure them."""
@@ -76,12 +87,12 @@ class ArrayMethod(Method):
         """What the server sends the client this round."""
 
     @abstractmethod
-    def local_work(self, client: Client, round_idx: int, received: dict[str, np.ndarray], progress=None) -> LocalReport:
-        """The client's round from what it received (anywhere: in-process or on a node); its upload is arrays."""
+    def client_side(self) -> ArrayClient:
+        """The client side that trains in this process (in-process runs)."""
 
     @abstractmethod
     def check_upload(self, upload: dict[str, np.ndarray]) -> str | None:
         """Why an upload from an untrusted client cannot be combined (names, shapes, dtypes, values), or None."""
 
     def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
-        return self.local_work(client, round_idx, self.download(client.client_id, round_idx), progress)
+        return self.client_side().local_work(client, round_idx, self.download(client.client_id, round_idx), progress)

@@ -19,7 +19,7 @@ from checkpoint import CHECKPOINT_FILE, TensorState, model_fingerprint, save_che
 from client import Client, LocalTraining, client_rng
 from errors import FedKSeedError
 from measure import LocalCost
-from methods.base import FO_STEP_FORWARDS, ArrayMethod, LocalReport
+from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport
 from modeling import lm_loss
 from server import sample_clients
 from streams import stream
@@ -42,6 +42,15 @@ def with_lora(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Modu
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         return get_peft_model(model, config)
+
+
+def trainable_model(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """The base model as --method trains it: wrapped with LoRA (fedit) or with every weight trainable (fedavg)."""
+    model = with_lora(model, args) if args.method == "fedit" else model
+    if args.method == "fedavg":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return model.eval()
 
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -88,6 +97,29 @@ def local_train(model: torch.nn.Module, batches, lr: float, weight_decay: float)
     return losses
 
 
+class FirstOrderClient(ArrayClient):
+    """A client's side of FedIT / FedAvg: one trainable copy of the model (trainable_model), which each round loads
+    the received tensors, trains them and uploads them."""
+
+    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, fingerprint: str):
+        self.args, self.work, self.fingerprint = args, model, fingerprint
+        self.local = LocalTraining(lr=args.lr, eps=0.0, local_step=args.local_step,
+                                   batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size)
+
+    def local_work(self, client: Client, round_idx: int, received: Tensors, progress=None) -> LocalReport:
+        seed = int(stream(self.args.seed, "torch", round_idx, client.client_id).integers(2**62))
+        with LocalCost(self.args.device) as cost, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # dropout: the same masks wherever and whenever (resume) the client runs
+            write_tensors(self.work, received)
+            batches = client.batches(self.local, client_rng(self.args.seed, round_idx, client.client_id))
+            losses = local_train(self.work, _counted(batches, progress), self.args.lr, self.args.weight_decay)
+            upload = read_tensors(self.work)
+        return LocalReport(client_id=client.client_id, upload=upload, bytes_down=tensors_bytes(received),
+                           bytes_up=tensors_bytes(upload) + 8, forward_equivalents=FO_STEP_FORWARDS * len(losses),
+                           train_loss=float(np.mean(losses)) if losses else float("nan"),
+                           seconds=cost.seconds, peak_bytes=cost.peak_bytes)
+
+
 class FirstOrder(ArrayMethod):
     """FedIT (--method fedit: LoRA) or full-parameter FedAvg (--method fedavg)."""
 
@@ -95,17 +127,11 @@ class FirstOrder(ArrayMethod):
                  resume: TensorState | None = None):
         self.args, self.name = args, args.method
         self.fingerprint = model_fingerprint(model)
-        self.server_model = with_lora(model, args) if args.method == "fedit" else model
-        if args.method == "fedavg":
-            for p in self.server_model.parameters():
-                p.requires_grad_(True)
-        self.server_model.eval()
-        self.work = copy.deepcopy(self.server_model)
+        self.server_model = trainable_model(model, args)
+        self._client: FirstOrderClient | None = None  # built when a client trains in this process
         self.global_tensors = read_tensors(self.server_model)
         self.rng = stream(args.seed, "server")
         self.sizes = {c.client_id: len(c) for c in clients}
-        self.local = LocalTraining(lr=args.lr, eps=0.0, local_step=args.local_step,
-                                   batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size)
         if resume is not None:
             self.restore(resume)
 
@@ -126,18 +152,10 @@ class FirstOrder(ArrayMethod):
     def download(self, client_id: int, round_idx: int) -> Tensors:
         return self.global_tensors
 
-    def local_work(self, client: Client, round_idx: int, received: Tensors, progress=None) -> LocalReport:
-        seed = int(stream(self.args.seed, "torch", round_idx, client.client_id).integers(2**62))
-        with LocalCost(self.args.device) as cost, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # dropout: the same masks wherever and whenever (resume) the client runs
-            write_tensors(self.work, received)
-            batches = client.batches(self.local, client_rng(self.args.seed, round_idx, client.client_id))
-            losses = local_train(self.work, _counted(batches, progress), self.args.lr, self.args.weight_decay)
-            upload = read_tensors(self.work)
-        return LocalReport(client_id=client.client_id, upload=upload, bytes_down=tensors_bytes(received),
-                           bytes_up=tensors_bytes(upload) + 8, forward_equivalents=FO_STEP_FORWARDS * len(losses),
-                           train_loss=float(np.mean(losses)) if losses else float("nan"),
-                           seconds=cost.seconds, peak_bytes=cost.peak_bytes)
+    def client_side(self) -> FirstOrderClient:
+        if self._client is None:
+            self._client = FirstOrderClient(self.args, copy.deepcopy(self.server_model), self.fingerprint)
+        return self._client
 
     def check_upload(self, upload: Tensors) -> str | None:
         if upload.keys() != self.global_tensors.keys():

@@ -1,8 +1,10 @@
 """The other methods in Flower's simulation engine on the tiny model: FedIT's adapters travel as ArrayRecords and end
 bit-identical to the in-process run, with the measured message sizes in metrics.jsonl; hostile tensor uploads are
-rejected per message; FedKSeed on LoRA gives the in-process c bit for bit."""
+rejected per message; FedKSeed on LoRA gives the in-process c bit for bit; FedAvg's full weights travel the same
+way; a node holds one copy of the model."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -14,6 +16,7 @@ import pytest  # noqa: E402
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
+import config  # noqa: E402
 import main  # noqa: E402
 from conftest import one_thread_call, run_flower_with_faults  # noqa: E402
 from run_files import read_metrics  # noqa: E402
@@ -27,6 +30,13 @@ def flags(model_dir, data_file, out, *extra) -> list[str]:
             "--local_step", "4", "--num_clients", "4", "-m", "0.5", "--eval_examples", "4", "--eval_metric", "loss",
             "--eval_every", "1", "--lr", "1e-2", "--lora_dropout", "0.1", "--quiet", "--no_compile",
             "--output_dir", str(out), *extra]
+
+
+def fedavg_flags(model_dir, data_file, out, *extra) -> list[str]:
+    """flags() without its LoRA dropout, which --method fedavg refuses."""
+    argv = flags(model_dir, data_file, out, "--method", "fedavg", *extra)
+    i = argv.index("--lora_dropout")
+    return argv[:i] + argv[i + 2:]
 
 
 def run_cli(argv: list[str]) -> dict:
@@ -108,3 +118,42 @@ def test_fedit_in_flower_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run
     rows_b, rows_r = read_metrics(b_dir / "metrics.jsonl"), read_metrics(out / "metrics.jsonl")
     assert [(r["round"], r.get("train_loss"), r["eval_loss"]) for r in rows_b] == \
         [(r["round"], r.get("train_loss"), r["eval_loss"]) for r in rows_r]
+
+
+def test_fedavg_in_flower_is_bit_identical_to_the_inprocess_run(tiny_model_dir, data_file, tmp_path):
+    extra = ["--rounds", "2", "--lr", "1e-3"]
+    a = run_cli(fedavg_flags(tiny_model_dir, data_file, tmp_path / "a", *extra))
+    b = run_cli(fedavg_flags(tiny_model_dir, data_file, tmp_path / "b", *extra, "--engine", "flower",
+                             "--flower_nodes", "2"))
+    ta, tb = a["method"].global_tensors, b["method"].global_tensors
+    assert ta.keys() == tb.keys() and not any("lora" in name for name in ta)
+    assert sum(t.size for t in ta.values()) == sum(p.numel() for p in a["method"].server_model.parameters())
+    assert all(np.array_equal(ta[name], tb[name]) for name in ta)
+    rows_a, rows_b = read_metrics(tmp_path / "a" / "metrics.jsonl"), read_metrics(tmp_path / "b" / "metrics.jsonl")
+    assert [r.get("eval_loss") for r in rows_a] == [r.get("eval_loss") for r in rows_b]
+    assert rows_b[-1]["eval_loss"] < rows_b[0]["eval_loss"]
+    weights = sum(t.nbytes for t in ta.values())
+    assert all(r["bytes_up_payload_per_client"] > weights for r in rows_b[1:])
+
+
+def weights_alive() -> dict[int, int]:
+    """The parameter tensors of every model in the process: data pointer -> elements."""
+    from transformers import PreTrainedModel
+
+    return {p.data_ptr(): p.numel() for o in gc.get_objects() if isinstance(o, PreTrainedModel)
+            for p in o.parameters()}
+
+
+@pytest.mark.parametrize("method", ["fedit", "fedavg"])
+def test_a_node_holds_one_copy_of_the_model(method, tiny_model_dir, data_file, tmp_path):
+    """A node trains the client side alone: no server copy of the model beside its work copy."""
+    from flower_app.node import NodeRuntime
+
+    argv = (fedavg_flags if method == "fedavg" else flags)(tiny_model_dir, data_file, tmp_path, "--method", method,
+                                                          "--engine", "flower")
+    args = config.validate(config.build_parser().parse_args(argv))
+    before = weights_alive()
+    rt = NodeRuntime(args)
+    assert rt.fingerprint
+    new = {ptr: n for ptr, n in weights_alive().items() if ptr not in before}
+    assert sum(new.values()) == sum(p.numel() for p in rt.array_client.work.parameters())
