@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from checkpoint import RunState, TensorState, model_fingerprint
+from checkpoint import RunState, TensorState
 from client import Client
 from methods.base import ArrayClient, LocalReport, Method
 
@@ -29,7 +29,6 @@ def build_method(args: argparse.Namespace, model: torch.nn.Module, clients: list
 def build_array_client(args: argparse.Namespace, model: torch.nn.Module) -> ArrayClient:
     """The client side alone of an array-shipping --method (fedit, fedavg), around the loaded base model: what a
     Flower node trains with (the server's copy of the model stays on the server)."""
-    from methods.first_order import FirstOrderClient, trainable_model
+    from methods.first_order import FirstOrderClient
 
-    fingerprint = model_fingerprint(model)  # before the method wraps it
-    return FirstOrderClient(args, trainable_model(model, args), fingerprint)
+    return FirstOrderClient.around_base(args, model)

@@ -106,6 +106,12 @@ class FirstOrderClient(ArrayClient):
         self.local = LocalTraining(lr=args.lr, eps=0.0, local_step=args.local_step,
                                    batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size)
 
+    @classmethod
+    def around_base(cls, args: argparse.Namespace, model: torch.nn.Module) -> FirstOrderClient:
+        """The client side alone, around the loaded base model (fingerprinted before the method wraps it)."""
+        fingerprint = model_fingerprint(model)
+        return cls(args, trainable_model(model, args), fingerprint)
+
     def local_work(self, client: Client, round_idx: int, received: Tensors, progress=None) -> LocalReport:
         seed = int(stream(self.args.seed, "torch", round_idx, client.client_id).integers(2**62))
         with LocalCost(self.args.device) as cost, torch.random.fork_rng(devices=[]):
