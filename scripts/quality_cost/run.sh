@@ -4,11 +4,11 @@
 # study runs in several sittings; runs are named <method>-lr<lr>-s<seed> under dolly/ and instruct/.
 #   1. Dolly, seed 0: every method at each lr of its grid (common.sh), the middle lrs first.
 #   2. Each method's lr: the lowest final validation loss of step 1 (scripts/quality_cost/report.py choose).
-#   3. Dolly seeds 1 and 2, then Natural Instructions seeds 0 1 2, at the chosen lr.
-#   4. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
+#   3. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
 #      tests/test_quality_cost_rerun.py).
+#   4. Dolly seeds 1 and 2, then Natural Instructions seeds 0 1 2, at the chosen lr.
 #   5. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
-# PART=sweep|dolly|instruct|rerun|report runs one part only (each needs the parts before it); DRY=1 lists the runs.
+# PART=sweep|rerun|dolly|instruct|report runs one part only (each needs the parts before it); DRY=1 lists the runs.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=${1:-runs/quality_cost}
@@ -40,6 +40,10 @@ if part sweep; then  # the middle lr of every method first: a first complete com
   done
 fi
 chosen() { python scripts/quality_cost/report.py choose "$OUT" --method "$1"; }
+if part rerun; then
+  # shellcheck disable=SC2046
+  OMP_NUM_THREADS=1 run_once "$OUT/rerun-1thread" $(rerun_flags "$(chosen fedkseed)")
+fi
 if part dolly; then
   for seed in 1 2; do
     for method in "${METHODS[@]}"; do lr=$(chosen "$method"); run "$OUT/dolly/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${DOLLY[@]}"; done
@@ -49,10 +53,6 @@ if part instruct; then
   for seed in 0 1 2; do
     for method in "${METHODS[@]}"; do lr=$(chosen "$method"); run "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
   done
-fi
-if part rerun; then
-  # shellcheck disable=SC2046
-  OMP_NUM_THREADS=1 run_once "$OUT/rerun-1thread" $(rerun_flags "$(chosen fedkseed)")
 fi
 if part report; then
   # DOCS=docs writes the recorded numbers and the plots where docs/results.md and the tests read them
