@@ -4,6 +4,8 @@ the cost to reach half of FedIT's improvement."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -74,3 +76,23 @@ def test_a_run_without_round_0_takes_the_base_of_its_seed_from_another_run(study
     pro = report.dataset_numbers(study, "dolly")["fedkseed_pro"][0]
     assert pro["base_loss"] == 2.0  # seed 0's base (the 9.9 was never written)
     assert report.trajectory(study / "dolly" / "fedkseed_pro-lr1e-6-s0")["loss"].tolist() == [2.0, 2.0, 1.99]
+
+
+def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
+    """DRY=1 after a finished sweep: the rerun, Dolly seeds 1-2 and Natural Instructions are listed at the chosen
+    lrs; nothing runs (a real run would fail here: QC_DATA points nowhere)."""
+    grids = {"fedkseed": ["3e-6", "1e-5"], "fedkseed_pro": ["3e-6"], "fedkseed_lora": ["3e-4"], "fedit": ["1e-4"],
+             "fedavg": ["3e-6"]}
+    for method, lrs in grids.items():
+        for i, lr in enumerate(lrs):  # FedKSeed's 1e-5 has the lower validation loss
+            run = tmp_path / "study" / "dolly" / f"{method}-lr{lr}-s0"
+            write_run(run, [2.0, 1.9], [2.1, 2.0 - 0.1 * i], 400, 100, 20)
+    env = {**os.environ, "DRY": "1", "QC_DATA": str(tmp_path / "nowhere")}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(tmp_path / "study")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert f"{tmp_path / 'study'}/rerun-1thread fedkseed 1e-5 0" in out
+    assert "dolly/fedkseed-lr1e-5-s2 fedkseed 1e-5 2 --eval_base --val_examples 0" in out  # the seed's base
+    assert "instruct/fedavg-lr3e-6-s1 fedavg 3e-6 1 --no_eval_base --val_examples 0" in out
+    assert not (tmp_path / "study" / "rerun-1thread").exists()

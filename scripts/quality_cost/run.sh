@@ -30,7 +30,7 @@ run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended
 base_run() {  # base_run DATASET_DIR SEED: the run of that seed that evaluates the base model (FedKSeed's; in
   # the sweep, at its middle lr, which runs first)
   if [ "$(basename "$1")" = dolly ] && [ "$2" = 0 ]; then echo "fedkseed-lr$(lr_grid fedkseed | cut -d' ' -f2)-s0"
-  else echo "fedkseed-lr$(chosen fedkseed)-s$2"; fi
+  else echo "fedkseed-lr${LR[fedkseed]}-s$2"; fi
 }
 if part sweep; then  # the middle lr of every method first: a first complete comparison after 5 runs
   for i in 2 1 3; do
@@ -39,19 +39,23 @@ if part sweep; then  # the middle lr of every method first: a first complete com
     done
   done
 fi
-chosen() { python scripts/quality_cost/report.py choose "$OUT" --method "$1"; }
+declare -A LR  # each method's chosen lr (scripts/quality_cost/report.py choose), once the sweep has run
+if part rerun || part dolly || part instruct; then
+  for method in "${METHODS[@]}"; do LR[$method]=$(python scripts/quality_cost/report.py choose "$OUT" --method "$method"); done
+fi
 if part rerun; then
+  if [ -n "${DRY:-}" ]; then echo "$OUT/rerun-1thread fedkseed ${LR[fedkseed]} 0 (one thread, 2 rounds)"
   # shellcheck disable=SC2046
-  OMP_NUM_THREADS=1 run_once "$OUT/rerun-1thread" $(rerun_flags "$(chosen fedkseed)")
+  else OMP_NUM_THREADS=1 run_once "$OUT/rerun-1thread" $(rerun_flags "${LR[fedkseed]}"); fi
 fi
 if part dolly; then
   for seed in 1 2; do
-    for method in "${METHODS[@]}"; do lr=$(chosen "$method"); run "$OUT/dolly/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${DOLLY[@]}"; done
+    for method in "${METHODS[@]}"; do lr=${LR[$method]}; run "$OUT/dolly/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${DOLLY[@]}"; done
   done
 fi
 if part instruct; then
   for seed in 0 1 2; do
-    for method in "${METHODS[@]}"; do lr=$(chosen "$method"); run "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
+    for method in "${METHODS[@]}"; do lr=${LR[$method]}; run "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
   done
 fi
 if part report; then
