@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The small CPU study of docs/small_study.md, then its tables and plots. Usage: scripts/run_study.sh [OUT_DIR] (default
-# runs/study). Three parts, each skipping runs that already finished (a summary.json) and resuming killed ones
+# The small CPU study of docs/small_study.md, then its tables and plots. Usage: scripts/run_study.sh [OUT_DIR]
+# (default runs/study). Three parts, each skipping runs that already finished (a summary.json) and resuming killed ones
 # (a checkpoint), so an interrupted study continues where it stopped:
 #   dolly/     base vs FedKSeed vs FedKSeed-Pro on the Dolly sample, seeds 0 1 2 (and seed 0 rerun in one thread)
 #   instruct/  the same on Natural Instructions, when NI_DATA (default ../shared/data) has its task files

@@ -44,9 +44,12 @@ if part rerun || part dolly || part instruct; then
   for method in "${METHODS[@]}"; do LR[$method]=$(python scripts/quality_cost/report.py choose "$OUT" --method "$method"); done
 fi
 if part rerun; then
-  if [ -n "${DRY:-}" ]; then echo "$OUT/rerun-1thread fedkseed ${LR[fedkseed]} 0 (one thread, 2 rounds)"
-  # shellcheck disable=SC2046
-  else OMP_NUM_THREADS=1 run_once "$OUT/rerun-1thread" $(rerun_flags "${LR[fedkseed]}"); fi
+  if [ -n "${DRY:-}" ]; then
+    echo "$OUT/rerun-1thread fedkseed ${LR[fedkseed]} 0 (one thread, 2 rounds)"
+  else
+    # shellcheck disable=SC2046
+    OMP_NUM_THREADS=1 run_once "$OUT/rerun-1thread" $(rerun_flags "${LR[fedkseed]}")
+  fi
 fi
 if part dolly; then
   for seed in 1 2; do
