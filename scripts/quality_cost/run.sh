@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The quality-against-cost study of docs/results.md. Usage: scripts/quality_cost/run.sh [OUT_DIR] (default
-# runs/quality_cost). Resumable: finished runs are skipped and killed ones continue from their checkpoint, so the
-# study runs in several sittings; runs are named <method>-lr<lr>-s<seed> under dolly/ and instruct/.
-#   1. Dolly, seed 0: every method at each lr of its grid (common.sh), the middle lrs first.
-#   2. Each method's lr: the lowest final validation loss of step 1 (scripts/quality_cost/report.py choose).
+# results/quality_cost, whose finished runs are committed: the machine that runs the study can be replaced between
+# sittings, and a run's checkpoints, ignored by git, are lost with it). Resumable: finished runs are skipped and
+# killed ones continue from their checkpoint; runs are named <method>-lr<lr>-s<seed> under dolly/ and instruct/.
+#   1. Dolly, seed 0: every method at the middle lr of its grid (common.sh), then at the highest.
+#   2. Each method's lr: the lowest final validation loss so far (scripts/quality_cost/report.py choose).
 #   3. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
 #      tests/test_quality_cost_rerun.py).
 #   4. Dolly seeds 1 and 2, then Natural Instructions seeds 0 1 2, at the chosen lr.
-#   5. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
-# PART=sweep|rerun|dolly|instruct|report runs one part only (each needs the parts before it); DRY=1 lists the runs.
+#   5. Dolly seed 0 at the lowest lr of each grid: every one of them ended behind its method's middle lr in the
+#      study's first sittings (docs/quality_cost_plan.md), so it completes the sweep's table last.
+#   6. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
+# PART=sweep|rerun|dolly|instruct|sweep_low|report runs one part only (each needs the sweep); DRY=1 lists the runs.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-OUT=${1:-runs/quality_cost}
+OUT=${1:-results/quality_cost}
 mkdir -p "$OUT"
 part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
 run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended to $OUT/wall_time.txt. The base
@@ -32,13 +35,13 @@ base_run() {  # base_run DATASET_DIR SEED: the run of that seed that evaluates t
   if [ "$(basename "$1")" = dolly ] && [ "$2" = 0 ]; then echo "fedkseed-lr$(lr_grid fedkseed | cut -d' ' -f2)-s0"
   else echo "fedkseed-lr${LR[fedkseed]}-s$2"; fi
 }
-if part sweep; then  # the middle lr of every method first: a first complete comparison after 5 runs
-  for i in 2 1 3; do
-    for method in "${METHODS[@]}"; do
-      lr=$(lr_grid "$method" | cut -d' ' -f"$i"); run "$OUT/dolly/$method-lr$lr-s0" "$method" "$lr" 0 "${DOLLY[@]}"
-    done
+sweep() {  # sweep I: Dolly, seed 0, every method at the I-th lr of its grid
+  local method lr
+  for method in "${METHODS[@]}"; do
+    lr=$(lr_grid "$method" | cut -d' ' -f"$1"); run "$OUT/dolly/$method-lr$lr-s0" "$method" "$lr" 0 "${DOLLY[@]}"
   done
-fi
+}
+if part sweep; then sweep 2; sweep 3; fi  # the middle lrs first: a complete comparison after 5 runs
 declare -A LR  # each method's chosen lr (scripts/quality_cost/report.py choose), once the sweep has run
 if part rerun || part dolly || part instruct; then
   for method in "${METHODS[@]}"; do LR[$method]=$(python scripts/quality_cost/report.py choose "$OUT" --method "$method"); done
@@ -61,6 +64,7 @@ if part instruct; then
     for method in "${METHODS[@]}"; do lr=${LR[$method]}; run "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
   done
 fi
+if part sweep_low; then sweep 1; fi
 if part report; then
   # DOCS=docs writes the recorded numbers and the plots where docs/results.md and the tests read them
   python scripts/quality_cost/report.py report "$OUT" --json "${DOCS:-$OUT}/quality_cost_results.json" \
