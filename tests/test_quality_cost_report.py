@@ -101,3 +101,33 @@ def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
     assert lines.index("dolly/fedkseed-lr1e-6-s0") > max(
         i for i, line in enumerate(lines) if line.startswith("instruct/"))  # the lowest lrs ended behind: they run last
     assert not (tmp_path / "study" / "rerun-1thread").exists()
+
+
+def test_jobs_2_keeps_two_runs_going_at_once_each_in_one_torch_thread(tmp_path):
+    """JOBS=2 over Dolly seeds 1-2: every run is made, at most 2 are on at a time, 2 overlap, and each runs with
+    OMP_NUM_THREADS=1. main.py is stood in for by a `python` first on PATH that logs and sleeps."""
+    for method, lr in {"fedkseed": "3e-6", "fedkseed_pro": "3e-6", "fedkseed_lora": "3e-4", "fedit": "1e-4",
+                       "fedavg": "3e-6"}.items():
+        write_run(tmp_path / "study" / "dolly" / f"{method}-lr{lr}-s0", [2.0, 1.9], [2.1, 2.0], 400, 100, 20)
+    shim, log = tmp_path / "bin", tmp_path / "calls.log"
+    shim.mkdir()
+    (shim / "python").write_text(f"""#!/usr/bin/env bash
+if [ "$1" != main.py ]; then exec {sys.executable} "$@"; fi
+out=${{@: -1}}
+echo "start $out ${{OMP_NUM_THREADS:-unset}}" >> {log}
+sleep 0.5; mkdir -p "$out"; echo '{{}}' > "$out/summary.json"
+echo "end $out" >> {log}
+""")
+    (shim / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "PART": "dolly", "JOBS": "2"}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(tmp_path / "study")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = log.read_text().split("\n")[:-1]
+    on, most = 0, 0
+    for event in events:
+        on += 1 if event.startswith("start") else -1
+        most = max(most, on)
+    assert most == 2
+    assert sorted(e.split()[2] for e in events if e.startswith("start")) == ["1"] * 10
+    assert len(list((tmp_path / "study" / "dolly").glob("*-s[12]/summary.json"))) == 10

@@ -44,3 +44,9 @@ rerun_flags() {  # rerun_flags LR: the smallest configuration that tests/test_qu
   # study's seed-0 run at that lr (evaluation draws nothing from the training streams)
   echo "${QC[@]}" "${DOLLY[@]}" "$(method_flags fedkseed)" --lr "$1" --seed 0 --rounds 2 --eval_metric loss --val_examples 0
 }
+
+probe_flags() {  # probe_flags METHOD STEPS: one client's STEPS local steps at the study's settings and the method's
+  # middle lr, with next to no evaluation (scripts/quality_cost/probe.sh, bench/parallel_runs.py)
+  echo "${QC[@]}" "${DOLLY[@]}" "$(method_flags "$1")" --lr "$(lr_grid "$1" | cut -d' ' -f2)" --seed 0 --rounds 1 \
+    --local_step "$2" --num_clients 200 -m 0.0075 --eval_examples 4 --val_examples 0 --eval_metric loss --no_eval_base
+}

@@ -7,11 +7,8 @@ source "$(dirname "$0")/common.sh"
 OUT=${1:-runs/quality_cost_probe}
 STEPS=${2:-10}
 for method in "${METHODS[@]}"; do
-  lr=$(lr_grid "$method" | cut -d' ' -f2)
   # shellcheck disable=SC2046
-  run_once "$OUT/$method" "${QC[@]}" "${DOLLY[@]}" $(method_flags "$method") --lr "$lr" --seed 0 --rounds 1 \
-    --local_step "$STEPS" --num_clients 200 -m 0.0075 --eval_examples 4 --val_examples 0 --eval_metric loss \
-    --no_eval_base
+  run_once "$OUT/$method" $(probe_flags "$method" "$STEPS")
 done
 python - "$OUT" "$STEPS" <<'PY'
 import json, sys

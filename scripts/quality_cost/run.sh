@@ -11,12 +11,20 @@
 #   5. Dolly seed 0 at the lowest lr of each grid: every one of them ended behind its method's middle lr in the
 #      study's first sittings (docs/quality_cost_plan.md), so it completes the sweep's table last.
 #   6. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
-# PART=sweep|rerun|dolly|instruct|sweep_low|report runs one part only (each needs the sweep); DRY=1 lists the runs.
+# PART=sweep|rerun|dolly|instruct|sweep_low|report runs one part only (each needs the sweep); DRY=1 lists the runs;
+# JOBS=N runs up to N runs of a part at once, each in one torch thread (bench/parallel_runs.py measures the gain).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=${1:-results/quality_cost}
 mkdir -p "$OUT"
+JOBS=${JOBS:-1}
 part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
+launch() {  # launch RUN_ARGS...: run them now, or with JOBS > 1 in the background once fewer than JOBS runs are on
+  if [ "$JOBS" -le 1 ] || [ -n "${DRY:-}" ]; then run "$@"; return 0; fi
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  (export OMP_NUM_THREADS=1; run "$@") &
+}
+drain() { while [ -n "$(jobs -p)" ]; do wait -n; done; }  # the end of a part: its runs, a failure stops the study
 run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended to $OUT/wall_time.txt. The base
   # model is evaluated once per dataset and seed, by its first run (report.py reads it from there).
   # Validation loss only in the sweep (Dolly, seed 0).
@@ -38,10 +46,10 @@ base_run() {  # base_run DATASET_DIR SEED: the run of that seed that evaluates t
 sweep() {  # sweep I: Dolly, seed 0, every method at the I-th lr of its grid
   local method lr
   for method in "${METHODS[@]}"; do
-    lr=$(lr_grid "$method" | cut -d' ' -f"$1"); run "$OUT/dolly/$method-lr$lr-s0" "$method" "$lr" 0 "${DOLLY[@]}"
+    lr=$(lr_grid "$method" | cut -d' ' -f"$1"); launch "$OUT/dolly/$method-lr$lr-s0" "$method" "$lr" 0 "${DOLLY[@]}"
   done
 }
-if part sweep; then sweep 2; sweep 3; fi  # the middle lrs first: a complete comparison after 5 runs
+if part sweep; then sweep 2; sweep 3; drain; fi  # the middle lrs first: a complete comparison after 5 runs
 declare -A LR  # each method's chosen lr (scripts/quality_cost/report.py choose), once the sweep has run
 if part rerun || part dolly || part instruct; then
   for method in "${METHODS[@]}"; do LR[$method]=$(python scripts/quality_cost/report.py choose "$OUT" --method "$method"); done
@@ -56,15 +64,17 @@ if part rerun; then
 fi
 if part dolly; then
   for seed in 1 2; do
-    for method in "${METHODS[@]}"; do lr=${LR[$method]}; run "$OUT/dolly/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${DOLLY[@]}"; done
+    for method in "${METHODS[@]}"; do lr=${LR[$method]}; launch "$OUT/dolly/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${DOLLY[@]}"; done
   done
+  drain
 fi
 if part instruct; then
   for seed in 0 1 2; do
-    for method in "${METHODS[@]}"; do lr=${LR[$method]}; run "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
+    for method in "${METHODS[@]}"; do lr=${LR[$method]}; launch "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
   done
+  drain
 fi
-if part sweep_low; then sweep 1; fi
+if part sweep_low; then sweep 1; drain; fi
 if part report; then
   # DOCS=docs writes the recorded numbers and the plots where docs/results.md and the tests read them
   python scripts/quality_cost/report.py report "$OUT" --json "${DOCS:-$OUT}/quality_cost_results.json" \
