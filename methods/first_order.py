@@ -28,8 +28,9 @@ Tensors = dict[str, np.ndarray]
 
 
 def with_lora(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
-    """The base model wrapped with LoRA adapters on --lora_target_modules (only the adapters train). The adapters'
-    initial values come from --seed alone, so every process that wraps the same base gets the same ones."""
+    """The base model wrapped with LoRA adapters on --lora_target_modules (only the adapters train), in eval mode.
+    The adapters' initial values come from --seed alone, so every process that wraps the same base gets the same
+    ones."""
     from peft import LoraConfig, get_peft_model
 
     targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
@@ -41,7 +42,10 @@ def with_lora(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Modu
                         target_modules=targets, bias="none", task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        return get_peft_model(model, config)
+        wrapped = get_peft_model(model, config)
+    # peft's new dropout modules start in training mode: on, a zeroth-order step's two losses and every evaluation
+    # would draw their own masks. First-order training turns dropout on itself (local_train), with seeded masks.
+    return wrapped.eval()
 
 
 def trainable_model(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:

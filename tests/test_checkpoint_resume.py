@@ -79,6 +79,18 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(setup, uni
     assert comparable(read_metrics(uninterrupted / "metrics.jsonl")) == comparable(read_metrics(out / "metrics.jsonl"))
 
 
+def test_fedkseed_on_lora_killed_and_resumed_ends_as_an_uninterrupted_run(setup):
+    root, data, model = setup
+    argv = [*flags(data, model, root / "lora-whole"), "--peft", "lora"]
+    assert main_py(*argv).returncode == 0
+    out = root / "lora-killed"
+    run_and_kill([*flags(data, model, out), "--peft", "lora"], out, at_round=2, env=ENV)
+    assert main_py("--resume", str(out)).returncode == 0
+    assert np.array_equal(load_checkpoint(root / "lora-whole").c, load_checkpoint(out).c)
+    whole, again = (comparable(read_metrics(d / "metrics.jsonl")) for d in (root / "lora-whole", out))
+    assert whole == again
+
+
 def test_every_truncation_of_a_checkpoint_is_refused(uninterrupted, tmp_path):
     raw = (uninterrupted / CHECKPOINT_FILE).read_bytes()
     cut = tmp_path / CHECKPOINT_FILE

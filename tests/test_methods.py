@@ -200,6 +200,16 @@ def test_fedkseed_on_lora_moves_only_the_adapters_and_replays_bit_identically(ti
         assert torch.equal(p, q)
 
 
+def test_fedkseed_on_lora_perturbs_a_model_without_dropout(tiny_model_dir, dolly_file, tmp_path):
+    # peft creates its adapters' dropout in training mode: on, the two losses of a step would see different masks
+    result = main.train(run_flags(tiny_model_dir, dolly_file, tmp_path / "lora", "--peft", "lora", "-K", "16"))
+    model = result["server"].seeded.model
+    tokens = torch.tensor([[5, 9, 17, 23, 42, 7, 3, 11, 29, 31] * 4])
+    with torch.no_grad():
+        losses = [model(input_ids=tokens, labels=tokens).loss.item() for _ in range(4)]
+    assert len(set(losses)) == 1, losses
+
+
 def test_peft_lora_with_fedavg_is_refused(capsys):
     assert main.main(["--dataset", "dolly", "--method", "fedavg", "--peft", "lora"]) == 2
     assert capsys.readouterr().err.startswith("error: --peft lora: fedavg trains every weight")
