@@ -31,6 +31,7 @@ lr_grid() {  # lr_grid METHOD: the 3 learning rates swept (seed 0, Dolly, chosen
   # FedKSeed at 3e-6: -0.048): a zeroth-order step's usable lr grows as the perturbed dimension shrinks (~0.46M
   # adapter weights against 135M), so the grid moved up a decade. At 1e-3 it reached 2.3398 after one round (the
   # best round 1 of any zeroth-order run) and diverged in the second (eval loss 21.5), so 1e-2 gave way to 3e-4.
+  # Those runs had the adapters' dropout on (fixed in 0e6f6f5); the grid stays and the study reruns them.
   case $1 in
     fedkseed | fedkseed_pro) echo 1e-6 3e-6 1e-5 ;;
     fedkseed_lora) echo 1e-4 3e-4 1e-3 ;;
