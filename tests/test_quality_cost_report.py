@@ -79,9 +79,9 @@ def test_a_run_without_round_0_takes_the_base_of_its_seed_from_another_run(study
 
 
 def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
-    """DRY=1 after the sweep's middle lrs: its highest lrs, the rerun, Dolly seeds 1-2 and Natural Instructions are
-    listed at the chosen lrs, the sweep's lowest lrs last; nothing runs (a real run would fail: QC_DATA points
-    nowhere)."""
+    """DRY=1 after the sweep's middle lrs: its highest lrs, one lr further up for FedKSeed (its highest lr won),
+    the rerun, Dolly seeds 1-2 and Natural Instructions are listed at the chosen lrs, the sweep's lowest lrs last;
+    nothing runs (a real run would fail: QC_DATA points nowhere)."""
     grids = {"fedkseed": ["3e-6", "1e-5"], "fedkseed_pro": ["3e-6"], "fedkseed_lora": ["3e-4"], "fedit": ["1e-4"],
              "fedavg": ["3e-6"]}
     for method, lrs in grids.items():
@@ -97,7 +97,10 @@ def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
     assert "dolly/fedkseed-lr1e-5-s2 fedkseed 1e-5 2 --eval_base --val_examples 0" in out  # the seed's base
     assert "instruct/fedavg-lr3e-6-s1 fedavg 3e-6 1 --no_eval_base --val_examples 0" in out
     lines = [line.split()[0].removeprefix(f"{tmp_path / 'study'}/") for line in out.splitlines() if line.strip()]
-    assert lines.index("dolly/fedavg-lr1e-5-s0") < lines.index("rerun-1thread")
+    assert lines.index("dolly/fedavg-lr1e-5-s0") < lines.index("dolly/fedkseed-lr3e-5-s0") < lines.index(
+        "rerun-1thread")
+    assert not {"dolly/fedkseed_pro-lr3e-5-s0", "dolly/fedkseed_lora-lr3e-3-s0", "dolly/fedit-lr1e-3-s0",
+                "dolly/fedavg-lr3e-5-s0"} & set(lines)  # their highest lrs did not win
     assert lines.index("dolly/fedkseed-lr1e-6-s0") > max(
         i for i, line in enumerate(lines) if line.startswith("instruct/"))  # the lowest lrs ended behind: they run last
     assert not (tmp_path / "study" / "rerun-1thread").exists()

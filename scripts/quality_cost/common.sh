@@ -40,6 +40,12 @@ lr_grid() {  # lr_grid METHOD: the 3 learning rates swept (seed 0, Dolly, chosen
   esac
 }
 
+lr_up() {  # lr_up LR: the next lr up the grids' 1-3-10 ladder (1e-5 -> 3e-5 -> 1e-4), tried in the sweep while a
+  # method's highest lr is the one chosen, so that the chosen lr is not the edge of what was tried
+  local mantissa=${1%e*} exponent=${1#*e}
+  if [ "$mantissa" = 1 ]; then echo "3e$exponent"; else echo "1e$(( exponent + 1 ))"; fi
+}
+
 rerun_flags() {  # rerun_flags LR: the smallest configuration that tests/test_quality_cost_rerun.py reruns: FedKSeed on
   # Dolly, seed 0, its first 2 rounds (400 local steps), eval loss only; its numbers are those of rounds 0-2 of the
   # study's seed-0 run at that lr (evaluation draws nothing from the training streams)

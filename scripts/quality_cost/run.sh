@@ -3,7 +3,8 @@
 # results/quality_cost, whose finished runs are committed: the machine that runs the study can be replaced between
 # sittings, and a run's checkpoints, ignored by git, are lost with it). Resumable: finished runs are skipped and
 # killed ones continue from their checkpoint; runs are named <method>-lr<lr>-s<seed> under dolly/ and instruct/.
-#   1. Dolly, seed 0: every method at the middle lr of its grid (common.sh), then at the highest.
+#   1. Dolly, seed 0: every method at the middle lr of its grid (common.sh), then at the highest; then, for each
+#      method whose highest lr has the lowest validation loss, the next lr up, twice at most (common.sh lr_up).
 #   2. Each method's lr: the lowest final validation loss so far (scripts/quality_cost/report.py choose).
 #   3. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
 #      tests/test_quality_cost_rerun.py).
@@ -19,10 +20,10 @@ OUT=${1:-results/quality_cost}
 mkdir -p "$OUT"
 JOBS=${JOBS:-1}
 part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
-launch() {  # launch RUN_ARGS...: run them now, or with JOBS > 1 in the background once fewer than JOBS runs are on
-  if [ "$JOBS" -le 1 ] || [ -n "${DRY:-}" ]; then run "$@"; return 0; fi
+launch() {  # launch COMMAND ARGS...: run it now, or with JOBS > 1 in the background once fewer than JOBS are on
+  if [ "$JOBS" -le 1 ] || [ -n "${DRY:-}" ]; then "$@"; return 0; fi
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
-  (export OMP_NUM_THREADS=1; run "$@") &
+  (export OMP_NUM_THREADS=1; "$@") &
 }
 drain() { while [ -n "$(jobs -p)" ]; do wait -n; done; }  # the end of a part: its runs, a failure stops the study
 run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended to $OUT/wall_time.txt. The base
@@ -46,10 +47,21 @@ base_run() {  # base_run DATASET_DIR SEED: the run of that seed that evaluates t
 sweep() {  # sweep I: Dolly, seed 0, every method at the I-th lr of its grid
   local method lr
   for method in "${METHODS[@]}"; do
-    lr=$(lr_grid "$method" | cut -d' ' -f"$1"); launch "$OUT/dolly/$method-lr$lr-s0" "$method" "$lr" 0 "${DOLLY[@]}"
+    lr=$(lr_grid "$method" | cut -d' ' -f"$1"); launch run "$OUT/dolly/$method-lr$lr-s0" "$method" "$lr" 0 "${DOLLY[@]}"
   done
 }
-if part sweep; then sweep 2; sweep 3; drain; fi  # the middle lrs first: a complete comparison after 5 runs
+climb() {  # climb METHOD: while the method's highest lr so far has the lowest validation loss, one lr up (2 at most)
+  local lr step
+  lr=$(lr_grid "$1" | cut -d' ' -f3)
+  for step in 1 2; do
+    [ "$(python scripts/quality_cost/report.py choose "$OUT" --method "$1")" = "$lr" ] || return 0
+    lr=$(lr_up "$lr"); run "$OUT/dolly/$1-lr$lr-s0" "$1" "$lr" 0 "${DOLLY[@]}"
+  done
+}
+if part sweep; then  # the middle lrs first: a complete comparison after 5 runs
+  sweep 2; sweep 3; drain
+  for method in "${METHODS[@]}"; do launch climb "$method"; done; drain
+fi
 declare -A LR  # each method's chosen lr (scripts/quality_cost/report.py choose), once the sweep has run
 if part rerun || part dolly || part instruct; then
   for method in "${METHODS[@]}"; do LR[$method]=$(python scripts/quality_cost/report.py choose "$OUT" --method "$method"); done
@@ -64,13 +76,13 @@ if part rerun; then
 fi
 if part dolly; then
   for seed in 1 2; do
-    for method in "${METHODS[@]}"; do lr=${LR[$method]}; launch "$OUT/dolly/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${DOLLY[@]}"; done
+    for method in "${METHODS[@]}"; do lr=${LR[$method]}; launch run "$OUT/dolly/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${DOLLY[@]}"; done
   done
   drain
 fi
 if part instruct; then
   for seed in 0 1 2; do
-    for method in "${METHODS[@]}"; do lr=${LR[$method]}; launch "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
+    for method in "${METHODS[@]}"; do lr=${LR[$method]}; launch run "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
   done
   drain
 fi
