@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,16 @@ def test_a_run_without_round_0_takes_the_base_of_its_seed_from_another_run(study
     pro = report.dataset_numbers(study, "dolly")["fedkseed_pro"][0]
     assert pro["base_loss"] == 2.0  # seed 0's base (the 9.9 was never written)
     assert report.trajectory(study / "dolly" / "fedkseed_pro-lr1e-6-s0")["loss"].tolist() == [2.0, 2.0, 1.99]
+
+
+def test_the_report_draws_three_curves_per_dataset_into_a_folder_it_makes(study, tmp_path):
+    plots = tmp_path / "docs" / "plots"
+    text = report.report(study, tmp_path / "results.json", plots)
+    drawn = sorted(p.name for p in plots.glob("*.png"))
+    assert drawn == [f"quality_cost_dolly_{x}.png" for x in ("bytes", "fe", "round")]
+    assert all(f"![{Path(name).stem}]({name})" in text for name in drawn)
+    assert json.loads((tmp_path / "results.json").read_text())["dolly"]["cost_to_target"]["target_loss"] == \
+        pytest.approx(1.9)
 
 
 def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):

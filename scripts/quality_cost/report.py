@@ -175,6 +175,7 @@ def plot(out: Path, dataset: str, numbers: dict[str, list[dict]], folder: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for x, label, log in (("bytes", "cumulative bytes, all clients (up + down)", True),
                           ("fe", "cumulative client forward-equivalents", False), ("round", "round", False)):
