@@ -3,8 +3,8 @@
 # results/quality_cost, whose finished runs are committed: the machine that runs the study can be replaced between
 # sittings, and a run's checkpoints, ignored by git, are lost with it). Resumable: finished runs are skipped and
 # killed ones continue from their checkpoint; runs are named <method>-lr<lr>-s<seed> under dolly/ and instruct/.
-#   1. Dolly, seed 0: every method at the middle lr of its grid (common.sh), then at the highest; then, for each
-#      method whose highest lr has the lowest validation loss, the next lr up, twice at most (common.sh lr_up).
+#   1. Dolly, seed 0: every method at the middle lr of its grid (common.sh), then at the highest, each followed by
+#      its climb: while the highest lr tried has the lowest validation loss, the next lr up, twice at most (lr_up).
 #   2. Each method's lr: the lowest final validation loss so far (scripts/quality_cost/report.py choose).
 #   3. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
 #      tests/test_quality_cost_rerun.py).
@@ -58,9 +58,14 @@ climb() {  # climb METHOD: while the method's highest lr so far has the lowest v
     lr=$(lr_up "$lr"); run "$OUT/dolly/$1-lr$lr-s0" "$1" "$lr" 0 "${DOLLY[@]}"
   done
 }
-if part sweep; then  # the middle lrs first: a complete comparison after 5 runs
-  sweep 2; sweep 3; drain
-  for method in "${METHODS[@]}"; do launch climb "$method"; done; drain
+top() {  # top METHOD: the method's highest lr, then the climb above it (one job, so that a free slot goes on)
+  local lr
+  lr=$(lr_grid "$1" | cut -d' ' -f3); run "$OUT/dolly/$1-lr$lr-s0" "$1" "$lr" 0 "${DOLLY[@]}"
+  climb "$1"
+}
+if part sweep; then  # the middle lrs first: a complete comparison after 5 runs; each climb compares with them
+  sweep 2; drain
+  for method in "${METHODS[@]}"; do launch top "$method"; done; drain
 fi
 declare -A LR  # each method's chosen lr (scripts/quality_cost/report.py choose), once the sweep has run
 if part rerun || part dolly || part instruct; then
