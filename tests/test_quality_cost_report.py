@@ -117,6 +117,23 @@ def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
     assert not (tmp_path / "study" / "rerun-1thread").exists()
 
 
+def test_the_lowest_lrs_run_only_where_the_sweep_has_fewer_than_3_lrs_or_the_lowest_won(tmp_path):
+    """PART=sweep_low: FedKSeed climbed (3e-6, 1e-5, 3e-5; 1e-5 won), so its 1e-6 is left out; Pro has 3 lrs and the
+    lowest won, so its 1e-6 runs; FedKSeed + LoRA has 2 lrs, so its 1e-4 runs."""
+    sweeps = {"fedkseed": ["3e-6", "1e-5", "3e-5"], "fedkseed_pro": ["3e-6", "1e-5", "3e-5"],
+              "fedkseed_lora": ["3e-4", "1e-3"], "fedit": ["1e-4"], "fedavg": ["3e-6"]}
+    for method, lrs in sweeps.items():
+        for lr in lrs:
+            val = {"1e-5": 1.8}.get(lr, 2.0) if method == "fedkseed" else {"3e-6": 1.8}.get(lr, 2.0)
+            write_run(tmp_path / "study" / "dolly" / f"{method}-lr{lr}-s0", [2.0, 1.9], [2.1, val], 400, 100, 20)
+    env = {**os.environ, "DRY": "1", "PART": "sweep_low", "QC_DATA": str(tmp_path / "nowhere")}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(tmp_path / "study")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = {Path(line.split()[0]).name for line in done.stdout.splitlines() if line.strip()}
+    assert listed == {"fedkseed_pro-lr1e-6-s0", "fedkseed_lora-lr1e-4-s0", "fedit-lr3e-5-s0", "fedavg-lr1e-6-s0"}
+
+
 def test_jobs_2_keeps_two_runs_going_at_once_each_in_one_torch_thread(tmp_path):
     """JOBS=2 over Dolly seeds 1-2: every run is made, at most 2 are on at a time, 2 overlap, and each runs with
     OMP_NUM_THREADS=1. main.py is stood in for by a `python` first on PATH that logs and sleeps."""

@@ -10,7 +10,8 @@
 #      tests/test_quality_cost_rerun.py).
 #   4. Dolly seeds 1 and 2, then Natural Instructions seeds 0 1 2, at the chosen lr.
 #   5. Dolly seed 0 at the lowest lr of each grid: every one of them ended behind its method's middle lr in the
-#      study's first sittings (docs/quality_cost_plan.md), so it completes the sweep's table last.
+#      study's first sittings (docs/quality_cost_plan.md), so it completes the sweep's table last; skipped where
+#      3 lrs have run and the chosen one is not the lowest of them (the climb made the 3: the lowest adds nothing).
 #   6. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
 # PART=sweep|rerun|dolly|instruct|sweep_low|report runs one part only (each needs the sweep); DRY=1 lists the runs;
 # JOBS=N runs up to N runs of a part at once, each in one torch thread (bench/parallel_runs.py measures the gain).
@@ -58,6 +59,21 @@ climb() {  # climb METHOD: while the method's highest lr so far has the lowest v
     lr=$(lr_up "$lr"); run "$OUT/dolly/$1-lr$lr-s0" "$1" "$lr" 0 "${DOLLY[@]}"
   done
 }
+tried() {  # tried METHOD: the lrs of the method's finished seed-0 Dolly runs, lowest first
+  local run lr
+  for run in "$OUT/dolly/$1"-lr*-s0; do
+    if [ -f "$run/summary.json" ]; then lr=${run##*-lr}; echo "${lr%-s0}"; fi
+  done | sort -g
+}
+low() {  # low METHOD: the grid's lowest lr, unless 3 lrs have run and the chosen one is above the lowest of them
+  local lrs
+  lrs=$(tried "$1")
+  if [ "$(echo "$lrs" | wc -w)" -ge 3 ] && \
+     [ "$(python scripts/quality_cost/report.py choose "$OUT" --method "$1")" != "$(echo "$lrs" | head -1)" ]; then
+    return 0
+  fi
+  run "$OUT/dolly/$1-lr$(lr_grid "$1" | cut -d' ' -f1)-s0" "$1" "$(lr_grid "$1" | cut -d' ' -f1)" 0 "${DOLLY[@]}"
+}
 top() {  # top METHOD: the method's highest lr, then the climb above it (one job, so that a free slot goes on)
   local lr
   lr=$(lr_grid "$1" | cut -d' ' -f3); run "$OUT/dolly/$1-lr$lr-s0" "$1" "$lr" 0 "${DOLLY[@]}"
@@ -91,7 +107,7 @@ if part instruct; then
   done
   drain
 fi
-if part sweep_low; then sweep 1; drain; fi
+if part sweep_low; then for method in "${METHODS[@]}"; do launch low "$method"; done; drain; fi
 if part report; then
   # DOCS=docs writes the recorded numbers and the plots where docs/results.md and the tests read them
   python scripts/quality_cost/report.py report "$OUT" --json "${DOCS:-$OUT}/quality_cost_results.json" \
