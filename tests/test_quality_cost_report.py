@@ -134,6 +134,33 @@ def test_the_lowest_lrs_run_only_where_the_sweep_has_fewer_than_3_lrs_or_the_low
     assert listed == {"fedkseed_pro-lr1e-6-s0", "fedkseed_lora-lr1e-4-s0", "fedit-lr3e-5-s0", "fedavg-lr1e-6-s0"}
 
 
+@pytest.mark.parametrize("deadline, fedavg_runs", [("now + 1 hour", False), ("now + 2 hours", True)])
+def test_fedavg_is_deferred_when_its_longest_run_would_end_after_the_deadline(tmp_path, deadline, fedavg_runs):
+    """DEADLINE: FedAvg's longest recorded run took 5000 s; its seeds 1-2 are listed only when that fits before
+    the deadline, and the zeroth-order runs are listed either way (their checkpoints are committed)."""
+    for method, lr in {"fedkseed": "3e-6", "fedkseed_pro": "3e-6", "fedkseed_lora": "3e-4", "fedit": "1e-4",
+                       "fedavg": "3e-6"}.items():
+        write_run(tmp_path / "study" / "dolly" / f"{method}-lr{lr}-s0", [2.0, 1.9], [2.1, 2.0], 400, 100, 20)
+    (tmp_path / "study" / "wall_time.txt").write_text(
+        f"{tmp_path / 'study'}/dolly/fedkseed-lr3e-6-s0: 9000 s\n{tmp_path / 'study'}/dolly/fedavg-lr3e-6-s0: 5000 s\n")
+    env = {**os.environ, "DRY": "1", "PART": "dolly", "DEADLINE": deadline, "QC_DATA": str(tmp_path / "nowhere")}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(tmp_path / "study")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    listed = [Path(line.split()[0]).name for line in done.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert ("fedavg-lr3e-6-s1" in listed) == fedavg_runs
+    assert ("deferred to the next sitting: " in done.stdout) != fedavg_runs
+    assert {"fedkseed-lr3e-6-s1", "fedkseed_lora-lr3e-4-s2", "fedit-lr1e-4-s2"} <= set(listed)
+
+
+def test_a_deadline_that_is_not_a_time_stops_the_study_with_one_line(tmp_path):
+    env = {**os.environ, "DRY": "1", "DEADLINE": "teatime tomorrow-ish", "QC_DATA": str(tmp_path / "nowhere")}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(tmp_path / "study")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: DEADLINE=teatime tomorrow-ish is not a time"]
+
+
 def test_jobs_2_keeps_two_runs_going_at_once_each_in_one_torch_thread(tmp_path):
     """JOBS=2 over Dolly seeds 1-2: every run is made, at most 2 are on at a time, 2 overlap, and each runs with
     OMP_NUM_THREADS=1. main.py is stood in for by a `python` first on PATH that logs and sleeps."""

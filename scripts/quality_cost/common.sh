@@ -14,7 +14,8 @@ DOLLY=(--dataset dolly --data_path "$DATA/databricks-dolly-15k.jsonl" --iid dir0
 # Natural Instructions: a client per training task, test tasks held out; -m 0.0075 samples 4 a round for 534-666
 # usable tasks (~600 keep a record within 256 tokens).
 NI=(--dataset instruct --data_path "$DATA" -m 0.0075)
-METHODS=(fedkseed fedkseed_pro fedkseed_lora fedit fedavg)
+# FedAvg first: its checkpoint (the whole model, 538 MB) is not committed, so a sitting starts it while it can finish
+METHODS=(fedavg fedkseed fedkseed_pro fedkseed_lora fedit)
 
 method_flags() {  # method_flags METHOD: the flags that make the method (K and eps as the paper's Dolly scripts)
   case $1 in

@@ -15,11 +15,16 @@
 #   6. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
 # PART=sweep|rerun|dolly|instruct|sweep_low|report runs one part only (each needs the sweep); DRY=1 lists the runs;
 # JOBS=N runs up to N runs of a part at once, each in one torch thread (bench/parallel_runs.py measures the gain).
+# DEADLINE=TIME (anything `date -d` reads, e.g. 14:40): the sitting's end; a FedAvg run, whose checkpoint is not
+# committed, is deferred to the next sitting unless its longest recorded wall time ends before it.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=${1:-results/quality_cost}
 mkdir -p "$OUT"
 JOBS=${JOBS:-1}
+if [ -n "${DEADLINE:-}" ]; then
+  DEADLINE_S=$(date -d "$DEADLINE" +%s 2>/dev/null) || { echo "error: DEADLINE=$DEADLINE is not a time" >&2; exit 2; }
+fi
 part() { [ -z "${PART:-}" ] || [ "$PART" = "$1" ]; }
 launch() {  # launch COMMAND ARGS...: run it now, or with JOBS > 1 in the background once fewer than JOBS are on
   if [ "$JOBS" -le 1 ] || [ -n "${DRY:-}" ]; then "$@"; return 0; fi
@@ -32,6 +37,7 @@ run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended
   # Validation loss only in the sweep (Dolly, seed 0).
   local dir=$1 method=$2 lr=$3 seed=$4 start base=--no_eval_base val=(); shift 4
   [ -f "$dir/summary.json" ] && return 0
+  if ! fits_the_sitting "$method"; then echo "deferred to the next sitting: $dir"; return 0; fi
   if [ "$(base_run "$(dirname "$dir")" "$seed")" = "$(basename "$dir")" ]; then base=--eval_base; fi
   if [ "$(basename "$(dirname "$dir")")" != dolly ] || [ "$seed" != 0 ]; then val=(--val_examples 0); fi
   if [ -n "${DRY:-}" ]; then echo "$dir $method $lr $seed $base ${val[*]}"; return 0; fi
@@ -39,6 +45,12 @@ run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended
   # shellcheck disable=SC2046
   run_once "$dir" "${QC[@]}" "$@" $(method_flags "$method") --lr "$lr" --seed "$seed" "$base" "${val[@]}"
   echo "$dir: $(( $(date +%s) - start )) s" >> "$OUT/wall_time.txt"
+}
+fits_the_sitting() {  # fits_the_sitting METHOD: false for FedAvg when its longest recorded run would end after DEADLINE
+  local longest
+  if [ -z "${DEADLINE_S:-}" ] || [ "$1" != fedavg ]; then return 0; fi
+  longest=$(grep "/fedavg-lr" "$OUT/wall_time.txt" 2>/dev/null | awk '{print $2}' | sort -g | tail -1 || true)
+  [ $(( $(date +%s) + ${longest:-0} )) -le "$DEADLINE_S" ]
 }
 base_run() {  # base_run DATASET_DIR SEED: the run of that seed that evaluates the base model (FedKSeed's; in
   # the sweep, at its middle lr, which runs first)
