@@ -79,6 +79,18 @@ def test_a_run_without_round_0_takes_the_base_of_its_seed_from_another_run(study
     assert report.trajectory(study / "dolly" / "fedkseed_pro-lr1e-6-s0")["loss"].tolist() == [2.0, 2.0, 1.99]
 
 
+def test_the_rerun_record_takes_round_0_from_the_run_that_evaluated_the_base(tmp_path):
+    """The chosen FedKSeed run (1e-5) did not evaluate the base model (the sweep's 3e-6 did): the recorded losses
+    the slow rerun test compares with still hold round 0, from the 3e-6 run."""
+    dolly = tmp_path / "dolly"
+    write_run(dolly / "fedkseed-lr3e-6-s0", [2.0, 1.95, 1.9], [2.1, 2.05, 2.0], 400, 100, 20)
+    write_run(dolly / "fedkseed-lr1e-5-s0", [2.0, 1.9, 1.8], [2.1, 2.0, 1.9], 400, 100, 20, base=False)
+    write_run(tmp_path / "rerun-1thread", [2.0, 1.9, 1.8], [2.1, 2.0, 1.9], 400, 100, 20)
+    record = report.rerun_record(tmp_path)
+    assert record["lr"] == "1e-5"
+    assert record["recorded"] == {"0": 2.0, "1": 1.9, "2": 1.8} == record["rerun_1thread"]
+
+
 def test_the_report_draws_three_curves_per_dataset_into_a_folder_it_makes(study, tmp_path):
     plots = tmp_path / "docs" / "plots"
     text = report.report(study, tmp_path / "results.json", plots)

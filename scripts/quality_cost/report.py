@@ -217,17 +217,19 @@ def sweep_table(out: Path) -> list[str]:
 
 
 def rerun_record(out: Path) -> dict | None:
-    """FedKSeed's seed-0 Dolly eval loss at rounds 0-2 (the chosen lr) and the same rounds rerun in one thread."""
+    """FedKSeed's seed-0 Dolly eval loss at rounds 0-2 (the chosen lr; round 0 from whichever run evaluated the
+    base model) and the same rounds rerun in one thread."""
     rerun = out / "rerun-1thread" / "metrics.jsonl"
     if not rerun.exists():
         return None
     lr = choose(out, "fedkseed")
 
-    def losses(path: Path) -> dict[str, float]:
-        return {str(r["round"]): r["eval_loss"] for r in read_metrics(path) if r["round"] <= 2 and "eval_loss" in r}
+    def losses(rows: list[dict]) -> dict[str, float]:
+        return {str(r["round"]): r["eval_loss"] for r in rows if r["round"] <= 2 and "eval_loss" in r}
 
-    return {"lr": lr, "recorded": losses(out / "dolly" / f"fedkseed-lr{lr}-s0" / "metrics.jsonl"),
-            "rerun_1thread": losses(rerun)}
+    run = out / "dolly" / f"fedkseed-lr{lr}-s0"
+    return {"lr": lr, "recorded": losses([base_eval(run), *read_metrics(run / "metrics.jsonl")]),
+            "rerun_1thread": losses(read_metrics(rerun))}
 
 
 def report(out: Path, json_path: Path | None, plots: Path | None) -> str:
