@@ -33,6 +33,12 @@ def write_run(run, losses: list[float], val: list[float], up: float, down: float
     (run / "summary.json").write_text(json.dumps({"base": rows[0] if base else None, "final": rows[-1]}))
 
 
+def run_study(out: Path, env: dict) -> subprocess.CompletedProcess:
+    """scripts/quality_cost/run.sh OUT under env, its output captured."""
+    return subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(out)],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture
 def study(tmp_path):
     dolly = tmp_path / "dolly"
@@ -112,8 +118,7 @@ def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
             run = tmp_path / "study" / "dolly" / f"{method}-lr{lr}-s0"
             write_run(run, [2.0, 1.9], [2.1, 2.0 - 0.1 * i], 400, 100, 20)
     env = {**os.environ, "DRY": "1", "QC_DATA": str(tmp_path / "nowhere")}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(tmp_path / "study")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = run_study(tmp_path / "study", env)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert f"{tmp_path / 'study'}/rerun-1thread fedkseed 1e-5 0" in out
@@ -139,8 +144,7 @@ def test_the_lowest_lrs_run_only_where_the_sweep_has_fewer_than_3_lrs_or_the_low
             val = {"1e-5": 1.8}.get(lr, 2.0) if method == "fedkseed" else {"3e-6": 1.8}.get(lr, 2.0)
             write_run(tmp_path / "study" / "dolly" / f"{method}-lr{lr}-s0", [2.0, 1.9], [2.1, val], 400, 100, 20)
     env = {**os.environ, "DRY": "1", "PART": "sweep_low", "QC_DATA": str(tmp_path / "nowhere")}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(tmp_path / "study")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = run_study(tmp_path / "study", env)
     assert done.returncode == 0, done.stderr
     listed = {Path(line.split()[0]).name for line in done.stdout.splitlines() if line.strip()}
     assert listed == {"fedkseed_pro-lr1e-6-s0", "fedkseed_lora-lr1e-4-s0", "fedit-lr3e-5-s0", "fedavg-lr1e-6-s0"}
@@ -156,8 +160,7 @@ def test_fedavg_is_deferred_when_its_longest_run_would_end_after_the_deadline(tm
     (tmp_path / "study" / "wall_time.txt").write_text(
         f"{tmp_path / 'study'}/dolly/fedkseed-lr3e-6-s0: 9000 s\n{tmp_path / 'study'}/dolly/fedavg-lr3e-6-s0: 5000 s\n")
     env = {**os.environ, "DRY": "1", "PART": "dolly", "DEADLINE": deadline, "QC_DATA": str(tmp_path / "nowhere")}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(tmp_path / "study")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = run_study(tmp_path / "study", env)
     assert done.returncode == 0, done.stderr
     listed = [Path(line.split()[0]).name for line in done.stdout.splitlines() if line.startswith(str(tmp_path))]
     assert ("fedavg-lr3e-6-s1" in listed) == fedavg_runs
@@ -167,8 +170,7 @@ def test_fedavg_is_deferred_when_its_longest_run_would_end_after_the_deadline(tm
 
 def test_a_deadline_that_is_not_a_time_stops_the_study_with_one_line(tmp_path):
     env = {**os.environ, "DRY": "1", "DEADLINE": "teatime tomorrow-ish", "QC_DATA": str(tmp_path / "nowhere")}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(tmp_path / "study")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = run_study(tmp_path / "study", env)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["error: DEADLINE=teatime tomorrow-ish is not a time"]
 
@@ -190,8 +192,7 @@ echo "end $out" >> {log}
 """)
     (shim / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "PART": "dolly", "JOBS": "2"}
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(tmp_path / "study")],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = run_study(tmp_path / "study", env)
     assert done.returncode == 0, done.stderr
     events = log.read_text().split("\n")[:-1]
     on, most = 0, 0

@@ -78,13 +78,13 @@ tried() {  # tried METHOD: the lrs of the method's finished seed-0 Dolly runs, l
   done | sort -g
 }
 low() {  # low METHOD: the grid's lowest lr, unless 3 lrs have run and the chosen one is above the lowest of them
-  local lrs
-  lrs=$(tried "$1")
+  local lrs lowest
+  lrs=$(tried "$1") lowest=$(lr_grid "$1" | cut -d' ' -f1)
   if [ "$(echo "$lrs" | wc -w)" -ge 3 ] && \
      [ "$(python scripts/quality_cost/report.py choose "$OUT" --method "$1")" != "$(echo "$lrs" | head -1)" ]; then
     return 0
   fi
-  run "$OUT/dolly/$1-lr$(lr_grid "$1" | cut -d' ' -f1)-s0" "$1" "$(lr_grid "$1" | cut -d' ' -f1)" 0 "${DOLLY[@]}"
+  run "$OUT/dolly/$1-lr$lowest-s0" "$1" "$lowest" 0 "${DOLLY[@]}"
 }
 top() {  # top METHOD: the method's highest lr, then the climb above it (one job, so that a free slot goes on)
   local lr
