@@ -109,7 +109,8 @@ def test_the_report_draws_three_curves_per_dataset_into_a_folder_it_makes(study,
 
 def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
     """DRY=1 after the sweep's middle lrs: its highest lrs, one lr further up for FedKSeed (its highest lr won),
-    the rerun, Dolly seeds 1-2 and Natural Instructions are listed at the chosen lrs, the sweep's lowest lrs last;
+    the rerun, then seed by seed Natural Instructions and Dolly (seeds 1-2) at the chosen lrs, the sweep's lowest
+    lrs last;
     nothing runs (a real run would fail: QC_DATA points nowhere)."""
     grids = {"fedkseed": ["3e-6", "1e-5"], "fedkseed_pro": ["3e-6"], "fedkseed_lora": ["3e-4"], "fedit": ["1e-4"],
              "fedavg": ["3e-6"]}
@@ -127,6 +128,9 @@ def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
     lines = [line.split()[0].removeprefix(f"{tmp_path / 'study'}/") for line in out.splitlines() if line.strip()]
     assert lines.index("dolly/fedkseed-lr3e-5-s0") < lines.index("dolly/fedkseed_pro-lr1e-5-s0")  # climbs at once
     assert lines.index("dolly/fedavg-lr1e-5-s0") < lines.index("rerun-1thread")
+    seeds = [line for line in lines if "/fedit-lr1e-4-" in line]  # the chosen lr, seed by seed, NI first
+    assert seeds == ["instruct/fedit-lr1e-4-s0", "instruct/fedit-lr1e-4-s1", "dolly/fedit-lr1e-4-s1",
+                     "instruct/fedit-lr1e-4-s2", "dolly/fedit-lr1e-4-s2"]
     assert not {"dolly/fedkseed_pro-lr3e-5-s0", "dolly/fedkseed_lora-lr3e-3-s0", "dolly/fedit-lr1e-3-s0",
                 "dolly/fedavg-lr3e-5-s0"} & set(lines)  # their highest lrs did not win
     assert lines.index("dolly/fedkseed-lr1e-6-s0") > max(

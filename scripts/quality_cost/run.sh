@@ -8,7 +8,8 @@
 #   2. Each method's lr: the lowest final validation loss so far (scripts/quality_cost/report.py choose).
 #   3. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
 #      tests/test_quality_cost_rerun.py).
-#   4. Dolly seeds 1 and 2, then Natural Instructions seeds 0 1 2, at the chosen lr.
+#   4. At the chosen lrs, seed by seed: Natural Instructions seed 0, then Dolly and Natural Instructions seed 1,
+#      then both at seed 2 (no barrier between them: a free slot takes the next run).
 #   5. Dolly seed 0 at the lowest lr of each grid: every one of them ended behind its method's middle lr in the
 #      study's first sittings (docs/quality_cost_plan.md), so it completes the sweep's table last; skipped where
 #      3 lrs have run and the chosen one is not the lowest of them (the climb made the 3: the lowest adds nothing).
@@ -107,18 +108,16 @@ if part rerun; then
     OMP_NUM_THREADS=1 run_once "$OUT/rerun-1thread" $(rerun_flags "${LR[fedkseed]}")
   fi
 fi
-if part dolly; then
-  for seed in 1 2; do
-    for method in "${METHODS[@]}"; do lr=${LR[$method]}; launch run "$OUT/dolly/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${DOLLY[@]}"; done
+for seed in 0 1 2; do  # seed by seed, Natural Instructions first: each seed completes both datasets' comparisons
+  for dataset in instruct dolly; do
+    if ! part "$dataset" || [ "$dataset/$seed" = dolly/0 ]; then continue; fi
+    case $dataset in dolly) flags=("${DOLLY[@]}") ;; instruct) flags=("${NI[@]}") ;; esac
+    for method in "${METHODS[@]}"; do
+      lr=${LR[$method]}; launch run "$OUT/$dataset/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${flags[@]}"
+    done
   done
-  drain
-fi
-if part instruct; then
-  for seed in 0 1 2; do
-    for method in "${METHODS[@]}"; do lr=${LR[$method]}; launch run "$OUT/instruct/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${NI[@]}"; done
-  done
-  drain
-fi
+done
+drain
 if part sweep_low; then for method in "${METHODS[@]}"; do launch low "$method"; done; drain; fi
 if part report; then
   # DOCS=docs writes the recorded numbers and the plots where docs/results.md and the tests read them
