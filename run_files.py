@@ -46,10 +46,24 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def write_config(path: Path, args) -> None:
-    """Every resolved flag, the git revision and the library versions."""
+def write_config(path: Path, args, resumed_at: int | None = None) -> None:
+    """Every resolved flag, the git revision and the library versions. A run resumed at round N keeps those of
+    the sittings before it, so that every commit that trained it stays on record."""
     doc = {"flags": vars(args), "git_revision": git_revision(), "versions": versions()}
+    if resumed_at is not None:
+        doc["earlier_sittings"] = earlier_sittings(path, resumed_at)
     path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def earlier_sittings(path: Path, resumed_at: int) -> list[dict]:
+    """The sittings recorded in the config.json being replaced, then its own, which reached round resumed_at
+    (an unreadable config.json leaves that sitting's revision unknown: null)."""
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        before = {}
+    last = {"git_revision": before.get("git_revision"), "versions": before.get("versions"), "until_round": resumed_at}
+    return [*before.get("earlier_sittings", []), last]
 
 
 class MetricsFile:

@@ -51,7 +51,7 @@ def open_run_dir(args, resume: RunState | None) -> Path:
         raise FedKSeedError(f"--output_dir {out}: already holds a run; continue it with --resume {out}")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_config(out / "config.json", args)
+        write_config(out / "config.json", args, resumed_at=None if resume is None else resume.round)
     except OSError as exc:
         raise FedKSeedError(f"--output_dir {out}: cannot write the run directory ({exc.strerror or exc})") from None
     setup_logging(out / "train.log" if args.log else None)

@@ -16,7 +16,7 @@ import torch
 from checkpoint import CHECKPOINT_FILE, load_checkpoint
 from conftest import ROOT, dolly_records, run_and_kill, write_tiny_model
 from errors import FedKSeedError
-from run_files import MEASURED, read_metrics
+from run_files import MEASURED, git_revision, read_metrics
 
 ENV = {**os.environ, "FEDKSEED_COMPILE": "0", "PYTHONUNBUFFERED": "1"}
 ROUNDS = 6
@@ -77,6 +77,11 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(setup, uni
     assert np.array_equal(whole.c, again.c) and np.count_nonzero(whole.c) > 0
     assert np.array_equal(pro_probabilities_of(whole), pro_probabilities_of(again))
     assert comparable(read_metrics(uninterrupted / "metrics.jsonl")) == comparable(read_metrics(out / "metrics.jsonl"))
+    # the sitting that was killed stays on record (a resume elsewhere may run another commit)
+    config = json.loads((out / "config.json").read_text())
+    assert config["earlier_sittings"] == [{"git_revision": git_revision(), "versions": config["versions"],
+                                           "until_round": killed_at}]
+    assert "earlier_sittings" not in json.loads((uninterrupted / "config.json").read_text())
 
 
 def test_fedkseed_on_lora_killed_and_resumed_ends_as_an_uninterrupted_run(setup):
