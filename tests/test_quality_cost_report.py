@@ -154,13 +154,44 @@ def test_the_lowest_lrs_run_only_where_the_sweep_has_fewer_than_3_lrs_or_the_low
     assert listed == {"fedkseed_pro-lr1e-6-s0", "fedkseed_lora-lr1e-4-s0", "fedit-lr3e-5-s0", "fedavg-lr1e-6-s0"}
 
 
+def settled_sweep(study: Path, top_wins: tuple[str, ...] = ()) -> None:
+    """Each method's seed-0 Dolly runs at its grid's middle and highest lrs; the middle one has the lower validation
+    loss (the sweep is settled) except for the methods in top_wins, whose climb is still to run."""
+    grids = {"fedkseed": ("3e-6", "1e-5"), "fedkseed_pro": ("3e-6", "1e-5"), "fedkseed_lora": ("3e-4", "1e-3"),
+             "fedit": ("1e-4", "3e-4"), "fedavg": ("3e-6", "1e-5")}
+    for method, (middle, top) in grids.items():
+        val = 1.9 if method in top_wins else 2.1
+        write_run(study / "dolly" / f"{method}-lr{middle}-s0", [2.0, 1.9], [2.1, 2.0], 400, 100, 20)
+        write_run(study / "dolly" / f"{method}-lr{top}-s0", [2.0, 1.9], [2.1, val], 400, 100, 20)
+
+
+def test_a_method_whose_sweep_has_an_lr_to_run_waits_for_it(tmp_path):
+    """PART=instruct beside a sweep still to finish: FedAvg's highest lr won, so its climb (3e-5) is pending and its
+    Natural Instructions runs wait (they would run at an lr the climb may replace); the others are listed, FedKSeed
+    at the second step of its climb, where the climb stops; Pro, whose first climb step won, waits for its second."""
+    settled_sweep(tmp_path / "study", top_wins=("fedavg", "fedkseed", "fedkseed_pro"))
+    for lr, val in (("3e-5", 1.8), ("1e-4", 1.7)):  # FedKSeed climbed twice, winning each time: the climb's end
+        write_run(tmp_path / "study" / "dolly" / f"fedkseed-lr{lr}-s0", [2.0, 1.9], [2.1, val], 400, 100, 20)
+    # Pro climbed once and won: its second step (1e-4) is still to run
+    write_run(tmp_path / "study" / "dolly" / "fedkseed_pro-lr3e-5-s0", [2.0, 1.9], [2.1, 1.8], 400, 100, 20)
+    env = {**os.environ, "DRY": "1", "PART": "instruct", "QC_DATA": str(tmp_path / "nowhere")}
+    done = run_study(tmp_path / "study", env)
+    assert done.returncode == 0, done.stderr
+    listed = {Path(line.split()[0]).name for line in done.stdout.splitlines() if line.startswith(str(tmp_path))}
+    assert {"fedkseed-lr1e-4-s0", "fedit-lr1e-4-s2", "fedkseed_lora-lr3e-4-s1"} <= listed
+    assert not any(name.startswith(("fedavg", "fedkseed_pro")) for name in listed)
+    for method in ("fedavg", "fedkseed_pro"):
+        assert f"waits for its lr sweep: {tmp_path / 'study'}/instruct/{method}-s0" in done.stdout
+    sweep = run_study(tmp_path / "study", {**env, "PART": "sweep"})
+    assert {Path(line.split()[0]).name for line in sweep.stdout.splitlines() if line.strip()} == {
+        "fedavg-lr3e-5-s0", "fedkseed_pro-lr1e-4-s0"}  # what they wait for
+
+
 @pytest.mark.parametrize("deadline, fedavg_runs", [("now + 1 hour", False), ("now + 2 hours", True)])
 def test_fedavg_is_deferred_when_its_longest_run_would_end_after_the_deadline(tmp_path, deadline, fedavg_runs):
     """DEADLINE: FedAvg's longest recorded run took 5000 s; its seeds 1-2 are listed only when that fits before
     the deadline, and the zeroth-order runs are listed either way (their checkpoints are committed)."""
-    for method, lr in {"fedkseed": "3e-6", "fedkseed_pro": "3e-6", "fedkseed_lora": "3e-4", "fedit": "1e-4",
-                       "fedavg": "3e-6"}.items():
-        write_run(tmp_path / "study" / "dolly" / f"{method}-lr{lr}-s0", [2.0, 1.9], [2.1, 2.0], 400, 100, 20)
+    settled_sweep(tmp_path / "study")
     (tmp_path / "study" / "wall_time.txt").write_text(
         f"{tmp_path / 'study'}/dolly/fedkseed-lr3e-6-s0: 9000 s\n{tmp_path / 'study'}/dolly/fedavg-lr3e-6-s0: 5000 s\n")
     env = {**os.environ, "DRY": "1", "PART": "dolly", "DEADLINE": deadline, "QC_DATA": str(tmp_path / "nowhere")}
@@ -182,9 +213,7 @@ def test_a_deadline_that_is_not_a_time_stops_the_study_with_one_line(tmp_path):
 def test_jobs_2_keeps_two_runs_going_at_once_each_in_one_torch_thread(tmp_path):
     """JOBS=2 over Dolly seeds 1-2: every run is made, at most 2 are on at a time, 2 overlap, and each runs with
     OMP_NUM_THREADS=1. main.py is stood in for by a `python` first on PATH that logs and sleeps."""
-    for method, lr in {"fedkseed": "3e-6", "fedkseed_pro": "3e-6", "fedkseed_lora": "3e-4", "fedit": "1e-4",
-                       "fedavg": "3e-6"}.items():
-        write_run(tmp_path / "study" / "dolly" / f"{method}-lr{lr}-s0", [2.0, 1.9], [2.1, 2.0], 400, 100, 20)
+    settled_sweep(tmp_path / "study")
     shim, log = tmp_path / "bin", tmp_path / "calls.log"
     shim.mkdir()
     (shim / "python").write_text(f"""#!/usr/bin/env bash

@@ -5,6 +5,7 @@
 # killed ones continue from their checkpoint; runs are named <method>-lr<lr>-s<seed> under dolly/ and instruct/.
 #   1. Dolly, seed 0: every method at the middle lr of its grid (common.sh), then at the highest, each followed by
 #      its climb: while the highest lr tried has the lowest validation loss, the next lr up, twice at most (lr_up).
+#      A method's later runs wait while its sweep still has an lr to run (e.g. a FedAvg run deferred by DEADLINE).
 #   2. Each method's lr: the lowest final validation loss so far (scripts/quality_cost/report.py choose).
 #   3. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
 #      tests/test_quality_cost_rerun.py).
@@ -64,13 +65,18 @@ sweep() {  # sweep I: Dolly, seed 0, every method at the I-th lr of its grid
     lr=$(lr_grid "$method" | cut -d' ' -f"$1"); launch run "$OUT/dolly/$method-lr$lr-s0" "$method" "$lr" 0 "${DOLLY[@]}"
   done
 }
-climb() {  # climb METHOD: while the method's highest lr so far has the lowest validation loss, one lr up (2 at most)
-  local lr step
+pending() {  # pending METHOD: the method's next seed-0 Dolly lr above its middle one, nothing once its sweep is
+  # settled: the grid's highest lr, then, while the highest lr run so far has the lowest validation loss, one lr up
+  # (2 at most; a restarted sweep goes on from the highest lr its climb reached)
+  local lr climbed=0
   lr=$(lr_grid "$1" | cut -d' ' -f3)
-  for step in 1 2; do
-    [ "$(python scripts/quality_cost/report.py choose "$OUT" --method "$1")" = "$lr" ] || return 0
-    lr=$(lr_up "$lr"); run "$OUT/dolly/$1-lr$lr-s0" "$1" "$lr" 0 "${DOLLY[@]}"
+  if [ ! -f "$OUT/dolly/$1-lr$lr-s0/summary.json" ]; then echo "$lr"; return 0; fi
+  while [ "$climbed" -lt 2 ] && [ -f "$OUT/dolly/$1-lr$(lr_up "$lr")-s0/summary.json" ]; do
+    lr=$(lr_up "$lr") climbed=$((climbed + 1))
   done
+  if [ "$climbed" -lt 2 ] && [ "$(python scripts/quality_cost/report.py choose "$OUT" --method "$1")" = "$lr" ]; then
+    lr_up "$lr"
+  fi
 }
 tried() {  # tried METHOD: the lrs of the method's finished seed-0 Dolly runs, lowest first
   local run lr
@@ -87,18 +93,26 @@ low() {  # low METHOD: the grid's lowest lr, unless 3 lrs have run and the chose
   fi
   run "$OUT/dolly/$1-lr$lowest-s0" "$1" "$lowest" 0 "${DOLLY[@]}"
 }
-top() {  # top METHOD: the method's highest lr, then the climb above it (one job, so that a free slot goes on)
+top() {  # top METHOD: the method's highest lr, then the climb above it (one job, so that a free slot goes on); it
+  # stops at a run that did not finish (DRY, or a FedAvg run deferred to the next sitting)
   local lr
-  lr=$(lr_grid "$1" | cut -d' ' -f3); run "$OUT/dolly/$1-lr$lr-s0" "$1" "$lr" 0 "${DOLLY[@]}"
-  climb "$1"
+  while lr=$(pending "$1") && [ -n "$lr" ]; do
+    run "$OUT/dolly/$1-lr$lr-s0" "$1" "$lr" 0 "${DOLLY[@]}"
+    [ -f "$OUT/dolly/$1-lr$lr-s0/summary.json" ] || return 0
+  done
 }
 if part sweep; then  # the middle lrs first: a complete comparison after 5 runs; each climb compares with them
   sweep 2; drain
   for method in "${METHODS[@]}"; do launch top "$method"; done; drain
 fi
-declare -A LR  # each method's chosen lr (scripts/quality_cost/report.py choose), once the sweep has run
+declare -A LR WAITS  # each method's chosen lr (scripts/quality_cost/report.py choose), once the sweep has run. A
+# method whose sweep still has an lr to run (a deferred FedAvg run; PART=instruct beside PART=sweep) waits for it,
+# except in a DRY listing of the sweep too, which lists the rest at the lrs chosen so far.
 if part rerun || part dolly || part instruct; then
-  for method in "${METHODS[@]}"; do LR[$method]=$(python scripts/quality_cost/report.py choose "$OUT" --method "$method"); done
+  for method in "${METHODS[@]}"; do
+    LR[$method]=$(python scripts/quality_cost/report.py choose "$OUT" --method "$method")
+    if [ -z "${DRY:-}" ] || ! part sweep; then WAITS[$method]=$(pending "$method"); fi
+  done
 fi
 if part rerun; then
   if [ -n "${DRY:-}" ]; then
@@ -113,6 +127,7 @@ for seed in 0 1 2; do  # seed by seed, Natural Instructions first: each seed com
     if ! part "$dataset" || [ "$dataset/$seed" = dolly/0 ]; then continue; fi
     case $dataset in dolly) flags=("${DOLLY[@]}") ;; instruct) flags=("${NI[@]}") ;; esac
     for method in "${METHODS[@]}"; do
+      if [ -n "${WAITS[$method]:-}" ]; then echo "waits for its lr sweep: $OUT/$dataset/$method-s$seed"; continue; fi
       lr=${LR[$method]}; launch run "$OUT/$dataset/$method-lr$lr-s$seed" "$method" "$lr" "$seed" "${flags[@]}"
     done
   done
