@@ -9,7 +9,7 @@
 #   2. Each method's lr: the lowest final validation loss so far (scripts/quality_cost/report.py choose).
 #   3. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
 #      tests/test_quality_cost_rerun.py).
-#   4. At the chosen lrs, seed by seed: Natural Instructions seed 0, then Dolly and Natural Instructions seed 1,
+#   4. At the chosen lrs, seed by seed: Natural Instructions seed 0, then Natural Instructions and Dolly seed 1,
 #      then both at seed 2 (no barrier between them: a free slot takes the next run).
 #   5. Dolly seed 0 at the lowest lr of each grid: every one of them ended behind its method's middle lr in the
 #      study's first sittings (docs/quality_cost_plan.md), so it completes the sweep's table last; skipped where
