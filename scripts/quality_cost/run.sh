@@ -17,6 +17,8 @@
 #   6. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
 # PART=sweep|rerun|dolly|instruct|sweep_low|report runs one part only (each needs the sweep); DRY=1 lists the runs;
 # JOBS=N runs up to N runs of a part at once, each in one torch thread (bench/parallel_runs.py measures the gain).
+# Two parts side by side (PART=sweep beside PART=instruct) need OMP_NUM_THREADS=1 each: two 2-thread runs on 2 cores
+# spent half their CPU time in the kernel (top: 50% sy) and finished no round in 20 minutes.
 # DEADLINE=TIME (anything `date -d` reads, e.g. 14:40): the sitting's end; a FedAvg run, whose checkpoint is not
 # committed, is deferred to the next sitting unless its longest recorded wall time ends before it.
 set -euo pipefail
