@@ -17,16 +17,19 @@ sys.path.insert(0, str(ROOT / "scripts" / "quality_cost"))
 import report  # noqa: E402
 
 
-def write_run(run, losses: list[float], val: list[float], up: float, down: float, fe: float,
+def write_run(run, losses: list[float], val: list[float] | None, up: float, down: float, fe: float,
               base: bool = True) -> None:
     """A 2-client-a-round run whose eval loss after round r is losses[r] (round 0: the base model, left out of
-    metrics.jsonl unless `base`)."""
+    metrics.jsonl unless `base`); no validation loss when `val` is None (every run outside the sweep)."""
     run.mkdir(parents=True)
-    rows = [{"round": 0, "eval_loss": losses[0], "rouge_l": 0.2, "val_loss": val[0]}]
+    rows = [{"round": 0, "eval_loss": losses[0], "rouge_l": 0.2}]
     for r in range(1, len(losses)):
-        rows.append({"round": r, "clients": [0, 1], "eval_loss": losses[r], "val_loss": val[r],
+        rows.append({"round": r, "clients": [0, 1], "eval_loss": losses[r],
                      "bytes_up_per_client": up, "bytes_down_per_client": down, "forward_equivalents_per_client": fe,
                      "client_seconds": 3.0, "peak_memory_bytes": 2**30})
+    for r, row in enumerate(rows):
+        if val is not None:
+            row["val_loss"] = val[r]
     rows[-1]["rouge_l"] = 0.25
     (run / "config.json").write_text(json.dumps({"flags": {}, "git_revision": "abc"}))
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[0 if base else 1:]))
@@ -83,6 +86,15 @@ def test_a_run_without_round_0_takes_the_base_of_its_seed_from_another_run(study
     pro = report.dataset_numbers(study, "dolly")["fedkseed_pro"][0]
     assert pro["base_loss"] == 2.0  # seed 0's base (the 9.9 was never written)
     assert report.trajectory(study / "dolly" / "fedkseed_pro-lr1e-6-s0")["loss"].tolist() == [2.0, 2.0, 1.99]
+
+
+def test_runs_outside_the_sweep_measure_no_validation_loss_and_still_make_their_table(study):
+    """Natural Instructions and Dolly's later seeds run with --val_examples 0: their rows carry no val_loss."""
+    write_run(study / "instruct" / "fedkseed-lr1e-6-s0", [6.6, 4.0, 2.4], None, 400, 100, 20)
+    text = report.report(study, None, None)
+    assert "## Natural Instructions" in text
+    numbers = report.dataset_numbers(study, "instruct")["fedkseed"][0]
+    assert numbers["loss"] - numbers["base_loss"] == pytest.approx(-4.2) and numbers["val_loss"] is None
 
 
 def test_the_rerun_record_takes_round_0_from_the_run_that_evaluated_the_base(tmp_path):

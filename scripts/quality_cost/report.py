@@ -41,13 +41,21 @@ def runs(out: Path, dataset: str, method: str, lr: str | None = None) -> list[Pa
     return sorted(found, key=lambda p: int(RUN_NAME.match(p.name)["seed"]))
 
 
-def final_val_loss(run: Path) -> float:
-    return [r["val_loss"] for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r][-1]
+def final_val_loss(run: Path) -> float | None:
+    """The run's last validation loss; None for a run outside the sweep, which measures none."""
+    losses = [r["val_loss"] for r in read_metrics(run / "metrics.jsonl") if "val_loss" in r]
+    return losses[-1] if losses else None
+
+
+def sweep_runs(out: Path, method: str) -> list[Path]:
+    """The method's finished runs of the lr sweep: Dolly, seed 0, with a validation loss."""
+    return [p for p in runs(out, "dolly", method)
+            if RUN_NAME.match(p.name)["seed"] == "0" and final_val_loss(p) is not None]
 
 
 def choose(out: Path, method: str) -> str:
     """The lr whose seed-0 Dolly run ends with the lowest validation loss."""
-    swept = [p for p in runs(out, "dolly", method) if RUN_NAME.match(p.name)["seed"] == "0"]
+    swept = sweep_runs(out, method)
     if not swept:
         raise ReportError(f"no finished seed-0 Dolly run of {method} under {out}: run the sweep first")
     return RUN_NAME.match(min(swept, key=final_val_loss).name)["lr"]
@@ -204,7 +212,7 @@ def plot(out: Path, dataset: str, numbers: dict[str, list[dict]], folder: Path) 
 def sweep_table(out: Path) -> list[str]:
     lines = ["| method | lr | final val loss | final eval loss | chosen |", "| --- | --- | --- | --- | --- |"]
     for method in METHODS:
-        swept = [p for p in runs(out, "dolly", method) if RUN_NAME.match(p.name)["seed"] == "0"]
+        swept = sweep_runs(out, method)
         if not swept:
             continue
         best = choose(out, method)
