@@ -119,6 +119,22 @@ def test_the_report_draws_three_curves_per_dataset_into_a_folder_it_makes(study,
         pytest.approx(1.9)
 
 
+def test_a_diverged_run_leaves_the_plot_named_instead_of_flattening_the_others(study, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    write_run(study / "dolly" / "fedkseed_lora-lr3e-4-s0", [2.0, 1.9, 21.0], [2.1, 2.0, 2.5], 400, 100, 20)
+    monkeypatch.setattr(plt, "close", lambda fig: None)  # keep the figures to look at their axes
+    plt.close("all")
+    report.plot(study, "dolly", report.dataset_numbers(study, "dolly"), tmp_path / "plots")
+    for number in plt.get_fignums():
+        ax = plt.figure(number).axes[0]
+        labels = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert 2.2 <= ax.get_ylim()[1] < 21.0
+        diverged = [label for label in labels if "diverged" in label]
+        assert diverged == ["FedKSeed + LoRA (lr 3e-4) – diverged, leaves the plot"]
+    plt.close("all")
+
+
 def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
     """DRY=1 after the sweep's middle lrs: its highest lrs, one lr further up for FedKSeed (its highest lr won),
     the rerun, then seed by seed Natural Instructions and Dolly (seeds 1-2) at the chosen lrs, the sweep's lowest

@@ -176,6 +176,11 @@ def cost_to_target(out: Path, dataset: str, numbers: dict[str, list[dict]]) -> t
     return lines, {"target_loss": target, "methods": found}
 
 
+def loss_axis_top(curves: list[np.ndarray]) -> float:
+    """The loss axis ends a tenth above the highest starting loss, so that a diverged run does not flatten the rest."""
+    return 1.1 * max(float(c[0]) for c in curves)
+
+
 def plot(out: Path, dataset: str, numbers: dict[str, list[dict]], folder: Path) -> list[Path]:
     """Eval loss against cumulative bytes (log), forward-equivalents and round: mean over seeds, min-max band."""
     import matplotlib
@@ -184,20 +189,25 @@ def plot(out: Path, dataset: str, numbers: dict[str, list[dict]], folder: Path) 
     import matplotlib.pyplot as plt
 
     folder.mkdir(parents=True, exist_ok=True)
+    curves = {method: [trajectory(r) for r in runs(out, dataset, method, ns[0]["lr"])]
+              for method, ns in numbers.items()}
+    top = loss_axis_top([t["loss"] for trajs in curves.values() for t in trajs])
     paths = []
-    for x, label, log in (("bytes", "cumulative bytes, all clients (up + down)", True),
-                          ("fe", "cumulative client forward-equivalents", False), ("round", "round", False)):
+    for x, axis_label, log in (("bytes", "cumulative bytes, all clients (up + down)", True),
+                               ("fe", "cumulative client forward-equivalents", False), ("round", "round", False)):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for method, ns in numbers.items():
-            trajs = [trajectory(r) for r in runs(out, dataset, method, ns[0]["lr"])]
+        for method, trajs in curves.items():
             xs = np.mean([t[x] for t in trajs], axis=0)
             losses = np.array([t["loss"] for t in trajs])
             xs = np.where(xs > 0, xs, 1.0) if log else xs
-            ax.plot(xs, losses.mean(axis=0), marker=".", label=f"{METHODS[method]} (lr {ns[0]['lr']})")
+            off = " – diverged, leaves the plot" if losses.mean(axis=0).max() > top else ""
+            name = f"{METHODS[method]} (lr {numbers[method][0]['lr']}){off}"
+            ax.plot(xs, losses.mean(axis=0), marker=".", label=name)
             ax.fill_between(xs, losses.min(axis=0), losses.max(axis=0), alpha=0.2)
+        ax.set_ylim(top=top)
         if log:
             ax.set_xscale("log")
-        ax.set_xlabel(label + (" (round 0 drawn at 1)" if log else ""))
+        ax.set_xlabel(axis_label + (" (round 0 drawn at 1)" if log else ""))
         ax.set_ylabel("held-out eval loss")
         ax.set_title(DATASETS[dataset])
         ax.legend(fontsize=7)
