@@ -123,8 +123,8 @@ def test_a_diverged_run_leaves_the_plot_named_instead_of_flattening_the_others(s
     import matplotlib.pyplot as plt
 
     write_run(study / "dolly" / "fedkseed_lora-lr3e-4-s0", [2.0, 1.9, 21.0], [2.1, 2.0, 2.5], 400, 100, 20)
+    plt.close("all")  # figures other tests left open
     monkeypatch.setattr(plt, "close", lambda fig: None)  # keep the figures to look at their axes
-    plt.close("all")
     report.plot(study, "dolly", report.dataset_numbers(study, "dolly"), tmp_path / "plots")
     for number in plt.get_fignums():
         ax = plt.figure(number).axes[0]
@@ -132,6 +132,8 @@ def test_a_diverged_run_leaves_the_plot_named_instead_of_flattening_the_others(s
         assert 2.2 <= ax.get_ylim()[1] < 21.0
         diverged = [label for label in labels if "diverged" in label]
         assert diverged == ["FedKSeed + LoRA (lr 3e-4) – diverged, leaves the plot"]
+    assert len(plt.get_fignums()) == 3
+    monkeypatch.undo()
     plt.close("all")
 
 
