@@ -27,9 +27,9 @@ def write_run(run, losses: list[float], val: list[float] | None, up: float, down
         rows.append({"round": r, "clients": [0, 1], "eval_loss": losses[r],
                      "bytes_up_per_client": up, "bytes_down_per_client": down, "forward_equivalents_per_client": fe,
                      "client_seconds": 3.0, "peak_memory_bytes": 2**30})
-    for r, row in enumerate(rows):
-        if val is not None:
-            row["val_loss"] = val[r]
+    if val is not None:
+        for row, loss in zip(rows, val, strict=True):
+            row["val_loss"] = loss
     rows[-1]["rouge_l"] = 0.25
     (run / "config.json").write_text(json.dumps({"flags": {}, "git_revision": "abc"}))
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[0 if base else 1:]))
@@ -126,13 +126,13 @@ def test_a_diverged_run_leaves_the_plot_named_instead_of_flattening_the_others(s
     plt.close("all")  # figures other tests left open
     monkeypatch.setattr(plt, "close", lambda fig: None)  # keep the figures to look at their axes
     report.plot(study, "dolly", report.dataset_numbers(study, "dolly"), tmp_path / "plots")
+    assert len(plt.get_fignums()) == 3
     for number in plt.get_fignums():
         ax = plt.figure(number).axes[0]
         labels = [text.get_text() for text in ax.get_legend().get_texts()]
         assert 2.2 <= ax.get_ylim()[1] < 21.0
         diverged = [label for label in labels if "diverged" in label]
         assert diverged == ["FedKSeed + LoRA (lr 3e-4) – diverged, leaves the plot"]
-    assert len(plt.get_fignums()) == 3
     monkeypatch.undo()
     plt.close("all")
 

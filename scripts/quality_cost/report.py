@@ -200,9 +200,9 @@ def plot(out: Path, dataset: str, numbers: dict[str, list[dict]], folder: Path) 
             xs = np.mean([t[x] for t in trajs], axis=0)
             losses = np.array([t["loss"] for t in trajs])
             xs = np.where(xs > 0, xs, 1.0) if log else xs
-            off = " – diverged, leaves the plot" if losses.mean(axis=0).max() > top else ""
-            name = f"{METHODS[method]} (lr {numbers[method][0]['lr']}){off}"
-            ax.plot(xs, losses.mean(axis=0), marker=".", label=name)
+            mean = losses.mean(axis=0)
+            off = " – diverged, leaves the plot" if mean.max() > top else ""
+            ax.plot(xs, mean, marker=".", label=f"{METHODS[method]} (lr {numbers[method][0]['lr']}){off}")
             ax.fill_between(xs, losses.min(axis=0), losses.max(axis=0), alpha=0.2)
         ax.set_ylim(top=top)
         if log:
