@@ -4,6 +4,7 @@ the cost to reach half of FedIT's improvement."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -71,6 +72,20 @@ def test_the_table_has_paired_differences_and_costs_summed_over_clients(study):
     assert "-0.2000 ± 0.0707" in row  # paired: (-0.15, -0.25)
     one_seed = next(line for line in report.table(numbers) if line.startswith("| FedKSeed-Pro |"))
     assert "| 1.9900 | -0.0100 |" in one_seed and "±" not in one_seed  # no spread claimed from one seed
+
+
+def test_methods_are_paired_with_fedkseed_seed_by_seed_with_a_paired_t_test(study):
+    lines, doc = report.paired_to(report.dataset_numbers(study, "dolly"))
+    fedit = doc["fedit"]
+    assert fedit["seeds"] == [0, 1]
+    assert fedit["loss"]["differences"] == pytest.approx([1.6 - 1.85, 1.8 - 1.95])
+    # t = -0.2 / (0.0707 / sqrt 2) = -4 on 1 degree of freedom (Cauchy): p = 1 - 2 atan(4) / pi
+    assert fedit["loss"]["p"] == pytest.approx(1 - 2 * math.atan(4) / math.pi)
+    assert fedit["rouge_l"]["p"] is None  # equal Rouge-L in both seeds: no spread, no test
+    row = next(line for line in lines if line.startswith("| FedIT"))
+    assert "| -0.2000 ± 0.0707 | 0.156 |" in row and row.endswith("| 2 |")
+    pro = next(line for line in lines if line.startswith("| FedKSeed-Pro"))
+    assert "| 0.1400 | – |" in pro and "±" not in pro  # one shared seed: a difference, no spread, no p
 
 
 def test_cost_to_target_is_the_first_round_at_half_of_fedits_improvement(study):

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from run_files import read_metrics  # noqa: E402
@@ -150,6 +151,30 @@ def table(numbers: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def paired_to(numbers: dict[str, list[dict]], reference: str = "fedkseed") -> tuple[list[str], dict]:
+    """Each method minus the reference on the seeds both ran (same clients, sampling and records): final eval loss
+    and Rouge-L, mean ± std over seeds, and the two-sided paired t-test's p (none from one seed)."""
+    if reference not in numbers:
+        return [f"(no {METHODS[reference]} runs yet: nothing to pair with)"], {}
+    ref = {n["seed"]: n for n in numbers[reference]}
+    lines = [f"| method − {METHODS[reference]} | Δ eval loss | p | Δ Rouge-L | p | seeds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    found = {}
+    for method, ns in numbers.items():
+        pairs = [(n, ref[n["seed"]]) for n in ns if n["seed"] in ref]
+        if method == reference or not pairs:
+            continue
+        cells, found[method] = [], {"seeds": [n["seed"] for n, _ in pairs]}
+        for key in ("loss", "rouge_l"):
+            mine, theirs = [n[key] for n, _ in pairs], [r[key] for _, r in pairs]
+            p = float(stats.ttest_rel(mine, theirs).pvalue) if len(pairs) > 1 else None
+            p = None if p is not None and np.isnan(p) else p  # one seed, or differences without spread
+            cells += [pm([a - b for a, b in zip(mine, theirs, strict=True)]), "–" if p is None else f"{p:.3f}"]
+            found[method][key] = {"differences": [a - b for a, b in zip(mine, theirs, strict=True)], "p": p}
+        lines.append(f"| {METHODS[method]} | {' | '.join(cells)} | {len(pairs)} |")
+    return lines, found
+
+
 def cost_to_target(out: Path, dataset: str, numbers: dict[str, list[dict]]) -> tuple[list[str], dict]:
     """What each method spent (mean over seeds) to first reach half of FedIT's final loss improvement."""
     if "fedit" not in numbers:
@@ -257,8 +282,10 @@ def report(out: Path, json_path: Path | None, plots: Path | None) -> str:
         if not numbers:
             continue
         target_lines, target = cost_to_target(out, dataset, numbers)
-        lines += ["", f"## {title}", "", *table(numbers), "", "Cost to target:", "", *target_lines]
-        doc[dataset] = {"runs": numbers, "cost_to_target": target}
+        paired_lines, paired = paired_to(numbers)
+        lines += ["", f"## {title}", "", *table(numbers), "", "Paired differences:", "", *paired_lines, "",
+                  "Cost to target:", "", *target_lines]
+        doc[dataset] = {"runs": numbers, "paired_to_fedkseed": paired, "cost_to_target": target}
         if plots is not None:
             lines += ["", *(f"![{p.stem}]({p.name})" for p in plot(out, dataset, numbers, plots))]
     doc["rerun"] = rerun_record(out)
