@@ -166,11 +166,12 @@ def paired_to(numbers: dict[str, list[dict]], reference: str = "fedkseed") -> tu
             continue
         cells, found[method] = [], {"seeds": [n["seed"] for n, _ in pairs]}
         for key in ("loss", "rouge_l"):
-            mine, theirs = [n[key] for n, _ in pairs], [r[key] for _, r in pairs]
-            p = float(stats.ttest_rel(mine, theirs).pvalue) if len(pairs) > 1 else None
-            p = None if p is not None and np.isnan(p) else p  # one seed, or differences without spread
-            cells += [pm([a - b for a, b in zip(mine, theirs, strict=True)]), "–" if p is None else f"{p:.3f}"]
-            found[method][key] = {"differences": [a - b for a, b in zip(mine, theirs, strict=True)], "p": p}
+            differences = [n[key] - r[key] for n, r in pairs]
+            # the paired t-test is the one-sample test of the differences; none from one seed or without spread
+            p = float(stats.ttest_1samp(differences, 0.0).pvalue) if len(pairs) > 1 else float("nan")
+            p = None if np.isnan(p) else p
+            cells += [pm(differences), "–" if p is None else f"{p:.3f}"]
+            found[method][key] = {"differences": differences, "p": p}
         lines.append(f"| {METHODS[method]} | {' | '.join(cells)} | {len(pairs)} |")
     return lines, found
 
