@@ -20,6 +20,8 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from plots import loss_curves  # noqa: E402
+
 from run_files import read_metrics  # noqa: E402
 
 METHODS = {"fedkseed": "FedKSeed", "fedkseed_pro": "FedKSeed-Pro", "fedkseed_lora": "FedKSeed + LoRA",
@@ -202,47 +204,12 @@ def cost_to_target(out: Path, dataset: str, numbers: dict[str, list[dict]]) -> t
     return lines, {"target_loss": target, "methods": found}
 
 
-def loss_axis_top(curves: list[np.ndarray]) -> float:
-    """The loss axis ends a tenth above the highest starting loss, so that a diverged run does not flatten the rest."""
-    return 1.1 * max(float(c[0]) for c in curves)
-
-
 def plot(out: Path, dataset: str, numbers: dict[str, list[dict]], folder: Path) -> list[Path]:
-    """Eval loss against cumulative bytes (log), forward-equivalents and round: mean over seeds, min-max band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
+    """The dataset's three loss curves (plots.py), each method at its chosen lr, over its seeds."""
     curves = {method: [trajectory(r) for r in runs(out, dataset, method, ns[0]["lr"])]
               for method, ns in numbers.items()}
-    top = loss_axis_top([t["loss"] for trajs in curves.values() for t in trajs])
-    paths = []
-    for x, axis_label, log in (("bytes", "cumulative bytes, all clients (up + down)", True),
-                               ("fe", "cumulative client forward-equivalents", False), ("round", "round", False)):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for method, trajs in curves.items():
-            xs = np.mean([t[x] for t in trajs], axis=0)
-            losses = np.array([t["loss"] for t in trajs])
-            xs = np.where(xs > 0, xs, 1.0) if log else xs
-            mean = losses.mean(axis=0)
-            off = " – diverged, leaves the plot" if mean.max() > top else ""
-            ax.plot(xs, mean, marker=".", label=f"{METHODS[method]} (lr {numbers[method][0]['lr']}){off}")
-            ax.fill_between(xs, losses.min(axis=0), losses.max(axis=0), alpha=0.2)
-        ax.set_ylim(top=top)
-        if log:
-            ax.set_xscale("log")
-        ax.set_xlabel(axis_label + (" (round 0 drawn at 1)" if log else ""))
-        ax.set_ylabel("held-out eval loss")
-        ax.set_title(DATASETS[dataset])
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = folder / f"quality_cost_{dataset}_{x}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+    labels = {method: f"{METHODS[method]} (lr {ns[0]['lr']})" for method, ns in numbers.items()}
+    return loss_curves(curves, labels, DATASETS[dataset], folder / f"quality_cost_{dataset}")
 
 
 def sweep_table(out: Path) -> list[str]:
