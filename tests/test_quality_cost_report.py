@@ -92,9 +92,19 @@ def test_cost_to_target_is_the_first_round_at_half_of_fedits_improvement(study):
     lines, doc = report.cost_to_target(study, "dolly", report.dataset_numbers(study, "dolly"))
     assert doc["target_loss"] == pytest.approx(1.9)  # base 2.1, FedIT's final 1.7 on average
     assert doc["methods"]["fedit"]["round"] == 1
-    assert doc["methods"]["fedkseed"] == {"round": 2, "bytes": 2000.0, "forward_equivalents": 80.0}
+    assert doc["methods"]["fedkseed"] == {"round": 2, "bytes": 2000.0, "forward_equivalents": 80.0,
+                                          "final_loss": pytest.approx(1.9), "ended_above_target": False}
     assert doc["methods"]["fedkseed_pro"] is None
     assert any("FedKSeed-Pro" in line and "not reached" in line for line in lines)
+
+
+def test_a_run_that_passes_the_target_and_diverges_is_named_as_having_left_it(study):
+    write_run(study / "dolly" / "fedkseed_lora-lr3e-4-s0", [2.0, 1.8, 5.0], [2.1, 2.0, 2.0], 400, 100, 20)
+    lines, doc = report.cost_to_target(study, "dolly", report.dataset_numbers(study, "dolly"))
+    assert doc["methods"]["fedkseed_lora"]["round"] == 1 and doc["methods"]["fedkseed_lora"]["ended_above_target"]
+    line = next(line for line in lines if "FedKSeed + LoRA" in line)
+    assert line.endswith("round 1, 1 KB, 40 forward-equivalents; left it afterwards, final mean loss 5.0000")
+    assert not any("left it" in line for line in lines if "FedKSeed:" in line)
 
 
 def test_a_run_without_round_0_takes_the_base_of_its_seed_from_another_run(study):

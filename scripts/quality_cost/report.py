@@ -179,7 +179,8 @@ def paired_to(numbers: dict[str, list[dict]], reference: str = "fedkseed") -> tu
 
 
 def cost_to_target(out: Path, dataset: str, numbers: dict[str, list[dict]]) -> tuple[list[str], dict]:
-    """What each method spent (mean over seeds) to first reach half of FedIT's final loss improvement."""
+    """What each method spent (mean over seeds) to first reach half of FedIT's final loss improvement, and whether
+    it ended the run above that loss again (a diverging run reaches the target on its way through)."""
     if "fedit" not in numbers:
         return ["(no FedIT runs yet: no target)"], {}
     fedit = numbers["fedit"]
@@ -198,9 +199,12 @@ def cost_to_target(out: Path, dataset: str, numbers: dict[str, list[dict]]) -> t
             continue
         i = hit[0]
         b, fe = float(np.mean([t["bytes"][i] for t in trajs])), float(np.mean([t["fe"][i] for t in trajs]))
+        final = float(mean_loss[-1])
+        left = f"; left it afterwards, final mean loss {final:.4f}" if final > target else ""
         lines.append(f"- {METHODS[method]}: round {int(trajs[0]['round'][i])}, {human(b)}, "
-                     f"{fe:.0f} forward-equivalents")
-        found[method] = {"round": int(trajs[0]["round"][i]), "bytes": b, "forward_equivalents": fe}
+                     f"{fe:.0f} forward-equivalents{left}")
+        found[method] = {"round": int(trajs[0]["round"][i]), "bytes": b, "forward_equivalents": fe,
+                         "final_loss": final, "ended_above_target": final > target}
     return lines, {"target_loss": target, "methods": found}
 
 
