@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from statistics import fmean
 
 import torch
 import torch.nn.functional as F
@@ -11,8 +12,8 @@ from utils_data.default_tokens import IGNORE_INDEX
 from utils_data.llm_dataset import collate_right_pad
 
 
-def rouge_l(predictions: list[str], references: list[str]) -> float:
-    """Mean Rouge-L F-measure of prediction/reference pairs, in [0, 1].
+def rouge_l_scores(predictions: list[str], references: list[str]) -> list[float]:
+    """Rouge-L F-measure of each prediction/reference pair, in [0, 1].
 
     Scored with rouge-score's RougeScorer(["rougeL"], use_stemmer=False): the paper's code used the
     `rouge` package, which does not stem, and Porter stemming only fits English while Natural
@@ -26,9 +27,12 @@ def rouge_l(predictions: list[str], references: list[str]) -> float:
     if not predictions:
         raise ValueError("rouge_l: no prediction/reference pairs to score")
     scorer = RougeScorer(["rougeL"], use_stemmer=False)
-    pairs = zip(predictions, references, strict=True)
-    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in pairs]
-    return sum(scores) / len(scores)
+    return [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> float:
+    """Mean Rouge-L F-measure of prediction/reference pairs (rouge_l_scores)."""
+    return fmean(rouge_l_scores(predictions, references))
 
 
 def _bar(iterable, progress: bool, desc: str):
@@ -104,8 +108,9 @@ def eval_loss(model, dataset, batch_size: int = 1, pad_id: int = 0, progress: bo
 
 
 def evaluate(model, tokenizer, dataset, metric: str, max_new_tokens: int = 128, batch_size: int = 8,
-             progress: bool = False) -> dict:
-    """{"eval_loss"} always, plus {"rouge_l"} of greedy generations when metric == "rouge"."""
+             progress: bool = False, generations: list[dict] | None = None) -> dict:
+    """{"eval_loss"} always, plus {"rouge_l"} of greedy generations when metric == "rouge". Given a list as
+    `generations`, each record's {"record", "reference", "prediction", "rouge_l"} is appended to it."""
     if metric not in ("loss", "rouge"):
         raise ValueError(f"evaluate: unknown metric {metric!r} (expected 'loss' or 'rouge')")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -113,5 +118,10 @@ def evaluate(model, tokenizer, dataset, metric: str, max_new_tokens: int = 128, 
     if metric == "rouge":
         prompts = [dataset.prompt_ids(i) for i in range(len(dataset))]
         predictions = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
-        result["rouge_l"] = rouge_l(predictions, [r["response"] for r in dataset.records])
+        references = [r["response"] for r in dataset.records]
+        scores = rouge_l_scores(predictions, references)
+        result["rouge_l"] = fmean(scores)
+        if generations is not None:
+            generations += [{"record": i, "reference": ref, "prediction": pred, "rouge_l": score}
+                            for i, (ref, pred, score) in enumerate(zip(references, predictions, scores, strict=True))]
     return result

@@ -6,6 +6,7 @@
   not the reported ones.
 - When: eval loss every --eval_every rounds, Rouge-L every --rouge_every rounds (with --eval_metric rouge), and
   --eval_metric at round 0 (the base model) and at the last round.
+- Each Rouge-L evaluation's generations go to <output_dir>/generations-<round>.jsonl.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import logging
 
 from errors import FedKSeedError
 from evaluations import evaluate
+from run_files import write_generations
 from streams import stream
 from utils_data.default_tokens import prompt_format
 from utils_data.llm_dataset import LLMDataset
@@ -79,8 +81,11 @@ class RoundEvaluator:
 
     def __call__(self, model, round_idx: int, metric: str, progress: bool = False) -> dict:
         args = self.args
+        generations: list[dict] = []
         result = evaluate(model, self.tokenizer, self.eval_set, metric, args.max_new_tokens, args.eval_batch_size,
-                          progress=progress)
+                          progress=progress, generations=generations)
+        if generations:
+            write_generations(args.output_dir, round_idx, generations)
         if self.val_set is not None:
             result["val_loss"] = evaluate(model, self.tokenizer, self.val_set, "loss", batch_size=args.eval_batch_size,
                                           progress=progress)["eval_loss"]

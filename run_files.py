@@ -87,3 +87,12 @@ class MetricsFile:
 
 def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_generations(run_dir: Path, round_idx: int, rows: list[dict]) -> Path:
+    """generations-<round>.jsonl: one evaluated record a line (its greedy prediction, reference and Rouge-L), so
+    that a Rouge-L that moves can be read; a resumed run that evaluates the round again overwrites it."""
+    path = Path(run_dir) / f"generations-{round_idx}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return path

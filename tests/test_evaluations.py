@@ -140,10 +140,17 @@ def test_evaluate_keys_by_metric(tiny, dataset):
     model, tok = tiny
     loss = eval_loss(model, dataset)
     assert evaluate(model, tok, dataset, "loss") == pytest.approx({"eval_loss": loss}, abs=1e-5)
-    out = evaluate(model, tok, dataset, "rouge", max_new_tokens=8, batch_size=4, progress=True)
+    generations = []
+    out = evaluate(model, tok, dataset, "rouge", max_new_tokens=8, batch_size=4, progress=True,
+                   generations=generations)
     assert set(out) == {"eval_loss", "rouge_l"}
     preds = generate_greedy(model, tok, [dataset.prompt_ids(i) for i in range(len(dataset))], max_new_tokens=8)
-    assert out["rouge_l"] == pytest.approx(rouge_l(preds, [r["response"] for r in dataset.records]))
+    refs = [r["response"] for r in dataset.records]
+    assert out["rouge_l"] == pytest.approx(rouge_l(preds, refs))
+    pairs = list(zip(preds, refs, strict=True))
+    assert [(g["record"], g["prediction"], g["reference"]) for g in generations] == \
+        [(i, p, r) for i, (p, r) in enumerate(pairs)]
+    assert [g["rouge_l"] for g in generations] == pytest.approx([rouge_l([p], [r]) for p, r in pairs])
     assert 0.0 <= out["rouge_l"] <= 1.0 and out["eval_loss"] == pytest.approx(loss, abs=1e-5)
     with pytest.raises(ValueError):
         evaluate(model, tok, dataset, "bleu")

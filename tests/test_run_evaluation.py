@@ -1,12 +1,15 @@
 """What a run evaluates and when: the validation set is disjoint from the evaluation set and logged as val_loss;
-Rouge-L every --rouge_every rounds besides the base and the last round."""
+Rouge-L every --rouge_every rounds besides the base and the last round, its generations kept beside the metrics."""
 from __future__ import annotations
 
 import os
 
 os.environ["FEDKSEED_COMPILE"] = "0"
 
+import pytest  # noqa: E402
+
 import main  # noqa: E402
+from evaluations import rouge_l  # noqa: E402
 from run_evaluation import eval_subset  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 
@@ -30,6 +33,13 @@ def test_rouge_every_and_val_loss_appear_in_the_rounds_they_are_due(tiny_model_d
     assert [r["round"] for r in rows if "rouge_l" in r] == [0, 2, 4]
     assert [r["round"] for r in rows if "val_loss" in r] == [0, 1, 2, 3, 4]
     assert all(r["val_loss"] != r["eval_loss"] for r in rows)
+    # each Rouge-L evaluation leaves its generations, one line per evaluated record, scored one by one
+    assert sorted(p.name for p in out.glob("generations-*.jsonl")) == [f"generations-{r}.jsonl" for r in (0, 2, 4)]
+    for row in (r for r in rows if "rouge_l" in r):
+        generated = read_metrics(out / f"generations-{row['round']}.jsonl")
+        assert [g["record"] for g in generated] == [0, 1, 2]
+        assert all(g["rouge_l"] == pytest.approx(rouge_l([g["prediction"]], [g["reference"]])) for g in generated)
+        assert sum(g["rouge_l"] for g in generated) / 3 == pytest.approx(row["rouge_l"])
 
 
 def test_val_examples_needs_a_bounded_evaluation_set(capsys):
