@@ -91,6 +91,11 @@ def trajectory(run: Path) -> dict[str, np.ndarray]:
     return dict(zip(("round", "loss", "bytes", "fe"), (np.array(c) for c in zip(*points, strict=True)), strict=True))
 
 
+def trajectories(out: Path, dataset: str, method: str, lr: str) -> list[dict[str, np.ndarray]]:
+    """The trajectory of each seed's run of method at lr."""
+    return [trajectory(run) for run in runs(out, dataset, method, lr)]
+
+
 def run_numbers(run: Path) -> dict:
     """One run's final and base numbers and its costs."""
     summary = json.loads((run / "summary.json").read_text())
@@ -189,7 +194,7 @@ def cost_to_target(out: Path, dataset: str, numbers: dict[str, list[dict]]) -> t
     lines = [f"Target: eval loss {target:.4f} (base {base:.4f}, half of FedIT's mean improvement).", ""]
     found = {}
     for method, ns in numbers.items():
-        trajs = [trajectory(runs(out, dataset, method, ns[0]["lr"])[i]) for i in range(len(ns))]
+        trajs = trajectories(out, dataset, method, ns[0]["lr"])
         mean_loss = np.mean([t["loss"] for t in trajs], axis=0)
         hit = np.flatnonzero(mean_loss <= target)
         if len(hit) == 0:
@@ -210,8 +215,7 @@ def cost_to_target(out: Path, dataset: str, numbers: dict[str, list[dict]]) -> t
 
 def plot(out: Path, dataset: str, numbers: dict[str, list[dict]], folder: Path) -> list[Path]:
     """The dataset's three loss curves (plots.py), each method at its chosen lr, over its seeds."""
-    curves = {method: [trajectory(r) for r in runs(out, dataset, method, ns[0]["lr"])]
-              for method, ns in numbers.items()}
+    curves = {method: trajectories(out, dataset, method, ns[0]["lr"]) for method, ns in numbers.items()}
     labels = {method: f"{METHODS[method]} (lr {ns[0]['lr']})" for method, ns in numbers.items()}
     return loss_curves(curves, labels, DATASETS[dataset], folder / f"quality_cost_{dataset}")
 
