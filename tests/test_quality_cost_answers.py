@@ -1,0 +1,51 @@
+"""scripts/quality_cost/answers.py: empty answers counted apart (whitespace counts as empty), the rest scored apart,
+rounds in numeric order, and a clear error where there is nothing to read."""
+from __future__ import annotations
+
+import json
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts" / "quality_cost"))
+import answers  # noqa: E402
+
+
+def write_generations(run, round_idx: int, rows: list[tuple[str, str, float]]) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / f"generations-{round_idx}.jsonl").write_text("".join(
+        json.dumps({"record": i, "reference": ref, "prediction": pred, "rouge_l": score}) + "\n"
+        for i, (ref, pred, score) in enumerate(rows)))
+
+
+def test_empty_answers_are_counted_and_the_rest_scored_apart():
+    s = answers.answer_stats([{"reference": "yes", "prediction": "", "rouge_l": 0.0},
+                              {"reference": "no", "prediction": " \n", "rouge_l": 0.0},
+                              {"reference": "entails", "prediction": "entails", "rouge_l": 1.0},
+                              {"reference": "abcd", "prediction": "a b", "rouge_l": 0.5}])
+    assert (s["records"], s["empty"]) == (4, 2)
+    assert s["rouge_l"] == 0.375 and s["rouge_l_non_empty"] == 0.75
+    assert s["answer_chars"] == (0 + 2 + 7 + 3) / 4 and s["reference_chars"] == (3 + 2 + 7 + 4) / 4
+
+
+def test_all_empty_has_no_non_empty_score():
+    assert answers.answer_stats([{"reference": "x", "prediction": "", "rouge_l": 0.0}])["rouge_l_non_empty"] is None
+
+
+def test_table_rows_by_dataset_run_and_numeric_round(tmp_path):
+    run = tmp_path / "instruct" / "fedkseed-lr1e-5-s2"
+    write_generations(run, 10, [("a", "a", 1.0)])
+    write_generations(run, 2, [("a", "", 0.0), ("b", "b", 1.0)])
+    write_generations(tmp_path / "dolly" / "fedit-lr1e-3-s1", 5, [("a", "", 0.0)])
+    rows = answers.table(tmp_path, ["dolly", "instruct"])[len(answers.HEADER):]
+    assert [r.split(" | ")[:5] for r in rows] == [["| dolly", "fedit-lr1e-3-s1", "5", "1", "1"],
+                                                 ["| instruct", "fedkseed-lr1e-5-s2", "2", "2", "1"],
+                                                 ["| instruct", "fedkseed-lr1e-5-s2", "10", "1", "0"]]
+    assert rows[0].split(" | ")[6] == "–" and rows[1].split(" | ")[6] == "1.0000"
+
+
+def test_no_generations_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "dolly" / "fedkseed-lr1e-5-s0").mkdir(parents=True)
+    assert answers.main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert answers.main([str(tmp_path / "missing")]) == 2
