@@ -49,3 +49,13 @@ def test_no_generations_is_a_one_line_error(tmp_path, capsys):
     assert answers.main([str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert answers.main([str(tmp_path / "missing")]) == 2
+
+
+def test_a_malformed_record_is_a_one_line_error_naming_the_file(tmp_path, capsys):
+    run = tmp_path / "dolly" / "fedkseed-lr1e-5-s0"
+    write_generations(run, 5, [("a", "a", 1.0)])
+    with (run / "generations-5.jsonl").open("a") as f:
+        f.write(json.dumps({"record": 1, "reference": "b"}) + "\n")
+    assert answers.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "generations-5.jsonl" in err

@@ -40,12 +40,26 @@ def generation_files(run: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+class AnswersError(Exception):
+    pass
+
+
+def read_answers(path: Path) -> dict:
+    """answer_stats of one generations file; a record without a text prediction and reference or a numeric Rouge-L
+    is an AnswersError naming the file."""
+    try:
+        return answer_stats(read_metrics(path))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AnswersError(f"{path}: not a generations file (a record lacks prediction, reference or rouge_l: "
+                           f"{type(exc).__name__} {exc})") from exc
+
+
 def table(out: Path, datasets: list[str]) -> list[str]:
     lines = list(HEADER)
     for dataset in datasets:
         for run in sorted(p for p in (out / dataset).glob("*") if p.is_dir()):
             for round_idx, path in generation_files(run):
-                s = answer_stats(read_metrics(path))
+                s = read_answers(path)
                 non_empty = "–" if s["rouge_l_non_empty"] is None else f"{s['rouge_l_non_empty']:.4f}"
                 lines.append(f"| {dataset} | {run.name} | {round_idx} | {s['records']} | {s['empty']} "
                              f"| {s['rouge_l']:.4f} | {non_empty} | {s['answer_chars']:.0f} "
@@ -61,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out.is_dir():
         print(f"error: {args.out} is not a directory", file=sys.stderr)
         return 2
-    lines = table(args.out, args.dataset or ["dolly", "instruct"])
+    try:
+        lines = table(args.out, args.dataset or ["dolly", "instruct"])
+    except AnswersError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if len(lines) == len(HEADER):
         print(f"error: no generations-<round>.jsonl under {args.out}/<dataset>/<run>/", file=sys.stderr)
         return 2
