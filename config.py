@@ -11,6 +11,7 @@ import torch
 from errors import FedKSeedError
 from optimizers.perturbation import KINDS
 from optimizers.seed_pool import SEED_RANGE
+from run_report import CHOICES, check_report_to
 from server import clients_per_round, state_bytes
 from utils_data.data_flags import EVAL_FLAGS, FIELD_FLAGS, add_own_data_flags, check_own_data_flags
 from utils_data.partition_data import parse_iid
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max_new_tokens", type=int, default=128, help="greedy generation length for Rouge-L")
     ev.add_argument("--seed", type=int, default=42, help="seed of every random choice of the run")
     ev.add_argument("--log", action="store_true", help="also write the log to <output_dir>/train.log")
+    ev.add_argument("--report_to", choices=CHOICES, default="none",
+                    help="also send each metrics.jsonl row to TensorBoard (<output_dir>/tensorboard/) or to Weights & "
+                    "Biases in offline mode (<output_dir>/wandb/); needs that package (not in requirements.txt)")
     ev.add_argument("--log_root", default="runs", help="parent folder of run directories (the paper's: logs)")
     ev.add_argument("--output_dir", default=None, help="run directory; default <log_root>/<dataset>-<method>-<time>")
     ev.add_argument("--save", action="store_true", help="also write coefficients.npz (c and the seed pool) at the end")
@@ -242,6 +246,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     check_lora_flags(args)
     check_own_data_flags(args)
     check_seed_state_fits(args)
+    check_report_to(args.report_to)
     args.device = resolve_device(args.device)
     if args.dtype == "auto":
         args.dtype = "float16" if args.device.startswith("cuda") else "float32"

@@ -9,6 +9,7 @@ from errors import FedKSeedError
 from methods.first_order import with_lora
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel
+from run_lock import holder
 
 
 def rebuild_model(run_dir: Path, device: str = "cpu"):
@@ -56,6 +57,10 @@ def as_plain_weights(model) -> None:
 
 def export_run(run_dir: Path, out_dir: Path) -> Path:
     """Write the model (save_pretrained) and its tokenizer into out_dir."""
+    writer = holder(run_dir)  # its checkpoint may be a round behind what it is about to write: wait for the end
+    if writer is not None:
+        raise FedKSeedError(f"{run_dir}: a run is still writing it (pid {writer['pid']} on {writer.get('host')}); "
+                            "export when it has finished")
     model, flags = rebuild_model(run_dir)
     as_plain_weights(model)
     try:

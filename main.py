@@ -12,6 +12,8 @@ from pathlib import Path
 import config
 from checkpoint import load_checkpoint
 from errors import FedKSeedError
+from run_lock import RunLock
+from run_report import close_all
 from simulation import run
 
 
@@ -23,11 +25,15 @@ def train(argv: list[str]) -> dict:
         resume = load_checkpoint(Path(args.resume))
         args = config.merge_resume(args, resume.flags, parser)
     args = config.validate(args)
-    if args.engine == "flower":
-        from flower_app.engine import run_flower
+    try:
+        if args.engine == "flower":
+            from flower_app.engine import run_flower
 
-        return run_flower(args, resume=resume)
-    return run(args, resume=resume)
+            return run_flower(args, resume=resume)
+        return run(args, resume=resume)
+    finally:  # the run has ended: its reporter and (if this process held it) its directory go
+        close_all()
+        RunLock(Path(args.output_dir)).release()
 
 
 def export(argv: list[str]) -> Path:

@@ -8,6 +8,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from run_report import Reporter, configured
+
 MEASURED = ("seconds", "client_seconds", "peak_memory_bytes")  # metrics that are timings or memory, not results
 PACKAGES = ("torch", "transformers", "numpy", "rouge-score", "gguf", "accelerate", "datasets", "peft")
 
@@ -67,10 +69,16 @@ def earlier_sittings(path: Path, resumed_at: int) -> list[dict]:
 
 
 class MetricsFile:
-    """metrics.jsonl: one JSON object a round, flushed as it is written."""
+    """metrics.jsonl: one JSON object a round, flushed as it is written; each row also goes where --report_to says
+    (run_report.py). The one writer of rows for both engines."""
 
-    def __init__(self, path: Path, fresh: bool):
+    def __init__(self, path: Path, fresh: bool, report_to: str | None = None):
+        """report_to None: as the run directory's config.json says, which both engines write first (open_run_dir),
+        so that neither has to hand the flag over."""
         self.path = path
+        self.report_to, self.flags = configured(path.parent) if report_to is None else (report_to, {})
+        self.reporter: Reporter | None = None
+        self.first_step = 0  # a fresh run's reporter drops whatever an earlier run in the directory reported
         if fresh:
             path.write_text("")
 
@@ -79,10 +87,19 @@ class MetricsFile:
         rows = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line)["round"] <= last_round]
         self.path.write_text("".join(r + "\n" for r in rows))
+        self.first_step = last_round + 1
 
     def write(self, row: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.report_to != "none":
+            if self.reporter is None:  # opened at the first row, once keep_rounds_up_to has told where it starts
+                self.reporter = Reporter(self.path.parent, self.report_to, self.first_step, self.flags)
+            self.reporter.log(row)
+
+    def close(self) -> None:
+        if self.reporter is not None:
+            self.reporter.close()
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -19,6 +19,7 @@ from methods import LocalReport, build_method
 from modeling import load_model, load_tokenizer
 from run_evaluation import RoundEvaluator, report_dropped, run_prompt_format
 from run_files import MetricsFile, setup_logging, write_config
+from run_lock import acquire_run_lock
 from utils_data.llm_dataset import LLMDataset
 from utils_data.load_data import load_for_run
 
@@ -47,10 +48,11 @@ def open_run_dir(args, resume: RunState | None) -> Path:
     up, config.json written, torch seeded."""
     torch.manual_seed(args.seed)
     out = Path(args.output_dir)
-    if resume is None and (out / CHECKPOINT_FILE).exists():
-        raise FedKSeedError(f"--output_dir {out}: already holds a run; continue it with --resume {out}")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        acquire_run_lock(out)  # one writer per run directory (run_lock.py), till the run or process ends
+        if resume is None and (out / CHECKPOINT_FILE).exists():  # checked under the lock: a run just finished counts
+            raise FedKSeedError(f"--output_dir {out}: already holds a run; continue it with --resume {out}")
         write_config(out / "config.json", args, resumed_at=None if resume is None else resume.round)
     except OSError as exc:
         raise FedKSeedError(f"--output_dir {out}: cannot write the run directory ({exc.strerror or exc})") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 from checkpoint import RunState
 from errors import FedKSeedError
 from flower_app.node import RUN_ENV, write_run_file
+from run_lock import acquire_run_lock
 from utils_data.load_data import load_for_run
 
 RUN_FILE = "flower_run.json"
@@ -41,6 +42,7 @@ def run_flower(args, resume: RunState | None = None, faults: dict | None = None)
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    acquire_run_lock(out)  # before the run file is written; the ServerApp's open_run_dir, in this process, re-enters it
     nodes = node_count(args)
     run_file = write_run_file(out / RUN_FILE, args, nodes, resume=args.resume if resume is not None else None,
                               faults=faults, node_state=False)  # the Ray actors keep their models

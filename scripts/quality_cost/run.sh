@@ -18,7 +18,8 @@
 # PART=sweep|rerun|dolly|instruct|sweep_low|report runs one part only (each needs the sweep); DRY=1 lists the runs;
 # JOBS=N runs up to N runs of a part at once, each in one torch thread (bench/parallel_runs.py measures the gain).
 # Two parts side by side (PART=sweep beside PART=instruct) need OMP_NUM_THREADS=1 each: two 2-thread runs on 2 cores
-# spent half their CPU time in the kernel (top: 50% sy) and finished no round in 20 minutes.
+# spent half their CPU time in the kernel (top: 50% sy) and finished no round in 20 minutes. Two drivers starting the
+# same run: main.py refuses the second (the run directory's .lock, exit 2), which leaves that run to the first.
 # DEADLINE=TIME (anything `date -d` reads, e.g. 14:40): the sitting's end; a FedAvg run, whose checkpoint is not
 # committed, is deferred to the next sitting unless its longest recorded wall time ends before it.
 set -euo pipefail
@@ -47,8 +48,15 @@ run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended
   if [ -n "${DRY:-}" ]; then echo "$dir $method $lr $seed $base ${val[*]}"; return 0; fi
   start=$(date +%s)
   # shellcheck disable=SC2046
-  run_once "$dir" "${QC[@]}" "$@" $(method_flags "$method") --lr "$lr" --seed "$seed" "$base" "${val[@]}"
+  if ! run_once "$dir" "${QC[@]}" "$@" $(method_flags "$method") --lr "$lr" --seed "$seed" "$base" "${val[@]}"; then
+    taken "$dir" || return 1
+    echo "left to the driver that holds it: $dir"; return 0
+  fi
   echo "$dir: $(( $(date +%s) - start )) s" >> "$OUT/wall_time.txt"
+}
+taken() {  # taken DIR: another driver runs DIR (a live process holds its .lock: main.py refused with exit 2), or
+  # has finished it meanwhile
+  [ -f "$1/summary.json" ] || python -c 'import sys, run_lock; sys.exit(run_lock.holder(sys.argv[1]) is None)' "$1"
 }
 fits_the_sitting() {  # fits_the_sitting METHOD: false for FedAvg when its longest recorded run would end after DEADLINE
   local longest
