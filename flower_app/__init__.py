@@ -2,9 +2,9 @@
 SuperNode. FedKSeed / FedKSeed-Pro exchange only seed indices, scalar gradients and sparse Delta c (server.Server and
 client.Client run inside); FedIT and FedAvg exchange their tensors as ArrayRecords.
 
-    server_app.py     the ServerApp: the round loop, node discovery, evaluation, metrics, checkpoints
-    fedkseed_wire.py  FedKSeed's side of the server: Server, the Delta c record, what each node holds
-    array_wire.py     the array-shipping methods' side of the server (methods.base.ArrayMethod)
+    server_app.py     the ServerApp: rounds.py's round loop with the Grid as its transport (node discovery, messages)
+    fedkseed_wire.py  FedKSeed's messages around its method: what each node holds, instructions, reply checks
+    array_wire.py     the array-shipping methods' messages (methods.base.ArrayMethod)
     messages.py       FedKSeed's wire records: encoding, decoding, validation of replies, measured sizes
     array_messages.py the array methods' wire records (ArrayRecord + round record)
     node.py           what a SuperNode keeps and does: its synced state, catch-up, local training

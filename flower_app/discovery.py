@@ -34,6 +34,14 @@ class Discovery:
     nodes: list[int]
     hosts: dict[int, int] = field(default_factory=dict)  # shared data: client id -> node id
     held: dict[str, tuple[int, int]] = field(default_factory=dict)  # node data: client name -> (node id, size)
+    holds: dict[int, tuple[int, str, str]] = field(default_factory=dict)  # node -> (partition, fingerprint, pool)
+
+    def check(self, fingerprint: str, pool_digest: str) -> None:
+        """Refuse the run when a node holds another base model or seed pool than the server."""
+        for node, (partition, theirs, pool) in self.holds.items():
+            if theirs != fingerprint or pool != pool_digest:
+                raise FedKSeedError(f"Flower: SuperNode {node} (partition {partition}) holds a different base "
+                                    "model or seed pool than the server (fingerprint mismatch)")
 
     def remote_clients(self) -> tuple[list[RemoteClient], dict[int, int]]:
         """Node data: the clients in sorted name order, and client id -> node id."""
@@ -53,8 +61,9 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> list[int]:
     return nodes
 
 
-def discover(grid: Grid, expected: int, timeout: float, fingerprint: str, pool_digest: str) -> Discovery:
-    """Query every node; refuse one with another base model or seed pool, or a client two nodes hold."""
+def discover(grid: Grid, expected: int, timeout: float) -> Discovery:
+    """Query every node: which clients it hosts and what it holds (Discovery.check compares that with the
+    server's); refuse a client two nodes hold."""
     found = Discovery(nodes=wait_for_nodes(grid, expected, timeout))
     queries = [Message(RecordDict({messages.QUERY_RECORD: ConfigRecord({})}), node, messages.QUERY,
                        group_id="setup") for node in found.nodes]
@@ -63,9 +72,7 @@ def discover(grid: Grid, expected: int, timeout: float, fingerprint: str, pool_d
         if reply.has_error():
             raise FedKSeedError(f"Flower: SuperNode {node} failed its set-up: {reply.error.reason}")
         rec = reply.content.config_records[messages.QUERY_RECORD]
-        if rec["fingerprint"] != fingerprint or rec["pool_digest"] != pool_digest:
-            raise FedKSeedError(f"Flower: SuperNode {node} (partition {rec['partition']}) holds a different base "
-                                "model or seed pool than the server (fingerprint mismatch)")
+        found.holds[node] = (rec["partition"], rec["fingerprint"], rec["pool_digest"])
         for cid in rec["clients"]:
             found.hosts.setdefault(int(cid), node)
         for name, size in zip(rec.get("names", []), rec.get("sizes", []), strict=True):

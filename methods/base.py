@@ -1,7 +1,7 @@
 """The seam between the engines and the methods: what a method does in a round, and what a client's work cost.
 
-An engine (simulation.py in-process; the Flower app) moves work to clients and records metrics; it knows nothing
-of how a method trains or aggregates. A method knows nothing of the engine that runs it.
+The round loop (rounds.py) and its transports (in-process clients; a Flower Grid) move work to clients and record
+metrics; they know nothing of how a method trains or aggregates. A method knows nothing of the engine that runs it.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class Method(ABC):
     combination of uploads, its state for checkpoints, and the model to evaluate and export."""
 
     name: str
+    fingerprint: str  # of the base model (as the method wraps it): every remote client must hold the same
     round: int = 0  # the last finished round
     base_eval: dict | None = None
 

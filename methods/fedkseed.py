@@ -92,17 +92,31 @@ class FedKSeed(Method):
                  resume: RunState | None = None):
         self.args = args
         self.name = "fedkseed-pro" if args.bias_sampling else "fedkseed"
-        compile_z = False if args.no_compile else None
         model = perturbed_model(model, args)
-        fingerprint = model_fingerprint(model)
-        self.server = Server(model, server_config(args, len(clients)), compile=compile_z)
-        self.work = SeededModel(copy.deepcopy(model), self.server.seed_pool, args.lr, kind=args.perturbation,
-                                compile=compile_z, theta0=self.server.seeded.theta0)
-        self.state = fresh_state(args, self.server, fingerprint, clients)
+        self.fingerprint = model_fingerprint(model)
+        self.server = Server(model, server_config(args, len(clients)), compile=False if args.no_compile else None)
+        self._work: SeededModel | None = None  # the in-process clients' copy, made when one trains here
+        self.state = fresh_state(args, self.server, self.fingerprint, clients)
         if resume is not None:
-            self.state = restore(self.server, resume, fingerprint)
+            self.state = restore(self.server, resume, self.fingerprint)
         self.round, self.base_eval = self.state.round, self.state.base_eval
         self._train_config = None
+
+    @property
+    def work(self) -> SeededModel:
+        """The model copy in-process clients train on (a server whose clients are remote never makes it)."""
+        if self._work is None:
+            seeded = self.server.seeded
+            self._work = SeededModel(copy.deepcopy(seeded.model), self.server.seed_pool, self.args.lr,
+                                     kind=self.args.perturbation, compile=False if self.args.no_compile else None,
+                                     theta0=seeded.theta0)
+            self._work.c = seeded.c.copy()  # the copy holds the server's weights, which c describes
+        return self._work
+
+    @property
+    def train_config(self):
+        """What every client of the current round is told to do (local training, Pro probabilities)."""
+        return self._train_config
 
     def select_clients(self, round_idx: int) -> list[int]:
         selected = self.server.select_clients()
@@ -116,7 +130,6 @@ class FedKSeed(Method):
             if args.client_sync == "copy":
                 self.work.copy_from(self.server.seeded)
             update = client.train(self.work, self.server.c, self._train_config, progress=progress)
-        state.last_round[client.client_id] = round_idx - 1
         steps = len(update.seed_indices) + sum(update.skipped.values())
         return LocalReport(client_id=client.client_id, upload=update,
                            bytes_down=bytes_down(changed, args.K, args.bias_sampling), bytes_up=bytes_up(update),
@@ -125,11 +138,13 @@ class FedKSeed(Method):
 
     def finish_round(self, round_idx: int, reports: list[LocalReport]) -> dict:
         server = self.server
+        for r in reports:
+            self.state.last_round[r.client_id] = round_idx - 1
         delta = server.apply_round(server.accept([r.upload for r in reports], round_idx))
         nonzero = np.flatnonzero(delta)
         self.state.deltas.append((nonzero.astype(np.int32), delta[nonzero]))
         self.round = self.state.round = round_idx
-        return {"clients": [r.client_id for r in reports]}
+        return {}
 
     def global_model(self) -> torch.nn.Module:
         return self.server.seeded.model

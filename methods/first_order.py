@@ -183,7 +183,7 @@ class FirstOrder(ArrayMethod):
         self.global_tensors = fedavg([r.upload for r in reports], sizes / sizes.sum())
         write_tensors(self.server_model, self.global_tensors)
         self.round = round_idx
-        return {"clients": [r.client_id for r in reports]}
+        return {}
 
     def global_model(self) -> torch.nn.Module:
         return self.server_model

@@ -35,7 +35,7 @@ def inprocess_c(argv: list[str], selections: list[list[int]] | None = None, monk
     if selections is not None:
         rounds = iter(selections)
         monkeypatch.setattr(server.Server, "select_clients", lambda self: list(next(rounds)))
-    return one_thread_call(main.train, argv)["c"]
+    return one_thread_call(main.train, argv)["method"].c
 
 
 def started(tmp_path: Path, port: int, argv: list[str], nodes: int = 2, **kw) -> tuple[LocalDeployment, Path]:

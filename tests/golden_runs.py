@@ -58,11 +58,9 @@ def reduce(result: dict, out: Path) -> dict:
 
     rows = [{k: v for k, v in row.items() if k not in MEASURED} for row in read_metrics(out / "metrics.jsonl")]
     summary = json.loads((out / "summary.json").read_text())
-    method = result.get("method")
-    server = result.get("server")
-    model = server.seeded.model if server is not None else method.global_model()
-    weights = [p.detach().float().cpu().contiguous().numpy() for p in model.parameters()]
-    c = result.get("c")
+    method = result["method"]
+    weights = [p.detach().float().cpu().contiguous().numpy() for p in method.global_model().parameters()]
+    c = getattr(method, "c", None)
     return {"rows": rows, "summary": summary, "c": None if c is None else digest([np.asarray(c)]),
             "c_sum": None if c is None else float(np.abs(np.asarray(c)).sum()),
             "weights": digest(weights), "weights_sum": float(sum(float(np.abs(w).sum()) for w in weights))}

@@ -162,7 +162,7 @@ def test_exported_model_loads_and_matches_the_servers_model(setup, tmp_path):
     result = main.train(argv)
     assert main.main(["export", str(run_dir), str(out)]) == 0
     exported = AutoModelForCausalLM.from_pretrained(out).eval()
-    server_model = result["server"].seeded.model
+    server_model = result["method"].server.seeded.model
     tokens = torch.tensor([[5, 9, 17, 23, 42, 7, 3]])
     with torch.no_grad():
         assert torch.equal(exported(tokens).logits, server_model(tokens).logits)

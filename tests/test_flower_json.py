@@ -64,8 +64,8 @@ def test_each_supernode_reads_its_own_file_and_c_is_the_inprocess_c(tiny_model_d
     inprocess = run_cli(flags(tiny_model_dir, site_files, str(site_files / "site-*.jsonl"), tmp_path / "in"))
     flower = run_cli(flags(tiny_model_dir, site_files, str(site_files / "site-{node}.jsonl"), tmp_path / "fl",
                            "--engine", "flower", "--flower_data", "node", "--flower_nodes", "2"))
-    assert np.count_nonzero(inprocess["c"]) > 10
-    assert np.array_equal(inprocess["c"], flower["c"])
+    assert np.count_nonzero(inprocess["method"].c) > 10
+    assert np.array_equal(inprocess["method"].c, flower["method"].c)
     rows_in, rows_fl = read_metrics(tmp_path / "in" / "metrics.jsonl"), read_metrics(tmp_path / "fl" / "metrics.jsonl")
     assert [r.get("clients") for r in rows_in] == [r.get("clients") for r in rows_fl]
     assert [r.get("eval_loss") for r in rows_in] == [r.get("eval_loss") for r in rows_fl]
@@ -98,7 +98,7 @@ def fake_grid(held_by_node: dict[int, dict[str, int]], fingerprint="f", pool="p"
 
 
 def test_discovery_numbers_the_nodes_clients_by_name():
-    found = discover(fake_grid({7: {"b": 3, "d": 1}, 9: {"a": 2, "c": 5}}), 2, 5.0, "f", "p")
+    found = discover(fake_grid({7: {"b": 3, "d": 1}, 9: {"a": 2, "c": 5}}), 2, 5.0)
     clients, hosts = found.remote_clients()
     assert [(c.client_id, c.name, len(c)) for c in clients] == [(0, "a", 2), (1, "b", 3), (2, "c", 5), (3, "d", 1)]
     assert hosts == {0: 9, 1: 7, 2: 9, 3: 7}
@@ -106,7 +106,7 @@ def test_discovery_numbers_the_nodes_clients_by_name():
 
 def test_a_client_on_two_nodes_is_refused():
     with pytest.raises(FedKSeedError, match="client 'b' is held by two SuperNodes"):
-        discover(fake_grid({7: {"a": 3, "b": 1}, 9: {"b": 2}}), 2, 5.0, "f", "p")
+        discover(fake_grid({7: {"a": 3, "b": 1}, 9: {"b": 2}}), 2, 5.0)
 
 
 def test_node_data_flags_are_checked():
@@ -133,4 +133,4 @@ def test_deployed_supernodes_read_their_own_files(tiny_model_dir, site_files, tm
     sim = run_cli(flags(tiny_model_dir, site_files, str(site_files / "site-{node}.jsonl"), tmp_path / "sim",
                         *node_flags))
     c = np.load(tmp_path / "deploy" / "coefficients.npz")["c"]
-    assert np.count_nonzero(c) > 10 and np.array_equal(c, sim["c"])
+    assert np.count_nonzero(c) > 10 and np.array_equal(c, sim["method"].c)

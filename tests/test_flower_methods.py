@@ -99,8 +99,8 @@ def test_fedkseed_on_lora_in_flower_gives_the_inprocess_c(tiny_model_dir, data_f
     extra = ["--peft", "lora", "-K", "64", "--local_step", "20", "--lr", "1e-3", "--lora_dropout", "0", "--save"]
     a = run_cli(flags(tiny_model_dir, data_file, tmp_path / "a", *extra))
     b = run_cli(flags(tiny_model_dir, data_file, tmp_path / "b", *extra, "--engine", "flower", "--flower_nodes", "2"))
-    assert np.count_nonzero(a["c"]) > 10
-    assert np.array_equal(a["c"], b["c"])
+    assert np.count_nonzero(a["method"].c) > 10
+    assert np.array_equal(a["method"].c, b["method"].c)
     rows_a, rows_b = read_metrics(tmp_path / "a" / "metrics.jsonl"), read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["eval_loss"] for r in rows_a] == [r["eval_loss"] for r in rows_b]
 

@@ -29,7 +29,7 @@ from checkpoint import load_checkpoint  # noqa: E402
 from conftest import dolly_records, one_thread_call  # noqa: E402
 from errors import FedKSeedError  # noqa: E402
 from flower_app import collect, messages, node  # noqa: E402
-from flower_app.server_app import FlowerServer  # noqa: E402
+from flower_app.server_app import serve as serve_flower  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 
 
@@ -127,10 +127,10 @@ def parsed(argv: list[str]):
 
 
 def serve(args, grid_of, resume=None) -> tuple[dict | None, str | None]:
-    """A FlowerServer run over the grid grid_of(run_file) builds: (result, None) or (None, its one-line error)."""
+    """A Flower server's run over the grid grid_of(run_file) builds: (result, None) or (None, its one-line error)."""
     run_file = node.write_run_file(Path(f"{args.output_dir}.{resume is not None}.json"), args, 2)
     try:
-        return one_thread_call(FlowerServer(args, grid_of(run_file), 2, resume).run), None
+        return one_thread_call(serve_flower, args, grid_of(run_file), 2, resume), None
     except FedKSeedError as exc:
         return None, str(exc)
 
@@ -139,7 +139,7 @@ def inprocess_with(argv: list[str], selections: list[list[int]], monkeypatch) ->
     """The in-process engine's c when round r trains exactly the clients selections[r - 1]."""
     rounds = iter(selections)
     monkeypatch.setattr(server.Server, "select_clients", lambda self: list(next(rounds)))
-    return one_thread_call(main.train, argv)["c"]
+    return one_thread_call(main.train, argv)["method"].c
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference run has a round without clients
@@ -160,7 +160,7 @@ def test_a_lost_node_is_named_and_c_aggregates_exactly_the_accepted_replies(tiny
             assert expected in entry["reason"]
     accepted = [row["clients"] for row in rows]
     c = inprocess_with(flags(tiny_model_dir, data_file, tmp_path / "ref"), accepted, monkeypatch)
-    assert np.count_nonzero(result["c"]) > 0 and np.array_equal(result["c"], c)
+    assert np.count_nonzero(result["method"].c) > 0 and np.array_equal(result["method"].c, c)
 
 
 def test_below_min_replies_the_run_stops_with_c_unchanged_and_resume_reaches_the_same_c(tiny_model_dir, data_file,
@@ -181,7 +181,7 @@ def test_below_min_replies_the_run_stops_with_c_unchanged_and_resume_reaches_the
     args = config.validate(config.merge_resume(parser.parse_args(["--resume", str(tmp_path / "cut")]), saved.flags,
                                                parser))
     again, error = serve(args, lambda rf: FakeGrid(contexts(rf, "off", run_id=2, ids=(21, 22))), resume=saved)
-    assert error is None and np.array_equal(again["c"], whole["c"])
+    assert error is None and np.array_equal(again["method"].c, whole["method"].c)
     assert [r["round"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3]
 
 
@@ -213,7 +213,7 @@ def test_a_restarted_node_joins_under_a_new_id_and_catches_up_from_its_state_fil
     assert any(loaded)  # some fresh process started from a state file
     c = inprocess_with(flags(tiny_model_dir, data_file, tmp_path / "ref", "--rounds", "5"),
                        [row["clients"] for row in rows], monkeypatch)
-    assert np.array_equal(result["c"], c)
+    assert np.array_equal(result["method"].c, c)
 
 
 def test_a_node_restarted_under_the_same_id_is_sent_the_whole_record_and_starts_from_its_state_file(
@@ -236,4 +236,4 @@ def test_a_node_restarted_under_the_same_id_is_sent_the_whole_record_and_starts_
     assert (3, 2) in loaded  # the full record of rounds 1-3, started from the state file of round 2
     c = inprocess_with(flags(tiny_model_dir, data_file, tmp_path / "ref", "--rounds", "5"),
                        [row["clients"] for row in rows], monkeypatch)
-    assert np.array_equal(result["c"], c)
+    assert np.array_equal(result["method"].c, c)

@@ -51,10 +51,10 @@ def flower(tiny_model_dir, data_file, tmp_path_factory):
 
 def test_flower_simulation_c_is_bit_identical_to_the_inprocess_run(inprocess, flower):
     (a, a_dir), (b, b_dir) = inprocess, flower
-    assert np.count_nonzero(a["c"]) > 100
-    assert np.array_equal(a["c"], b["c"])
+    assert np.count_nonzero(a["method"].c) > 100
+    assert np.array_equal(a["method"].c, b["method"].c)
     assert np.array_equal(np.load(a_dir / "coefficients.npz")["c"], np.load(b_dir / "coefficients.npz")["c"])
-    for p, q in zip(a["server"].seeded.model.parameters(), b["server"].seeded.model.parameters(), strict=True):
+    for p, q in zip(a["method"].global_model().parameters(), b["method"].global_model().parameters(), strict=True):
         assert torch.equal(p, q)
     rows_a, rows_b = read_metrics(a_dir / "metrics.jsonl"), read_metrics(b_dir / "metrics.jsonl")
     assert rows_a[0]["round"] == rows_b[0]["round"] == 0 and rows_a[0]["eval_loss"] == rows_b[0]["eval_loss"]
@@ -95,7 +95,7 @@ def test_hostile_replies_are_rejected_per_message_and_the_round_goes_on(tiny_mod
     assert sorted(reasons) == list(range(8))
     for cid, phrase in enumerate(expected):
         assert phrase in reasons[cid], (kinds[cid], reasons[cid])
-    assert 0 < np.count_nonzero(result["c"]) <= 6  # 2 clients x 3 steps
+    assert 0 < np.count_nonzero(result["method"].c) <= 6  # 2 clients x 3 steps
     log = (tmp_path / "hostile" / "train.log").read_text()
     assert log.count("rejected the reply") == 8  # each one logged
 
@@ -108,7 +108,7 @@ def test_flower_pro_simulation_c_is_bit_identical_to_the_inprocess_run(tiny_mode
     extra = ["--bias_sampling", "-K", "64", "--local_step", "30"]
     a = run_cli(flags(tiny_model_dir, data_file, tmp_path / "a", *extra))
     b = run_cli(flags(tiny_model_dir, data_file, tmp_path / "b", *extra, "--engine", "flower", "--flower_nodes", "2"))
-    assert np.array_equal(a["c"], b["c"])
+    assert np.array_equal(a["method"].c, b["method"].c)
 
 
 @pytest.mark.slow
@@ -123,13 +123,13 @@ def test_flower_summed_catchup_is_exact_in_closed_form_and_close_in_c(tiny_model
     exact = run_cli(flags(tiny_model_dir, data_file, tmp_path / "e", *small, "--engine", "flower"))
     summed = run_cli(flags(tiny_model_dir, data_file, tmp_path / "s", *small, "--engine", "flower",
                            "--flower_catchup", "summed"))
-    c, ref = summed["c"], exact["c"]
+    c, ref = summed["method"].c, exact["method"].c
     rows_e, rows_s = read_metrics(tmp_path / "e" / "metrics.jsonl"), read_metrics(tmp_path / "s" / "metrics.jsonl")
     assert rows_e[0]["train_loss"] == rows_s[0]["train_loss"]
     assert not np.array_equal(c, ref)
     assert np.max(np.abs(c - ref)) < 1e-2 * np.max(np.abs(ref))
-    rebuilt = materialise(load_model(str(tiny_model_dir)), summed["server"].seed_pool, c, 1e-3)
-    for p, q in zip(rebuilt.parameters(), summed["server"].seeded.model.parameters(), strict=True):
+    rebuilt = materialise(load_model(str(tiny_model_dir)), summed["method"].server.seed_pool, c, 1e-3)
+    for p, q in zip(rebuilt.parameters(), summed["method"].server.seeded.model.parameters(), strict=True):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-5)
     assert max(r["bytes_down_payload_per_client"] for r in rows_s) <= 64 * 8 + 64 // 8 + 8  # at most K entries
 
@@ -146,7 +146,7 @@ def test_deployment_script_with_two_supernodes_matches_the_simulation(tiny_model
     sim = run_cli(flags(tiny_model_dir, data_file, tmp_path / "sim", *small, "--engine", "flower",
                         "--flower_nodes", "2"))
     c = np.load(tmp_path / "deploy" / "coefficients.npz")["c"]
-    assert np.count_nonzero(c) > 10 and np.array_equal(c, sim["c"])
+    assert np.count_nonzero(c) > 10 and np.array_equal(c, sim["method"].c)
     comm = json.loads((tmp_path / "deploy" / "summary.json").read_text())["communication"]
     assert comm["within_paper_bound"]
     assert "stopped 3 process groups" in deploy.stderr

@@ -113,7 +113,7 @@ def test_a_bfloat16_run_ends_at_the_closed_form(tiny_model_dir, dolly_file, tmp_
              "--dtype", "bfloat16", "--eval_examples", "2", "--max_new_tokens", "2", "--no_eval_base",
              "--output_dir", str(tmp_path / "run"), "--quiet"]
     result = main.train(flags)
-    server = result["server"]
-    assert np.count_nonzero(result["c"]) > 0
+    server = result["method"].server
+    assert np.count_nonzero(result["method"].c) > 0
     theta0 = snapshot(load_model(str(tiny_model_dir), "bfloat16"))
-    assert ulps_off(server.seeded.model, closed_form(theta0, server.seed_pool, result["c"], 1e-3)) <= 1.0
+    assert ulps_off(server.seeded.model, closed_form(theta0, server.seed_pool, result["method"].c, 1e-3)) <= 1.0

@@ -178,7 +178,7 @@ def test_fedkseed_on_lora_moves_only_the_adapters_and_replays_bit_identically(ti
     out = tmp_path / "lora"
     argv = run_flags(tiny_model_dir, dolly_file, out, "--peft", "lora", "--lr", "1e-2", "--zo_eps", "1e-2", "-K", "16")
     result = main.train(argv)
-    model = result["server"].seeded.model
+    model = result["method"].server.seeded.model
     base = dict(modeling.load_model(str(tiny_model_dir)).named_parameters())
     adapters = 0
     for name, p in model.named_parameters():
@@ -203,7 +203,7 @@ def test_fedkseed_on_lora_moves_only_the_adapters_and_replays_bit_identically(ti
 def test_fedkseed_on_lora_perturbs_a_model_without_dropout(tiny_model_dir, dolly_file, tmp_path):
     # peft creates its adapters' dropout in training mode: on, the two losses of a step would see different masks
     result = main.train(run_flags(tiny_model_dir, dolly_file, tmp_path / "lora", "--peft", "lora", "-K", "16"))
-    model = result["server"].seeded.model
+    model = result["method"].server.seeded.model
     tokens = torch.tensor([[5, 9, 17, 23, 42, 7, 3, 11, 29, 31] * 4])
     with torch.no_grad():
         losses = [model(input_ids=tokens, labels=tokens).loss.item() for _ in range(4)]

@@ -136,7 +136,7 @@ def test_a_dolly_run_through_json_is_the_dolly_run(tiny_model_dir, tmp_path):
     dolly = run_cli(common + ["--dataset", "dolly", "--output_dir", str(tmp_path / "dolly")])
     json_run = run_cli(common + ["--dataset", "json", "--eval_category", "summarization", "--output_dir",
                                  str(tmp_path / "json")])
-    assert np.count_nonzero(dolly["c"]) > 0 and np.array_equal(dolly["c"], json_run["c"])
+    assert np.count_nonzero(dolly["method"].c) > 0 and np.array_equal(dolly["method"].c, json_run["method"].c)
     assert dolly["summary"] == json_run["summary"] and "rouge_l" in dolly["summary"]["final"]
     metrics = [(tmp_path / name / "metrics.jsonl").read_text().splitlines() for name in ("dolly", "json")]
     strip = [[{k: v for k, v in json.loads(line).items() if k not in MEASURED} for line in m] for m in metrics]

@@ -124,8 +124,8 @@ def max_abs_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 
 def test_global_model_equals_theta0_minus_lr_sum_c_z(base_run, tiny_model_dir):
-    server = base_run["server"]
-    c = base_run["c"]
+    server = base_run["method"].server
+    c = base_run["method"].c
     assert np.count_nonzero(c) >= 2
     theta0 = load_model(str(tiny_model_dir))
     assert max_abs_diff(theta0, server.seeded.model) > 1e-3  # training moved the model
@@ -136,27 +136,27 @@ def test_global_model_equals_theta0_minus_lr_sum_c_z(base_run, tiny_model_dir):
 
 def test_same_seed_gives_bit_identical_c_and_another_seed_does_not(base_run, tiny_model_dir, data_file, tmp_path):
     again = run_main(tiny_model_dir, data_file, tmp_path / "again")
-    assert np.array_equal(again["c"], base_run["c"])
-    assert np.array_equal(again["server"].seed_pool, base_run["server"].seed_pool)
-    assert max_abs_diff(again["server"].seeded.model, base_run["server"].seeded.model) == 0.0
+    assert np.array_equal(again["method"].c, base_run["method"].c)
+    assert np.array_equal(again["method"].server.seed_pool, base_run["method"].server.seed_pool)
+    assert max_abs_diff(again["method"].server.seeded.model, base_run["method"].server.seeded.model) == 0.0
     other = run_main(tiny_model_dir, data_file, tmp_path / "other", "--seed", "7")
-    assert not np.array_equal(other["server"].seed_pool, base_run["server"].seed_pool)
-    assert not np.allclose(other["c"], base_run["c"])
+    assert not np.array_equal(other["method"].server.seed_pool, base_run["method"].server.seed_pool)
+    assert not np.allclose(other["method"].c, base_run["method"].c)
 
 
 def test_replay_client_sync_reaches_the_same_model_as_copy(base_run, tiny_model_dir, data_file, tmp_path):
     replay = run_main(tiny_model_dir, data_file, tmp_path, "--client_sync", "replay")
     # The replayed client copy matches the server's weights only to fp32 rounding, and g divides a loss
     # difference by 2 eps, so c agrees closely but not bit for bit.
-    np.testing.assert_allclose(replay["c"], base_run["c"], rtol=1e-3, atol=1e-3)
-    np.testing.assert_array_equal(np.flatnonzero(replay["c"]), np.flatnonzero(base_run["c"]))
-    assert max_abs_diff(replay["server"].seeded.model, base_run["server"].seeded.model) < FP32_TOL
+    np.testing.assert_allclose(replay["method"].c, base_run["method"].c, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(np.flatnonzero(replay["method"].c), np.flatnonzero(base_run["method"].c))
+    assert max_abs_diff(replay["method"].server.seeded.model, base_run["method"].server.seeded.model) < FP32_TOL
 
 
 def test_pro_run_samples_by_the_history_of_uploaded_gradients(base_run, tiny_model_dir, data_file, tmp_path):
     pro = run_main(tiny_model_dir, data_file, tmp_path, "--bias_sampling", "--bias_loss_clip", "2.0")
-    server = pro["server"]
-    assert server.history is not None and base_run["server"].history is None
+    server = pro["method"].server
+    assert server.history is not None and base_run["method"].server.history is None
     # one initial entry per seed, then one entry per applied step: 3 rounds x 2 clients x 2 steps
     assert server.history.counts.sum() == K + 3 * 2 * LOCAL_STEP
     p = server.probabilities()
@@ -164,7 +164,7 @@ def test_pro_run_samples_by_the_history_of_uploaded_gradients(base_run, tiny_mod
     assert p.sum() == pytest.approx(1.0)
     assert p.max() - p.min() > 0.05  # not uniform
     np.testing.assert_array_equal(server.train_config(4).probabilities, p)
-    rebuilt = materialise(load_model(str(tiny_model_dir)), server.seed_pool, pro["c"], LR)
+    rebuilt = materialise(load_model(str(tiny_model_dir)), server.seed_pool, pro["method"].c, LR)
     assert max_abs_diff(rebuilt, server.seeded.model) < FP32_TOL
 
 
