@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 
 from errors import FedKSeedError
+from methods import METHODS, method_class
+from methods.ferret import REFERENCE_CLIP, REFERENCE_SERVER_LR
 from optimizers.perturbation import KINDS
 from optimizers.seed_pool import SEED_RANGE
 from run_report import CHOICES, check_report_to
@@ -40,13 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
         "zeroth-order steps drawn from K seeds (arXiv 2312.06353).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--method", choices=["fedkseed", "fedit", "fedavg"], default="fedkseed",
+    p.add_argument("--method", choices=list(METHODS), default="fedkseed",
                    help="fedkseed: zeroth-order steps on K seeds, seeds and scalars on the wire (--bias_sampling: "
                    "FedKSeed-Pro); fedit: LoRA adapters trained with AdamW, FedAvg of the adapters; fedavg: all "
-                   "weights trained with AdamW, FedAvg of the weights (the paper's baselines)")
+                   "weights trained with AdamW, FedAvg of the weights (the paper's baselines); ferret: SGD steps, "
+                   "the update projected per block onto seeded bases, (seed, block, scalar) triples on the wire")
     p.add_argument("--peft", choices=["none", "lora"], default="none",
                    help="fedkseed: perturb and train all weights (none), or LoRA adapters only (lora); fedit is "
                    "always LoRA")
+    ferret = p.add_argument_group("Ferret (--method ferret)")
+    ferret.add_argument("--server_lr", type=float, default=REFERENCE_SERVER_LR,
+                        help="server step on the averaged reconstruction (the reference's 10 acts on a reconstruction "
+                        "a third of the update, so 10/3 here)")
+    ferret.add_argument("--server_clip", type=float, default=REFERENCE_CLIP,
+                        help="largest norm of one (seed, block) term of the averaged reconstruction; 0 = no clip "
+                        "(the reference's 10 on a term a third of this suite's)")
     lora = p.add_argument_group("LoRA (--method fedit, or fedkseed with --peft lora)")
     lora.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
     lora.add_argument("--lora_alpha", type=int, default=16, help="LoRA scaling numerator (scale = alpha / r)")
@@ -250,6 +260,7 @@ def validate(args: argparse.Namespace) -> argparse.Namespace:
     args.device = resolve_device(args.device)
     if args.dtype == "auto":
         args.dtype = "float16" if args.device.startswith("cuda") else "float32"
+    method_class(args.method).check_flags(args)
     if args.output_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.output_dir = str(Path(args.log_root) / f"{args.dataset}-{method_name(args)}-{stamp}")
@@ -304,6 +315,7 @@ TRAJECTORY_FLAGS = (
     "batch_size", "max_length", "use_prompts", "iid", "zerotask", "dataset_subsample", "model", "lr",
     "weight_decay", "grad_clip", "K", "zo_eps", "perturbation", "bias_sampling", "bias_loss_clip",
     "grad_initial", "dtype", "seed", "aggregation", "trim_fraction", "max_abs_grad", "method", "peft", *LORA_FLAGS,
+    "server_lr", "server_clip",
     *FIELD_FLAGS, *EVAL_FLAGS, "prompt_format",
 )
 

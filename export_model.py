@@ -24,6 +24,10 @@ def rebuild_model(run_dir: Path, device: str = "cpu"):
         raise FedKSeedError(f"{run_dir}: the base model {flags['model']} differs from the one the run started from")
     if isinstance(state, TensorState):
         return merged_model(model, state), flags
+    if flags.get("method") == "ferret":  # theta0 + sum c_{k,l} z_{k,l}, replayed round by round as the run did
+        from methods.ferret import Ferret
+
+        return Ferret(Namespace(**flags), model, [], state).global_model(), flags
     compile_z = False if flags.get("no_compile") else None  # the path the run used: its floats, bit for bit
     seeded = SeededModel(model, state.seed_pool, flags["lr"], kind=flags["perturbation"], compile=compile_z)
     seeded.replay_rounds(state.deltas)

@@ -17,6 +17,7 @@ STREAMS = {
     "eval": (0xE7A1, 0),  # the held-out records evaluated (--eval_examples)
     "client": (0xC11E, 2),  # (round, client id): a client's data order and seed choices in one round
     "torch": (0x70C4, 2),  # (round, client id): the torch seed of a first-order client's dropout in one round
+    "ferret": (0xFE77, 2),  # (round, client id): the seeds a Ferret client projects its update onto
 }
 
 

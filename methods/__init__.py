@@ -1,7 +1,9 @@
-"""Federated fine-tuning methods behind one interface (methods.base.Method): FedKSeed (and Pro), FedIT, FedAvg."""
+"""Federated fine-tuning methods behind one interface (methods.base.Method), each in its own module; METHODS is the
+one place that names them (--method's choices)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 
 import torch
 
@@ -9,21 +11,27 @@ from checkpoint import RunState, TensorState
 from client import Client
 from methods.base import ArrayClient, LocalReport, Method
 
-METHODS = ("fedkseed", "fedit", "fedavg")
+# --method name -> "module:class" of its home (imported only when the method runs)
+METHODS = {
+    "fedkseed": "methods.fedkseed:FedKSeed",
+    "fedit": "methods.first_order:FirstOrder",
+    "fedavg": "methods.first_order:FirstOrder",
+    "ferret": "methods.ferret:Ferret",
+}
 
-__all__ = ["METHODS", "LocalReport", "Method", "build_array_client", "build_method"]
+__all__ = ["METHODS", "LocalReport", "Method", "build_array_client", "build_method", "method_class"]
+
+
+def method_class(name: str) -> type[Method]:
+    """The class of the method --method names."""
+    module, cls = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def build_method(args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
                  resume: RunState | TensorState | None = None) -> Method:
     """The method --method names, around the loaded base model."""
-    if args.method == "fedkseed":
-        from methods.fedkseed import FedKSeed
-
-        return FedKSeed(args, model, clients, resume)
-    from methods.first_order import FirstOrder
-
-    return FirstOrder(args, model, clients, resume)
+    return method_class(args.method)(args, model, clients, resume)
 
 
 def build_array_client(args: argparse.Namespace, model: torch.nn.Module) -> ArrayClient:

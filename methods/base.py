@@ -42,6 +42,11 @@ class Method(ABC):
     round: int = 0  # the last finished round
     base_eval: dict | None = None
 
+    @staticmethod
+    def check_flags(args) -> None:
+        """Refuse (FedKSeedError, one line) a flag combination this method cannot run; config.validate calls it."""
+        return None  # most methods run with any flags the parser accepts
+
     @abstractmethod
     def select_clients(self, round_idx: int) -> list[int]:
         """The ids of the round's clients (and whatever the server prepares for the round)."""

@@ -82,19 +82,28 @@ def fedavg(uploads: list[Tensors], weights: np.ndarray) -> Tensors:
             for name in uploads[0]}
 
 
-def local_train(model: torch.nn.Module, batches, lr: float, weight_decay: float) -> list[float]:
-    """AdamW on the model's trainable tensors, one step a batch, a fresh optimizer state (as FedIT's clients);
-    returns the training losses."""
+def local_train(model: torch.nn.Module, batches, lr: float, weight_decay: float, optimizer: str = "adamw",
+                skipped: dict[str, int] | None = None) -> list[float]:
+    """AdamW (FedIT's clients) or plain SGD (Ferret's) on the model's trainable tensors, one step a batch, a fresh
+    optimizer state; returns the training losses. A batch whose loss is not finite is not stepped on (counted in
+    skipped["nan"] when given), as a zeroth-order step with a NaN loss is skipped."""
     params = list(trainable(model).values())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     model.train()
     losses = []
     try:
         for batch in batches:
             loss = lm_loss(model, batch)
+            if not torch.isfinite(loss.detach()):
+                if skipped is not None:
+                    skipped["nan"] = skipped.get("nan", 0) + 1
+                continue
             loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
     finally:
         model.eval()
@@ -122,7 +131,7 @@ class FirstOrderClient(ArrayClient):
             torch.manual_seed(seed)  # dropout: the same masks wherever and whenever (resume) the client runs
             write_tensors(self.work, received)
             batches = client.batches(self.local, client_rng(self.args.seed, round_idx, client.client_id))
-            losses = local_train(self.work, _counted(batches, progress), self.args.lr, self.args.weight_decay)
+            losses = local_train(self.work, counted(batches, progress), self.args.lr, self.args.weight_decay)
             upload = read_tensors(self.work)
         return LocalReport(client_id=client.client_id, upload=upload, bytes_down=tensors_bytes(received),
                            bytes_up=tensors_bytes(upload) + 8, forward_equivalents=FO_STEP_FORWARDS * len(losses),
@@ -197,7 +206,8 @@ class FirstOrder(ArrayMethod):
         return {"method": self.name, "trainable_parameters": int(sum(a.size for a in self.global_tensors.values()))}
 
 
-def _counted(batches, progress):
+def counted(batches, progress):
+    """The batches, each counted on the progress bar once trained on."""
     for batch in batches:
         yield batch
         if progress is not None:

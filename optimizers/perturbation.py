@@ -7,6 +7,9 @@
     Perturbation(model).apply_([Term(seed, scale, rows, rest), ...])
                                                   a few terms in one pass (rows: distinct embedding rows)
     Perturbation(model).replay_(seeds, coefs)     theta += sum_j coefs[j] * z(seeds[j])
+    Perturbation(model).replay_table_(seeds, coefs)
+                                                  theta_i += sum_j coefs[i, j] * z_i(seeds[j]), per parameter i
+    Perturbation(model).project(i, values, seeds) <values, z_i(seed)> for each seed (parameter i)
     z_for(seed, name, numel, kind)                the reference values, for tests and tools
 
 z is defined in optimizers/zstream.py. Which code applies it (compile=None picks the fastest there is):
@@ -38,6 +41,8 @@ from optimizers.z_native import NativePass, apply_rows, library, native_enabled,
 from optimizers.zstream import KINDS, WORD_BITS, key_array, key_tensor, keys_for, z_for
 
 __all__ = ["KINDS", "Perturbation", "Term", "key_tensor", "keys_for", "z_for"]
+
+PROJECT_CHUNK = 1 << 16  # elements a projection sums at a time (a fixed order, whatever the thread count)
 
 
 def _row_sparse_name(model: torch.nn.Module, params: list[tuple[str, torch.Tensor]]) -> str | None:
@@ -119,11 +124,35 @@ class Perturbation:
     def replay_(self, seeds: Sequence[int], coefs: Sequence[float]) -> None:
         """theta += sum_j coefs[j] * z(seeds[j]); zero coefficients are skipped."""
         pairs = [(int(s), float(c)) for s, c in zip(seeds, coefs, strict=True) if c != 0.0]
-        for start in range(0, len(pairs), REPLAY_CHUNK):
-            chunk = pairs[start : start + REPLAY_CHUNK]
-            chunk_coefs = np.array([c for _, c in chunk], dtype=np.float32)
-            self._apply_all(self._keys([s for s, _ in chunk]), np.tile(chunk_coefs, (len(self.params), 1)),
+        table = np.array([c for _, c in pairs], dtype=np.float32)
+        self.replay_table_([s for s, _ in pairs], np.tile(table, (len(self.params), 1)))
+
+    @torch.no_grad()
+    def replay_table_(self, seeds: Sequence[int], coefs: np.ndarray) -> None:
+        """theta_i += sum_j coefs[i, j] * z_i(seeds[j]) for every trainable parameter i (in self.params order): a
+        coefficient of its own per parameter and seed (Ferret's per-block coefficients)."""
+        coefs = np.asarray(coefs, dtype=np.float32).reshape(len(self.params), len(seeds))
+        for start in range(0, len(seeds), REPLAY_CHUNK):
+            chunk = list(seeds[start : start + REPLAY_CHUNK])
+            self._apply_all(self._keys(chunk), np.ascontiguousarray(coefs[:, start : start + len(chunk)]),
                             *self._native())
+
+    @torch.no_grad()
+    def project(self, index: int, values: torch.Tensor, seeds: Sequence[int]) -> np.ndarray:
+        """<values, z_i(seed)> for each seed, in float64, for trainable parameter i (values: its shape). z is
+        generated one seed at a time into a float32 buffer; the products are summed by numpy in fixed chunks, so
+        the result does not depend on the number of threads."""
+        name, p = self.params[index]
+        flat = values.detach().to("cpu", torch.float64).reshape(-1).numpy()
+        buf = torch.empty(p.shape, dtype=torch.float32, device=p.device)
+        out = np.zeros(len(seeds), dtype=np.float64)
+        for j, seed in enumerate(seeds):
+            buf.zero_()
+            self._accumulate(buf, key_array([(int(seed), name)]), np.ones(1, dtype=np.float32))
+            z = buf.to("cpu", torch.float64).reshape(-1).numpy()
+            out[j] = sum(float(np.dot(flat[i : i + PROJECT_CHUNK], z[i : i + PROJECT_CHUNK]))
+                         for i in range(0, len(flat), PROJECT_CHUNK))
+        return out
 
     @torch.no_grad()
     def materialise_(self, theta0: dict[str, torch.Tensor], seeds: Sequence[int], coefs: Sequence[float]) -> None:

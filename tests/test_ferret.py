@@ -1,0 +1,154 @@
+"""Ferret (--method ferret): the projection is unbiased, independent of the thread count, the server's and a
+replaying client's models are bit-identical, hostile uploads are refused, a resumed run equals the uninterrupted
+one, and the tiny model learns."""
+from __future__ import annotations
+
+import os
+
+os.environ["FEDKSEED_COMPILE"] = "0"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import config  # noqa: E402
+import main  # noqa: E402
+from conftest import one_thread_call  # noqa: E402
+from methods.ferret import FerretUpload, check_upload, ferret_blocks, project_update, seeds_per_block  # noqa: E402
+from optimizers.perturbation import Perturbation  # noqa: E402
+from optimizers.seed_pool import make_seed_pool  # noqa: E402
+from run_files import read_metrics  # noqa: E402
+from streams import stream  # noqa: E402
+
+
+def flags(model_dir, data_file, out, *extra) -> list[str]:
+    return ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "--method", "ferret",
+            "-K", "64", "--rounds", "3", "--local_step", "6", "--num_clients", "4", "-m", "0.5", "--eval_examples",
+            "4", "--eval_metric", "loss", "--lr", "1e-2", "--quiet", "--output_dir", str(out), *extra]
+
+
+def test_blocks_follow_the_reference_rule():
+    # target int(0.9 * median) = 9: the three small tensors share a block, each large one is alone
+    assert ferret_blocks([1, 1, 1, 10, 10, 10, 10]).tolist() == [0, 0, 0, 1, 2, 3, 4]
+    assert seeds_per_block(np.array([4.0, 1.0, 0.0]), 64).tolist() == [64, 16, 2]
+
+
+def reconstruct(pert: Perturbation, blocks, pool, seeds, block_ids, gammas) -> list[torch.Tensor]:
+    """sum_k gamma_{k,l} z_{k,l} written onto a zeroed copy of the model's parameters."""
+    with torch.no_grad():
+        for _, p in pert.params:
+            p.zero_()
+    used = np.unique(seeds)
+    table = np.zeros((len(used), int(blocks.max()) + 1))
+    table[np.searchsorted(used, seeds), block_ids] = gammas
+    pert.replay_table_(pool[used].tolist(), table[:, blocks].T)
+    return [p.detach().clone() for _, p in pert.params]
+
+
+def test_the_projection_reconstructs_the_update_without_bias():
+    """Averaged over independent seed pools, sum_k gamma z equals Delta: within 0.35 of |Delta| after 300 pools,
+    where a reconstruction of Delta / 3 (the reference's scale) is 0.67 away."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16, bias=False), torch.nn.Linear(16, 8, bias=False))
+    pert = Perturbation(model, compile=False)
+    blocks = ferret_blocks([p.numel() for _, p in pert.params])
+    delta = [torch.randn_like(p) for _, p in pert.params]
+    total = [torch.zeros_like(p, dtype=torch.float64) for _, p in pert.params]
+    trials = 300
+    for t in range(trials):
+        pool = make_seed_pool(64, stream(t, "server"))
+        seeds, block_ids, gammas = project_update(pert, blocks, delta, pool, stream(t, "ferret", 1, 0))
+        for acc, part in zip(total, reconstruct(pert, blocks, pool, seeds, block_ids, gammas), strict=True):
+            acc += part.double()
+    mean = torch.cat([(acc / trials).flatten() for acc in total])
+    want = torch.cat([d.double().flatten() for d in delta])
+    error = float((mean - want).norm() / want.norm())
+    assert error < 0.35, error
+    assert float((mean / 3 - want).norm() / want.norm()) > 0.5  # the biased scale fails the same bound
+
+
+def test_the_projection_does_not_depend_on_the_thread_count():
+    """Large enough tensors that torch's and the native kernel's work is split across threads."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Linear(2048, 1024, bias=False), torch.nn.Linear(1024, 512))
+    pert = Perturbation(model)  # the native kernel where it builds: its blocks split across threads
+    blocks = ferret_blocks([p.numel() for _, p in pert.params])
+    delta = [torch.randn_like(p) for _, p in pert.params]
+    pool = make_seed_pool(4, stream(0, "server"))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(project_update(pert, blocks, delta, pool, stream(0, "ferret", 1, 0)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert np.array_equal(a, b)
+
+
+def upload(**changes) -> FerretUpload:
+    fields = {"client_id": 0, "round": 1, "seeds": np.array([0, 1, 1]), "blocks": np.array([0, 0, 1]),
+              "gammas": np.array([0.5, -0.25, 1.0]), "num_samples": 3}
+    return FerretUpload(**{**fields, **changes})
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({}, None),
+    ({"seeds": np.array([0, 1, 64])}, "seed index outside [0, 64)"),
+    ({"blocks": np.array([0, 0, 2])}, "block index outside [0, 2)"),
+    ({"gammas": np.array([0.5, np.nan, 1.0])}, "non-finite"),
+    ({"gammas": np.array([0.5, np.inf, 1.0])}, "non-finite"),
+    ({"seeds": np.array([1, 1, 0]), "blocks": np.array([0, 0, 1])}, "appears twice"),
+    ({"gammas": np.array([0.5, 1.0])}, "differ in shape"),
+    ({"num_samples": 0}, "not a positive integer"),
+    ({"round": 2}, "upload for round 2"),
+    ({"seeds": np.array([0.0, 1.0, 1.0])}, "not integers"),
+])
+def test_hostile_uploads_are_refused(changes, reason):
+    got = check_upload(upload(**changes), k=64, n_blocks=2, round_idx=1)
+    assert (got is None) if reason is None else (reason in got)
+
+
+def test_ferret_learns_and_a_replaying_client_holds_the_servers_model_bit_for_bit(tiny_model_dir, data_file,
+                                                                                  tmp_path):
+    result = one_thread_call(main.train, flags(tiny_model_dir, data_file, tmp_path / "run", "--save"))
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"] - 0.5  # base 4.56 on the tiny model
+    assert all(r["bytes_up_per_client"] > 8 for r in rows[1:])
+    method = result["method"]
+    assert np.count_nonzero(method.c) > 100
+    from checkpoint import load_checkpoint
+    from methods.ferret import Ferret
+    from modeling import load_model
+
+    args = config.validate(config.build_parser().parse_args(flags(tiny_model_dir, data_file, tmp_path / "x")))
+    replayed = Ferret(args, load_model(str(tiny_model_dir)), [], load_checkpoint(tmp_path / "run"))
+    for p, q in zip(replayed.global_model().parameters(), method.global_model().parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert main.main(["export", str(tmp_path / "run"), str(tmp_path / "exported")]) == 0
+    exported = load_model(str(tmp_path / "exported"))
+    for p, q in zip(exported.parameters(), method.global_model().parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_a_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, data_file, tmp_path):
+    whole = one_thread_call(main.train, flags(tiny_model_dir, data_file, tmp_path / "whole"))
+    one_thread_call(main.train, flags(tiny_model_dir, data_file, tmp_path / "cut", "--rounds", "1"))
+    again = one_thread_call(main.train, ["--resume", str(tmp_path / "cut"), "--rounds", "3"])
+    assert np.array_equal(whole["method"].c, again["method"].c)
+    drop = ("seconds", "client_seconds", "peak_memory_bytes")
+    rows = [[{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / d / "metrics.jsonl")]
+            for d in ("whole", "cut")]
+    assert rows[0] == rows[1]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--engine", "flower"], "--method ferret: runs in the in-process engine"),
+    (["--dtype", "bfloat16"], "--method ferret: needs --dtype float32"),
+    (["--server_lr", "0"], "--server_lr 0.0: must be positive"),
+])
+def test_impossible_ferret_flags_are_one_line_errors(tiny_model_dir, data_file, tmp_path, capsys, extra, message):
+    assert main.main(flags(tiny_model_dir, data_file, tmp_path / "run", *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
