@@ -129,7 +129,7 @@ class Ferret(Method):
         self.fingerprint = model_fingerprint(model)
         self.rng = stream(args.seed, "server")
         self.seed_pool = make_seed_pool(args.K, self.rng)
-        self.pert = Perturbation(model, compile=False if args.no_compile else None)
+        self.pert = Perturbation(model, kind=args.perturbation, compile=False if args.no_compile else None)
         self.blocks = ferret_blocks([p.numel() for _, p in self.pert.params])
         self.n_blocks = int(self.blocks.max()) + 1
         self.block_sizes = np.bincount(self.blocks, weights=[p.numel() for _, p in self.pert.params])

@@ -38,6 +38,7 @@ from optimizers.z_kernels import (
     rows_,
 )
 from optimizers.z_native import NativePass, apply_rows, library, native_enabled, supports
+from optimizers.z_native import dot as native_dot
 from optimizers.zstream import KINDS, WORD_BITS, key_array, key_tensor, keys_for, z_for
 
 __all__ = ["KINDS", "Perturbation", "Term", "key_tensor", "keys_for", "z_for"]
@@ -139,11 +140,15 @@ class Perturbation:
 
     @torch.no_grad()
     def project(self, index: int, values: torch.Tensor, seeds: Sequence[int]) -> np.ndarray:
-        """<values, z_i(seed)> for each seed, in float64, for trainable parameter i (values: its shape). z is
-        generated one seed at a time into a float32 buffer; the products are summed by numpy in fixed chunks, so
-        the result does not depend on the number of threads."""
+        """<values, z_i(seed)> for each seed, in float64, for trainable parameter i (values: its shape): one native
+        pass over values for all seeds, or z generated one seed at a time into a float32 buffer and the products
+        summed by numpy in fixed chunks. Either way the result does not depend on the number of threads."""
         name, p = self.params[index]
-        flat = values.detach().to("cpu", torch.float64).reshape(-1).numpy()
+        lib = library() if self.native else None
+        values = values.detach()
+        if lib is not None and supports(values):
+            return native_dot(lib, values, key_array([(int(s), name) for s in seeds]), self.kind)
+        flat = values.to("cpu", torch.float64).reshape(-1).numpy()
         buf = torch.empty(p.shape, dtype=torch.float32, device=p.device)
         out = np.zeros(len(seeds), dtype=np.float64)
         for j, seed in enumerate(seeds):

@@ -1,7 +1,8 @@
 """The native CPU kernel (the C++ in optimizers/z_native_source.py): built with the machine's C++ compiler on
 first use, cached, and called through ctypes. It applies theta += sum_s coef_s * z(seed_s) to every float32
 CPU parameter of a model in one call: hash, Box-Muller (or signs) and update fused in one vectorised loop
-over cache-sized blocks, the blocks split across threads by work. Where it cannot be built or loaded, the
+over cache-sized blocks, the blocks split across threads by work; and <w, z(seed)> for many seeds of one tensor
+(a projection onto seeded bases) in one pass over it. Where it cannot be built or loaded, the
 project falls back to the torch.compile kernels of optimizers/z_kernels.py (same stream) with a warning.
 
     FEDKSEED_NATIVE=0     do not build or use it
@@ -63,6 +64,9 @@ def library() -> ctypes.CDLL | None:
     lib.z_apply.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
                             ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                             ctypes.c_int64]
+    lib.z_dot.restype = None
+    lib.z_dot.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                          ctypes.c_void_p, ctypes.c_int64]
     lib.z_rows.restype = None
     lib.z_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                            ctypes.c_void_p, ctypes.c_float]
@@ -100,6 +104,18 @@ def apply_rows(lib: ctypes.CDLL, weight: torch.Tensor, rows: torch.Tensor, key: 
     key = np.ascontiguousarray(key, dtype=np.int32).reshape(3)
     lib.z_rows(KIND_CODES[kind], weight.data_ptr(), weight.shape[1], rows.data_ptr(), rows.numel(), key.ctypes.data,
                coef)
+
+
+def dot(lib: ctypes.CDLL, values: torch.Tensor, keys: np.ndarray, kind: str) -> np.ndarray:
+    """<values, z(key)> for each key (int32 [seeds, 3]) of a float32 CPU tensor, in float64, the same for any
+    thread count."""
+    if not supports(values):
+        raise ValueError(f"native dot needs a contiguous float32 CPU tensor, not {values.dtype} on {values.device}")
+    keys = np.ascontiguousarray(keys, dtype=np.int32).reshape(-1, 3)
+    out = np.zeros(len(keys), dtype=np.float64)
+    lib.z_dot(KIND_CODES[kind], values.data_ptr(), values.numel(), keys.ctypes.data, len(keys), out.ctypes.data,
+              torch.get_num_threads())
+    return out
 
 
 class NativePass:

@@ -238,9 +238,87 @@ std::vector<int64_t> split(const std::vector<Tensor>& tensors, int64_t threads) 
   return bounds;
 }
 
+// Blocks per partial sum of z_dot: fixed, so the order of its sum is the same for any thread count.
+constexpr int64_t DOT_GROUP = 64;
+
+// sum_i w[i] * z_i over pairs [p0, p1), products and sum in double.
+double gaussian_dot(const float* w, int64_t numel, int64_t p0, int64_t p1, const Key& k) {
+  const int64_t full = std::min(p1, numel / 2);
+  const uint32_t first = static_cast<uint32_t>(p0);
+  const float* in = w + 2 * p0;
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < full - p0; ++j) {
+    float x, y;
+    gaussian_pair(first + static_cast<uint32_t>(j), k, x, y);
+    acc += static_cast<double>(in[2 * j]) * x + static_cast<double>(in[2 * j + 1]) * y;
+  }
+  if (full < p1) {
+    float x, y;
+    gaussian_pair(static_cast<uint32_t>(full), k, x, y);
+    acc += static_cast<double>(w[numel - 1]) * x;
+  }
+  return acc;
+}
+
+// sum_i w[i] * z_i over words [q0, q1).
+double rademacher_dot(const float* w, int64_t numel, int64_t q0, int64_t q1, const Key& k) {
+  double acc = 0.0;
+  for (int64_t q = q0; q < q1; ++q) {
+    const uint32_t word = rademacher_word(static_cast<uint32_t>(q), k);
+    const int64_t base = q * WORD_BITS, bits = std::min<int64_t>(WORD_BITS, numel - base);
+#pragma omp simd reduction(+ : acc)
+    for (int64_t b = 0; b < bits; ++b)
+      acc += static_cast<double>(w[base + b]) * sign_of(word, static_cast<uint32_t>(b));
+  }
+  return acc;
+}
+
+// Groups [g0, g1) of DOT_GROUP blocks: partial[g][s] = the group's sum for seed s (each block read once for all
+// seeds while it is in cache).
+void dot_groups(int kind, const float* w, int64_t numel, const std::vector<Key>& keys, int64_t g0, int64_t g1,
+                double* partial) {
+  const int64_t block = kind == 0 ? GAUSSIAN_BLOCK : RADEMACHER_BLOCK;
+  const int64_t units = kind == 0 ? (numel + 1) / 2 : (numel + WORD_BITS - 1) / WORD_BITS;
+  const int64_t blocks = (units + block - 1) / block, seeds = static_cast<int64_t>(keys.size());
+  for (int64_t g = g0; g < g1; ++g) {
+    double* out = partial + g * seeds;
+    std::fill(out, out + seeds, 0.0);
+    for (int64_t b = g * DOT_GROUP; b < std::min(blocks, (g + 1) * DOT_GROUP); ++b) {
+      const int64_t u0 = b * block, u1 = std::min(units, u0 + block);
+      for (int64_t s = 0; s < seeds; ++s)
+        out[s] += kind == 0 ? gaussian_dot(w, numel, u0, u1, keys[s]) : rademacher_dot(w, numel, u0, u1, keys[s]);
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
+
+// out[s] = sum_i w[i] * z_i(seed s) for one float32 tensor: the groups of blocks split across threads, their
+// partial sums added in group order, so the result does not depend on the thread count.
+void z_dot(int kind, const float* w, int64_t numel, const int32_t* keys, int64_t seeds, double* out,
+           int64_t threads) {
+  std::vector<Key> k;
+  for (int64_t s = 0; s < seeds; ++s) k.emplace_back(keys + 3 * s);
+  const int64_t block = kind == 0 ? GAUSSIAN_BLOCK : RADEMACHER_BLOCK;
+  const int64_t units = kind == 0 ? (numel + 1) / 2 : (numel + WORD_BITS - 1) / WORD_BITS;
+  const int64_t groups = ((units + block - 1) / block + DOT_GROUP - 1) / DOT_GROUP;
+  std::vector<double> partial(groups * seeds);
+  threads = std::max<int64_t>(1, std::min(threads, groups));
+  std::vector<std::thread> workers;
+  for (int64_t t = 1; t < threads; ++t)
+    workers.emplace_back(dot_groups, kind, w, numel, std::cref(k), groups * t / threads, groups * (t + 1) / threads,
+                         partial.data());
+  dot_groups(kind, w, numel, k, 0, groups / threads, partial.data());
+  for (std::thread& worker : workers) worker.join();
+  for (int64_t s = 0; s < seeds; ++s) {
+    double sum = 0.0;
+    for (int64_t g = 0; g < groups; ++g) sum += partial[g * seeds + s];
+    out[s] = sum;
+  }
+}
 
 // Only rows `rows` of a row-major [*, width] tensor: w[i] += coef * z(i) for the elements i of those rows, by
 // the same arithmetic as z_apply with one seed (a loss that reads only these rows sees the same weights).

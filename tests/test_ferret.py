@@ -87,6 +87,19 @@ def test_the_projection_does_not_depend_on_the_thread_count():
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_the_native_projection_agrees_with_the_reference_stream(kind):
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(301, 33), torch.nn.Linear(33, 3))  # odd sizes: partial pairs, words
+    native, reference = Perturbation(model, kind=kind), Perturbation(model, kind=kind, compile=False)
+    if not native.native:
+        pytest.skip("the native kernel is off (FEDKSEED_NATIVE=0)")
+    for i, (_, p) in enumerate(native.params):
+        values = torch.randn_like(p)
+        a, b = native.project(i, values, [3, 99, 2**30]), reference.project(i, values, [3, 99, 2**30])
+        assert np.allclose(a, b, rtol=1e-5, atol=1e-5), (a, b)
+
+
 def upload(**changes) -> FerretUpload:
     fields = {"client_id": 0, "round": 1, "seeds": np.array([0, 1, 1]), "blocks": np.array([0, 0, 1]),
               "gammas": np.array([0.5, -0.25, 1.0]), "num_samples": 3}
