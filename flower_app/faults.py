@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord
 from flower_app.messages import Instruction
 from methods.base import LocalReport
 
-ARRAY_FAULTS = ("tensor_nan", "tensor_shape", "tensor_missing", "tensor_dtype")
+ARRAY_FAULTS = ("tensor_nan", "tensor_shape", "tensor_missing", "tensor_dtype", "index_high", "value_nan")
 FAULTS = ("nan", "inf", "index", "lengths", "zero_samples", "negative_samples", "round", "oversized", "scale1000")
 
 
@@ -42,6 +42,13 @@ def apply_fault(rec: ConfigRecord, kind: str, ins: Instruction) -> None:
 
 def apply_array_fault(report: LocalReport, kind: str) -> None:
     """Turn an honest upload of tensors into a hostile one of the given kind (a test hook, as apply_fault)."""
+    if kind in ("index_high", "value_nan"):  # the first integer (float) array: an index past any table, a NaN
+        integer = kind == "index_high"
+        name = next(n for n in sorted(report.upload) if np.issubdtype(report.upload[n].dtype, np.integer) == integer)
+        tensor = report.upload[name].copy()
+        tensor.flat[0] = 2**30 if integer else np.nan
+        report.upload[name] = tensor
+        return
     name = sorted(report.upload)[0]
     tensor = report.upload[name]
     if kind == "tensor_nan":

@@ -44,6 +44,7 @@ from flower_app.node_store import NodeStore, empty_model, store_for
 from methods import build_array_client
 from methods.base import ArrayClient
 from methods.fedkseed import perturbed_model
+from methods.ferret import OutOfSync
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 from simulation import training_clients
@@ -338,7 +339,10 @@ def train_arrays(rt: NodeRuntime, content: RecordDict, partition: tuple[int, int
     client = rt.client_for(ins.client, ins.name, partition)
     if client is None:
         return array_messages.encode_error_reply(f"client {ins.client} is not hosted on partition {partition[0]}")
-    report = rt.array_client.local_work(client, ins.round, ins.tensors)
-    if str(ins.client) in faults:
+    try:
+        report = rt.array_client.local_work(client, ins.round, ins.tensors)
+    except OutOfSync as exc:  # the server resends from theta0
+        return array_messages.encode_error_reply(str(exc))
+    if faults.get(str(ins.client)):
         apply_array_fault(report, faults[str(ins.client)])
     return array_messages.encode_reply(ins.round, report)

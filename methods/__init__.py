@@ -35,8 +35,6 @@ def build_method(args: argparse.Namespace, model: torch.nn.Module, clients: list
 
 
 def build_array_client(args: argparse.Namespace, model: torch.nn.Module) -> ArrayClient:
-    """The client side alone of an array-shipping --method (fedit, fedavg), around the loaded base model: what a
-    Flower node trains with (the server's copy of the model stays on the server)."""
-    from methods.first_order import FirstOrderClient
-
-    return FirstOrderClient.around_base(args, model)
+    """The client side alone of an array-shipping --method, around the loaded base model: what a Flower node
+    trains with (the server's copy of the model stays on the server)."""
+    return method_class(args.method).build_client(args, model)

@@ -89,12 +89,18 @@ class ArrayMethod(Method):
     uploads arrays. The engines carry them as they are (Flower: one ArrayRecord each way) and measure them."""
 
     @abstractmethod
-    def download(self, client_id: int, round_idx: int) -> dict[str, np.ndarray]:
-        """What the server sends the client this round."""
+    def download(self, client_id: int, round_idx: int, since: int | None = None) -> dict[str, np.ndarray]:
+        """What the server sends the client this round; `since`: the last round whose state the receiving side
+        said it holds (None: the method's own record of the client)."""
 
     @abstractmethod
     def client_side(self) -> ArrayClient:
         """The client side that trains in this process (in-process runs)."""
+
+    @staticmethod
+    @abstractmethod
+    def build_client(args, model: torch.nn.Module) -> ArrayClient:
+        """The client side alone, around the loaded base model: what a Flower node trains with."""
 
     @abstractmethod
     def check_upload(self, upload: dict[str, np.ndarray]) -> str | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,11 @@ from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkp
 from client import Client, LocalTraining, client_rng
 from errors import FedKSeedError
 from measure import LocalCost
-from methods.base import FO_STEP_FORWARDS, LocalReport, Method
-from methods.fedkseed import changed_since
-from methods.first_order import counted, local_train
+from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport
+from methods.first_order import counted, local_train, tensors_bytes
 from optimizers.perturbation import Perturbation
 from optimizers.seed_pool import make_seed_pool
-from server import client_weights, sample_clients
+from server import sample_clients
 from streams import stream
 
 REFERENCE_SERVER_LR = 10.0 / 3.0  # the reference's 10, acting on its reconstruction of Delta / 3
@@ -60,19 +58,6 @@ def seeds_per_block(norms: np.ndarray, k: int) -> np.ndarray:
     return np.clip((shares * k).astype(np.int64), 2, k)
 
 
-@dataclass
-class FerretUpload:
-    """A client's upload: the chosen (seed index, block, gamma) entries and its sample count."""
-
-    client_id: int
-    round: int
-    seeds: np.ndarray  # int, into the seed pool
-    blocks: np.ndarray  # int, block index
-    gammas: np.ndarray  # float64 values of float32 wire scalars
-    num_samples: int
-    skipped: dict[str, int] = field(default_factory=dict)
-
-
 def project_update(pert: Perturbation, blocks: np.ndarray, deltas: list[torch.Tensor], seed_pool: np.ndarray,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Delta (one tensor per trainable parameter) projected block by block onto n_l seeds drawn from rng: the
@@ -93,85 +78,20 @@ def project_update(pert: Perturbation, blocks: np.ndarray, deltas: list[torch.Te
             np.concatenate(gammas).astype(np.float32).astype(np.float64))
 
 
-def check_upload(u: FerretUpload, k: int, n_blocks: int, round_idx: int) -> str | None:
-    """Why an upload from an untrusted client cannot be combined, or None."""
-    seeds, blocks, gammas = np.asarray(u.seeds), np.asarray(u.blocks), np.asarray(u.gammas)
-    if u.round != round_idx:
-        return f"upload for round {u.round}, expected {round_idx}"
-    if isinstance(u.num_samples, bool) or not isinstance(u.num_samples, int | np.integer) or u.num_samples <= 0:
-        return f"sample count {u.num_samples!r} is not a positive integer"
-    if not (seeds.ndim == blocks.ndim == gammas.ndim == 1 and len(seeds) == len(blocks) == len(gammas)):
-        return "seed, block and gamma arrays differ in shape"
-    if not np.issubdtype(seeds.dtype, np.integer) or not np.issubdtype(blocks.dtype, np.integer):
-        return "seed or block indices are not integers"
-    if len(seeds) and (seeds.min() < 0 or seeds.max() >= k):
-        return f"seed index outside [0, {k})"
-    if len(blocks) and (blocks.min() < 0 or blocks.max() >= n_blocks):
-        return f"block index outside [0, {n_blocks})"
-    if len(np.unique(seeds * n_blocks + blocks)) != len(seeds):
-        return "a (seed, block) entry appears twice"
-    if not np.issubdtype(gammas.dtype, np.floating) or not np.all(np.isfinite(gammas)):
-        return "non-finite or non-float gamma"
-    return None
+class BlockSeededModel:
+    """A model together with the K x L table c that describes it: theta = theta0 + sum_{k,l} c_{k,l} z_{k,l}, moved
+    only by whole rounds of Delta c (the same float operations wherever a copy is kept)."""
 
-
-class Ferret(Method):
-    """The server (seed pool, sampling, K x L coefficient table, its model) and one in-process client copy."""
-
-    name = "ferret"
-
-    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
-                 resume: RunState | None = None):
-        self.args = args
-        for p in model.parameters():
-            p.requires_grad_(True)
-        self.model = model.eval()
-        self.fingerprint = model_fingerprint(model)
-        self.rng = stream(args.seed, "server")
-        self.seed_pool = make_seed_pool(args.K, self.rng)
-        self.pert = Perturbation(model, kind=args.perturbation, compile=False if args.no_compile else None)
-        self.blocks = ferret_blocks([p.numel() for _, p in self.pert.params])
+    def __init__(self, model: torch.nn.Module, seed_pool: np.ndarray, kind: str, compile: bool | None):
+        self.model = model
+        self.seed_pool = seed_pool
+        self.pert = Perturbation(model, kind=kind, compile=compile)
+        sizes = [p.numel() for _, p in self.pert.params]
+        self.blocks = ferret_blocks(sizes)
         self.n_blocks = int(self.blocks.max()) + 1
-        self.block_sizes = np.bincount(self.blocks, weights=[p.numel() for _, p in self.pert.params])
-        self.sizes = {c.client_id: len(c) for c in clients}
-        self.c = np.zeros((args.K, self.n_blocks))
-        self.state = RunState(round=0, fingerprint=self.fingerprint, flags=vars(args).copy(), seed_pool=self.seed_pool,
-                              c=self.c, deltas=[], server_rng=self.rng.bit_generator.state,
-                              last_round={cid: 0 for cid in self.sizes})
-        self._work: torch.nn.Module | None = None
-        if resume is not None:
-            self.restore(resume)
-        self.round, self.base_eval = self.state.round, self.state.base_eval
-
-    @staticmethod
-    def check_flags(args: argparse.Namespace) -> None:
-        checks = [
-            (args.engine == "inprocess", "--method ferret: runs in the in-process engine (its Flower messages are "
-             "not built yet)"),
-            (args.dtype == "float32", f"--method ferret: needs --dtype float32 weights (got {args.dtype}): a "
-             "half-precision model would round the projected updates away"),
-            (args.peft == "none", "--method ferret: trains every weight; --peft lora is for fedkseed"),
-            (args.server_lr > 0, f"--server_lr {args.server_lr}: must be positive"),
-            (args.server_clip >= 0, f"--server_clip {args.server_clip}: must be >= 0 (0 = no clip)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise FedKSeedError(message)
-
-    def restore(self, state: RunState) -> None:
-        """Replay the checkpoint's rounds onto theta0: the same model, bit for bit, as the run that wrote it."""
-        if not isinstance(state, RunState) or state.fingerprint != self.fingerprint:
-            raise FedKSeedError("--resume: the checkpoint is not of this method and base model")
-        if not np.array_equal(state.seed_pool, self.seed_pool) or state.c.shape != self.c.shape:
-            raise FedKSeedError("--resume: the seed pool or blocks differ from the checkpoint's (other -K or model?)")
-        for indices, values in state.deltas:
-            self.apply(indices, values)
-        if not np.array_equal(self.c, state.c):
-            raise FedKSeedError("--resume: replaying the checkpoint's rounds does not reproduce its c (corrupt?)")
-        self.rng.bit_generator.state = state.server_rng
-        self.state = state
-
-    # --- the server ---------------------------------------------------------------------------------------------
+        self.block_sizes = np.bincount(self.blocks, weights=sizes)
+        self.c = np.zeros((len(seed_pool), self.n_blocks))
+        self.round = 0  # the last round whose Delta c it holds
 
     def apply(self, flat_indices: np.ndarray, values: np.ndarray) -> None:
         """theta += sum Delta c_{k,l} z_{k,l} over a round's changed entries (flat index k * L + l), and c too."""
@@ -181,34 +101,52 @@ class Ferret(Method):
         table[np.searchsorted(used, seeds), blocks] = values
         self.pert.replay_table_(self.seed_pool[used].tolist(), table[:, self.blocks].T)
         self.c[seeds, blocks] += values
+        self.round += 1
 
-    def select_clients(self, round_idx: int) -> list[int]:
-        return sample_clients(self.rng, self.args.m, len(self.sizes))
 
-    def finish_round(self, round_idx: int, reports: list[LocalReport]) -> dict:
-        uploads = [r.upload for r in reports]
-        kept = [u for u in uploads if check_upload(u, self.args.K, self.n_blocks, round_idx) is None]
-        mean = np.zeros_like(self.c)
-        for weight, u in zip(client_weights(kept, self.args.equal_weight), kept, strict=True):
-            np.add.at(mean, (u.seeds, u.blocks), weight * u.gammas)
-        for u in uploads:
-            self.state.last_round[u.client_id] = round_idx - 1
-        changed = np.flatnonzero(mean)
-        gamma = mean.reshape(-1)[changed]
-        if self.args.server_clip > 0:
-            norms = np.abs(gamma) * np.sqrt(self.block_sizes[changed % self.n_blocks])
-            gamma = gamma * np.minimum(1.0, self.args.server_clip / (norms + 1e-8))
-        delta = -self.args.server_lr * gamma
-        self.apply(changed, delta)
-        self.state.deltas.append((changed.astype(np.int32), delta))
-        self.round = self.state.round = round_idx
-        return {"rejected_uploads": len(uploads) - len(kept)} if len(kept) < len(uploads) else {}
+def pack_rounds(deltas: list[tuple[np.ndarray, np.ndarray]], first: int) -> dict[str, np.ndarray]:
+    """Rounds first+1 .. len(deltas) of Delta c as arrays: how many entries each round has, then every entry's
+    flat index and value, round after round."""
+    rounds = deltas[first:]
+    return {"since": np.array([first], dtype=np.int64),
+            "delta_counts": np.array([len(idx) for idx, _ in rounds], dtype=np.int32),
+            "delta_index": np.concatenate([idx for idx, _ in rounds]).astype(np.int32) if rounds
+            else np.zeros(0, np.int32),
+            "delta_value": np.concatenate([v for _, v in rounds]) if rounds else np.zeros(0)}
 
-    # --- a client (in this process) -----------------------------------------------------------------------------
 
-    def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
+class OutOfSync(FedKSeedError):
+    """A client's copy cannot reach the global model from what it was sent (a node that lost its state)."""
+
+
+class FerretClient(ArrayClient):
+    """A client's side of Ferret: a copy of the global model (caught up round by round from the Delta c it
+    receives), a work copy trained with SGD, and the projection of the update."""
+
+    def __init__(self, args: argparse.Namespace, held: BlockSeededModel, fingerprint: str):
+        self.args, self.held, self.fingerprint = args, held, fingerprint
+        self.work: torch.nn.Module | None = None
+
+    @classmethod
+    def around_base(cls, args: argparse.Namespace, model: torch.nn.Module) -> FerretClient:
+        fingerprint = model_fingerprint(model)
+        return cls(args, BlockSeededModel(trainable_all(model), make_seed_pool(args.K, stream(args.seed, "server")),
+                                          args.perturbation, False if args.no_compile else None), fingerprint)
+
+    def catch_up(self, received: dict[str, np.ndarray], round_idx: int) -> None:
+        """Apply the received rounds this copy lacks, in order; they must reach round_idx - 1."""
+        since, counts = int(received["since"][0]), received["delta_counts"]
+        if since > self.held.round or since + len(counts) != round_idx - 1:
+            raise OutOfSync(f"out of sync: sent rounds {since + 1} .. {since + len(counts)}, the copy holds "
+                            f"{self.held.round}, round {round_idx} needs {round_idx - 1}")
+        ends = np.cumsum(counts)
+        for r in range(self.held.round + 1, round_idx):
+            first, last = ends[r - since - 1] - counts[r - since - 1], ends[r - since - 1]
+            self.held.apply(received["delta_index"][first:last], received["delta_value"][first:last])
+
+    def local_work(self, client: Client, round_idx: int, received: dict[str, np.ndarray], progress=None) -> LocalReport:
         args = self.args
-        changed = changed_since(self.state.deltas, self.state.last_round[client.client_id])
+        self.catch_up(received, round_idx)
         local = LocalTraining(lr=args.lr, eps=0.0, local_step=args.local_step, batch_or_epoch=args.batch_or_epoch,
                               batch_size=args.batch_size)
         seed = int(stream(args.seed, "torch", round_idx, client.client_id).integers(2**62))
@@ -219,36 +157,161 @@ class Ferret(Method):
             batches = counted(client.batches(local, client_rng(args.seed, round_idx, client.client_id)), progress)
             losses = local_train(work, batches, args.lr, args.weight_decay, optimizer="sgd", skipped=skipped)
             with torch.no_grad():
-                deltas = [p.detach() - q.detach() for (_, p), q in zip(self.pert.params, work.parameters(),
+                deltas = [p.detach() - q.detach() for (_, p), q in zip(self.held.pert.params, work.parameters(),
                                                                        strict=True)]
-            seeds, blocks, gammas = project_update(self.pert, self.blocks, deltas, self.seed_pool,
+            seeds, blocks, gammas = project_update(self.held.pert, self.held.blocks, deltas, self.held.seed_pool,
                                                    stream(args.seed, "ferret", round_idx, client.client_id))
-        upload = FerretUpload(client.client_id, round_idx, seeds, blocks, gammas, len(client), skipped)
-        return LocalReport(client_id=client.client_id, upload=upload, bytes_down=12 * changed,
-                           bytes_up=12 * len(seeds) + 8, forward_equivalents=FO_STEP_FORWARDS * len(losses),
+        upload = {"seeds": seeds.astype(np.int32), "blocks": blocks.astype(np.int32),
+                  "gammas": gammas.astype(np.float32), "synced": np.array([self.held.round], dtype=np.int64)}
+        return LocalReport(client_id=client.client_id, upload=upload, bytes_down=tensors_bytes(received),
+                           bytes_up=tensors_bytes(upload), forward_equivalents=FO_STEP_FORWARDS * len(losses),
                            train_loss=float(np.mean(losses)) if losses else float("nan"), seconds=cost.seconds,
                            peak_bytes=cost.peak_bytes, skipped=skipped)
 
     def work_copy(self) -> torch.nn.Module:
-        """The in-process clients' copy, set to the global model (a plain tensor copy)."""
-        if self._work is None:
-            self._work = copy.deepcopy(self.model)
+        """The copy the client trains, set to the global model (a plain tensor copy)."""
+        if self.work is None:
+            self.work = copy.deepcopy(self.held.model)
         with torch.no_grad():
-            for p, q in zip(self._work.parameters(), self.model.parameters(), strict=True):
+            for p, q in zip(self.work.parameters(), self.held.model.parameters(), strict=True):
                 p.copy_(q)
-        return self._work
+        return self.work
 
-    # --- the run ------------------------------------------------------------------------------------------------
+
+def trainable_all(model: torch.nn.Module) -> torch.nn.Module:
+    """The base model with every weight trainable (Ferret is full-parameter), in eval mode."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.eval()
+
+
+UPLOAD = {"seeds": np.int32, "blocks": np.int32, "gammas": np.float32, "synced": np.int64}
+
+
+def check_upload(upload: dict[str, np.ndarray], k: int, n_blocks: int) -> str | None:
+    """Why an upload from an untrusted client cannot be combined, or None."""
+    if set(upload) != set(UPLOAD):
+        return f"upload holds {sorted(upload)}, expected {sorted(UPLOAD)}"
+    for name, dtype in UPLOAD.items():
+        if upload[name].dtype != dtype or upload[name].ndim != 1:
+            return f"{name}: {upload[name].dtype} of {upload[name].ndim} dimension(s), expected 1-D {np.dtype(dtype)}"
+    seeds, blocks, gammas = upload["seeds"], upload["blocks"], upload["gammas"]
+    if not len(seeds) == len(blocks) == len(gammas):
+        return "seed, block and gamma arrays differ in length"
+    if len(seeds) and (seeds.min() < 0 or seeds.max() >= k):
+        return f"seed index outside [0, {k})"
+    if len(blocks) and (blocks.min() < 0 or blocks.max() >= n_blocks):
+        return f"block index outside [0, {n_blocks})"
+    if len(np.unique(seeds.astype(np.int64) * n_blocks + blocks)) != len(seeds):
+        return "a (seed, block) entry appears twice"
+    if not np.all(np.isfinite(gammas)):
+        return "non-finite gamma"
+    return None
+
+
+class Ferret(ArrayMethod):
+    """The server: seed pool, sampling, the global model as a BlockSeededModel, every round's Delta c. In-process
+    clients train on one FerretClient whose held copy is the server's own model (always current)."""
+
+    name = "ferret"
+
+    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list, resume: RunState | None = None):
+        self.args = args
+        self.fingerprint = model_fingerprint(model)
+        self.rng = stream(args.seed, "server")
+        self.seeded = BlockSeededModel(trainable_all(model), make_seed_pool(args.K, self.rng), args.perturbation,
+                                       False if args.no_compile else None)
+        self.sizes = {c.client_id: len(c) for c in clients}
+        self.state = RunState(round=0, fingerprint=self.fingerprint, flags=vars(args).copy(),
+                              seed_pool=self.seeded.seed_pool, c=self.seeded.c, deltas=[],
+                              server_rng=self.rng.bit_generator.state, last_round={cid: 0 for cid in self.sizes})
+        self._client: FerretClient | None = None
+        if resume is not None:
+            self.restore(resume)
+        self.round, self.base_eval = self.state.round, self.state.base_eval
+
+    @staticmethod
+    def check_flags(args: argparse.Namespace) -> None:
+        checks = [
+            (args.dtype == "float32", f"--method ferret: needs --dtype float32 weights (got {args.dtype}): a "
+             "half-precision model would round the projected updates away"),
+            (args.peft == "none", "--method ferret: trains every weight; --peft lora is for fedkseed"),
+            (args.server_lr > 0, f"--server_lr {args.server_lr}: must be positive"),
+            (args.server_clip >= 0, f"--server_clip {args.server_clip}: must be >= 0 (0 = no clip)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise FedKSeedError(message)
+
+    @staticmethod
+    def build_client(args: argparse.Namespace, model: torch.nn.Module) -> FerretClient:
+        return FerretClient.around_base(args, model)
+
+    def restore(self, state: RunState) -> None:
+        """Replay the checkpoint's rounds onto theta0: the same model, bit for bit, as the run that wrote it."""
+        if not isinstance(state, RunState) or state.fingerprint != self.fingerprint:
+            raise FedKSeedError("--resume: the checkpoint is not of this method and base model")
+        if not np.array_equal(state.seed_pool, self.seeded.seed_pool) or state.c.shape != self.seeded.c.shape:
+            raise FedKSeedError("--resume: the seed pool or blocks differ from the checkpoint's (other -K or model?)")
+        for indices, values in state.deltas:
+            self.seeded.apply(indices, values)
+        if not np.array_equal(self.seeded.c, state.c):
+            raise FedKSeedError("--resume: replaying the checkpoint's rounds does not reproduce its c (corrupt?)")
+        self.rng.bit_generator.state = state.server_rng
+        self.state = state
+
+    @property
+    def c(self) -> np.ndarray:
+        return self.seeded.c
+
+    def select_clients(self, round_idx: int) -> list[int]:
+        return sample_clients(self.rng, self.args.m, len(self.sizes))
+
+    def download(self, client_id: int, round_idx: int, since: int | None = None) -> dict[str, np.ndarray]:
+        """The rounds of Delta c after `since` (default: the round the client last synced to)."""
+        first = self.state.last_round[client_id] if since is None else min(since, round_idx - 1)
+        return pack_rounds(self.state.deltas[:round_idx - 1], first)
+
+    def client_side(self) -> FerretClient:
+        if self._client is None:
+            self._client = FerretClient(self.args, self.seeded, self.fingerprint)
+        return self._client
+
+    def check_upload(self, upload: dict[str, np.ndarray]) -> str | None:
+        return check_upload(upload, self.args.K, self.seeded.n_blocks)
+
+    def finish_round(self, round_idx: int, reports: list[LocalReport]) -> dict:
+        """Average the accepted uploads' gamma by data size (or equally), clip each (seed, block) term, scale by
+        --server_lr, and move the global model by the round's Delta c."""
+        seeded, args = self.seeded, self.args
+        kept = [r for r in reports if self.check_upload(r.upload) is None]
+        sizes = np.array([1.0 if args.equal_weight else self.sizes[r.client_id] for r in kept])
+        mean = np.zeros_like(seeded.c)
+        for weight, r in zip(sizes / sizes.sum() if len(kept) else sizes, kept, strict=True):
+            np.add.at(mean, (r.upload["seeds"], r.upload["blocks"]), weight * r.upload["gammas"].astype(np.float64))
+        for r in reports:
+            self.state.last_round[r.client_id] = round_idx - 1
+        changed = np.flatnonzero(mean)
+        gamma = mean.reshape(-1)[changed]
+        if args.server_clip > 0:
+            norms = np.abs(gamma) * np.sqrt(seeded.block_sizes[changed % seeded.n_blocks])
+            gamma = gamma * np.minimum(1.0, args.server_clip / (norms + 1e-8))
+        delta = -args.server_lr * gamma
+        seeded.apply(changed, delta)
+        self.state.deltas.append((changed.astype(np.int32), delta))
+        self.round = self.state.round = round_idx
+        return {"rejected_uploads": len(reports) - len(kept)} if len(kept) < len(reports) else {}
 
     def global_model(self) -> torch.nn.Module:
-        return self.model
+        return self.seeded.model
 
     def save(self, out: Path) -> None:
-        self.state.c, self.state.base_eval = self.c.copy(), self.base_eval
+        self.state.c, self.state.base_eval = self.seeded.c.copy(), self.base_eval
         self.state.server_rng = self.rng.bit_generator.state
         save_checkpoint(out / CHECKPOINT_FILE, self.state)
 
     def finish(self, out: Path) -> dict:
         if self.args.save:  # the K x L table and the seed pool: the whole trained model beside theta0
-            np.savez(out / "coefficients.npz", c=self.c, seed_pool=self.seed_pool, blocks=self.blocks)
-        return {"method": self.name, "blocks": self.n_blocks}
+            np.savez(out / "coefficients.npz", c=self.seeded.c, seed_pool=self.seeded.seed_pool,
+                     blocks=self.seeded.blocks)
+        return {"method": self.name, "blocks": self.seeded.n_blocks}

@@ -168,8 +168,12 @@ class FirstOrder(ArrayMethod):
     def select_clients(self, round_idx: int) -> list[int]:
         return sample_clients(self.rng, self.args.m, len(self.sizes))
 
-    def download(self, client_id: int, round_idx: int) -> Tensors:
-        return self.global_tensors
+    def download(self, client_id: int, round_idx: int, since: int | None = None) -> Tensors:
+        return self.global_tensors  # the tensors whole: a client needs no state of its own
+
+    @staticmethod
+    def build_client(args: argparse.Namespace, model: torch.nn.Module) -> FirstOrderClient:
+        return FirstOrderClient.around_base(args, model)
 
     def client_side(self) -> FirstOrderClient:
         if self._client is None:

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 import config  # noqa: E402
 import main  # noqa: E402
 from conftest import one_thread_call  # noqa: E402
-from methods.ferret import FerretUpload, check_upload, ferret_blocks, project_update, seeds_per_block  # noqa: E402
+from methods.ferret import check_upload, ferret_blocks, project_update, seeds_per_block  # noqa: E402
 from optimizers.perturbation import Perturbation  # noqa: E402
 from optimizers.seed_pool import make_seed_pool  # noqa: E402
 from run_files import read_metrics  # noqa: E402
@@ -100,26 +100,26 @@ def test_the_native_projection_agrees_with_the_reference_stream(kind):
         assert np.allclose(a, b, rtol=1e-5, atol=1e-5), (a, b)
 
 
-def upload(**changes) -> FerretUpload:
-    fields = {"client_id": 0, "round": 1, "seeds": np.array([0, 1, 1]), "blocks": np.array([0, 0, 1]),
-              "gammas": np.array([0.5, -0.25, 1.0]), "num_samples": 3}
-    return FerretUpload(**{**fields, **changes})
+def upload(**changes) -> dict[str, np.ndarray]:
+    arrays = {"seeds": np.array([0, 1, 1], np.int32), "blocks": np.array([0, 0, 1], np.int32),
+              "gammas": np.array([0.5, -0.25, 1.0], np.float32), "synced": np.array([0], np.int64)}
+    return {**arrays, **changes}
 
 
 @pytest.mark.parametrize("changes, reason", [
     ({}, None),
-    ({"seeds": np.array([0, 1, 64])}, "seed index outside [0, 64)"),
-    ({"blocks": np.array([0, 0, 2])}, "block index outside [0, 2)"),
-    ({"gammas": np.array([0.5, np.nan, 1.0])}, "non-finite"),
-    ({"gammas": np.array([0.5, np.inf, 1.0])}, "non-finite"),
-    ({"seeds": np.array([1, 1, 0]), "blocks": np.array([0, 0, 1])}, "appears twice"),
-    ({"gammas": np.array([0.5, 1.0])}, "differ in shape"),
-    ({"num_samples": 0}, "not a positive integer"),
-    ({"round": 2}, "upload for round 2"),
-    ({"seeds": np.array([0.0, 1.0, 1.0])}, "not integers"),
+    ({"seeds": np.array([0, 1, 64], np.int32)}, "seed index outside [0, 64)"),
+    ({"seeds": np.array([0, -1, 3], np.int32)}, "seed index outside [0, 64)"),
+    ({"blocks": np.array([0, 0, 2], np.int32)}, "block index outside [0, 2)"),
+    ({"gammas": np.array([0.5, np.nan, 1.0], np.float32)}, "non-finite"),
+    ({"gammas": np.array([0.5, np.inf, 1.0], np.float32)}, "non-finite"),
+    ({"seeds": np.array([1, 1, 0], np.int32), "blocks": np.array([0, 0, 1], np.int32)}, "appears twice"),
+    ({"gammas": np.array([0.5, 1.0], np.float32)}, "differ in length"),
+    ({"seeds": np.array([0.0, 1.0, 1.0])}, "seeds: float64"),
+    ({"extra": np.zeros(1)}, "upload holds"),
 ])
 def test_hostile_uploads_are_refused(changes, reason):
-    got = check_upload(upload(**changes), k=64, n_blocks=2, round_idx=1)
+    got = check_upload(upload(**changes), k=64, n_blocks=2)
     assert (got is None) if reason is None else (reason in got)
 
 
@@ -157,7 +157,6 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, data_file, t
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--engine", "flower"], "--method ferret: runs in the in-process engine"),
     (["--dtype", "bfloat16"], "--method ferret: needs --dtype float32"),
     (["--server_lr", "0"], "--server_lr 0.0: must be positive"),
 ])
@@ -165,3 +164,19 @@ def test_impossible_ferret_flags_are_one_line_errors(tiny_model_dir, data_file, 
     assert main.main(flags(tiny_model_dir, data_file, tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_a_node_copy_catches_up_bit_for_bit_or_says_it_is_out_of_sync(tiny_model_dir, data_file, tmp_path):
+    from methods.ferret import FerretClient, OutOfSync
+    from modeling import load_model
+
+    result = one_thread_call(main.train, flags(tiny_model_dir, data_file, tmp_path / "run", "--rounds", "2"))
+    method = result["method"]
+    args = config.validate(config.build_parser().parse_args(flags(tiny_model_dir, data_file, tmp_path / "x")))
+    fresh = FerretClient.around_base(args, load_model(str(tiny_model_dir)))
+    with pytest.raises(OutOfSync, match="out of sync"):  # a node that lost its copy is sent only round 2
+        fresh.catch_up(method.download(0, 3, since=1), 3)
+    fresh.catch_up(method.download(0, 3, since=0), 3)  # the resync: every round from theta0
+    assert fresh.held.round == 2 and np.array_equal(fresh.held.c, method.c)
+    for p, q in zip(fresh.held.model.parameters(), method.global_model().parameters(), strict=True):
+        assert torch.equal(p, q)
