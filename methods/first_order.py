@@ -131,12 +131,14 @@ class FirstOrderClient(ArrayClient):
             torch.manual_seed(seed)  # dropout: the same masks wherever and whenever (resume) the client runs
             write_tensors(self.work, received)
             batches = client.batches(self.local, client_rng(self.args.seed, round_idx, client.client_id))
-            losses = local_train(self.work, counted(batches, progress), self.args.lr, self.args.weight_decay)
+            skipped: dict[str, int] = {}
+            losses = local_train(self.work, counted(batches, progress), self.args.lr, self.args.weight_decay,
+                                 skipped=skipped)
             upload = read_tensors(self.work)
         return LocalReport(client_id=client.client_id, upload=upload, bytes_down=tensors_bytes(received),
                            bytes_up=tensors_bytes(upload) + 8, forward_equivalents=FO_STEP_FORWARDS * len(losses),
                            train_loss=float(np.mean(losses)) if losses else float("nan"),
-                           seconds=cost.seconds, peak_bytes=cost.peak_bytes)
+                           seconds=cost.seconds, peak_bytes=cost.peak_bytes, skipped=skipped)
 
 
 class FirstOrder(ArrayMethod):
