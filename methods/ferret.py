@@ -238,6 +238,9 @@ class Ferret(ArrayMethod):
             (args.peft == "none", "--method ferret: trains every weight; --peft lora is for fedkseed"),
             (args.server_lr > 0, f"--server_lr {args.server_lr}: must be positive"),
             (args.server_clip >= 0, f"--server_clip {args.server_clip}: must be >= 0 (0 = no clip)"),
+            (args.aggregation == "mean" and args.max_abs_grad == 0, "--aggregation / --max_abs_grad: robust "
+             "aggregation of scalar gradients is FedKSeed's; --method ferret averages gamma and clips with "
+             "--server_clip"),
         ]
         for ok, message in checks:
             if not ok:

@@ -159,6 +159,7 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, data_file, t
 @pytest.mark.parametrize("extra, message", [
     (["--dtype", "bfloat16"], "--method ferret: needs --dtype float32"),
     (["--server_lr", "0"], "--server_lr 0.0: must be positive"),
+    (["--aggregation", "median"], "--method ferret averages gamma"),
 ])
 def test_impossible_ferret_flags_are_one_line_errors(tiny_model_dir, data_file, tmp_path, capsys, extra, message):
     assert main.main(flags(tiny_model_dir, data_file, tmp_path / "run", *extra)) == 2
