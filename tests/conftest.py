@@ -1,7 +1,11 @@
-"""Shared fixtures: a tiny LLaMA-shape model and a word-level tokenizer, written to disk like a real one."""
+"""Shared fixtures and helpers: a tiny LLaMA-shape model and a word-level tokenizer, written to disk like a real one;
+the flags of a tiny run; main.py run in this process or in a fresh interpreter."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# a subprocess run: plain torch ops (no kernel build per interpreter), one torch thread (the sums of an in-process
+# run), log lines as they happen (a killed run's last lines are not lost in a buffer)
+ENV = {**os.environ, "FEDKSEED_COMPILE": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 WORDS = (
     "the a an of to and in is was for on with as by at from that this it be are what who how why when "
@@ -76,11 +83,32 @@ def dolly_file(tmp_path) -> Path:
     return path
 
 
-def run_and_kill(argv: list[str], out: Path, at_round: int, env: dict, timeout: float = 240) -> int:
+def tiny_flags(model, data, out, *extra: str, dataset: str = "dolly", K=8, rounds=3, local_step=2, clients=4,
+               m="0.5", eval_examples=4, eval_metric="loss", eval_every=None, max_new_tokens=None, lr="1e-3",
+               zo_eps="1e-3", quiet: bool = True, no_compile: bool = True) -> list[str]:
+    """The flags of a run on the tiny model. A keyword set to None leaves its flag out (main.py's default applies);
+    `extra` comes last, so a flag given there again overrides the value set here."""
+    values = {"--dataset": dataset, "--data_path": data, "-K": K, "--rounds": rounds, "--local_step": local_step,
+              "--num_clients": clients, "-m": m, "--eval_examples": eval_examples, "--eval_metric": eval_metric,
+              "--eval_every": eval_every, "--max_new_tokens": max_new_tokens, "--lr": lr, "--zo_eps": zo_eps}
+    argv = ["--model", str(model)]
+    for flag, value in values.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    switches = [flag for flag, on in (("--quiet", quiet), ("--no_compile", no_compile)) if on]
+    return [*argv, *switches, "--output_dir", str(out), *extra]
+
+
+def main_py(*argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """python main.py argv in a fresh interpreter (ENV), its output captured as text."""
+    return subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_and_kill(argv: list[str], out: Path, at_round: int, env: dict = ENV, timeout: float = 240) -> int:
     """Run main.py with argv, SIGKILL it once its checkpoint in `out` holds round `at_round` or later; returns
     the checkpointed round at the kill (asserts the run was killed before it ended)."""
     import signal
-    import subprocess
     import time
 
     from checkpoint import CHECKPOINT_FILE, load_checkpoint
@@ -98,37 +126,57 @@ def run_and_kill(argv: list[str], out: Path, at_round: int, env: dict, timeout: 
     return load_checkpoint(out).round
 
 
-def one_thread_call(fn, *args, **kwargs):
-    """fn(*args, **kwargs) in one torch thread (bit-identical sums across engines), restoring the caller's logging
-    handlers (a run sets up its own)."""
+@contextlib.contextmanager
+def kept_logging():
+    """Give the caller's logging handlers and level back afterwards: a run sets up its own."""
     import logging
 
-    import torch
-
     root = logging.getLogger()
-    handlers, level, threads = root.handlers[:], root.level, torch.get_num_threads()
-    torch.set_num_threads(1)
+    handlers, level = root.handlers[:], root.level
     try:
-        return fn(*args, **kwargs)
+        yield
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+
+
+def one_thread_call(fn, *args, **kwargs):
+    """fn(*args, **kwargs) in one torch thread (bit-identical sums across engines), restoring the caller's logging
+    handlers (a run sets up its own)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with kept_logging():
+            return fn(*args, **kwargs)
+    finally:
         torch.set_num_threads(threads)
+
+
+def train(argv: list[str]) -> dict:
+    """main.train(argv) in this process and one torch thread: the sums of the other engine and of a subprocess run
+    (ENV), and the tiny model runs 3x faster than on 2."""
+    import main
+
+    return one_thread_call(main.train, argv)
+
+
+def force_selections(monkeypatch, selections: list[list[int]]) -> None:
+    """Round r of the next in-process run trains exactly the clients selections[r - 1] (those a Flower run with
+    lost nodes accepted)."""
+    import server
+
+    rounds = iter(selections)
+    monkeypatch.setattr(server.Server, "select_clients", lambda self: list(next(rounds)))
 
 
 def run_flower_with_faults(argv: list[str], faults: list[str]) -> dict:
     """A Flower simulation run of `argv` in which client i sends the hostile reply faults[i] (flower_app.faults),
     restoring the caller's logging handlers."""
-    import logging
-
     import config
     from flower_app.engine import run_flower
 
     args = config.validate(config.build_parser().parse_args(argv))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
+    with kept_logging():
         return run_flower(args, faults={str(cid): kind for cid, kind in enumerate(faults)})
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-import main
-import server
-from conftest import one_thread_call
+from conftest import force_selections, tiny_flags, train
 from flower_app.deploy import LocalDeployment
 from flower_app.stage import prepare
 from run_files import read_metrics
@@ -19,10 +17,8 @@ WAIT = 600  # seconds a deployed run may take on a slow shared machine
 def flags(model_dir, data_file, out, *extra) -> list[str]:
     """4 clients on 2 SuperNodes (client i on partition i mod 2), 4 rounds of 20 steps, K = 64; no round 0 (metrics
     rows are rounds 1, 2, ...)."""
-    return ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "-K", "64",
-            "--rounds", "4", "--local_step", "20", "--num_clients", "4", "-m", "0.5", "--eval_examples", "4",
-            "--eval_metric", "loss", "--eval_every", "0", "--lr", "1e-3", "--zo_eps", "1e-3", "--quiet",
-            "--no_compile", "--no_eval_base", "--save", "--log", "--output_dir", str(out), *extra]
+    return tiny_flags(model_dir, data_file, out, "--no_eval_base", "--save", "--log", *extra, K=64, rounds=4,
+                      local_step=20, eval_every=0)
 
 
 def rows_of(out: Path) -> list[dict]:
@@ -33,9 +29,8 @@ def rows_of(out: Path) -> list[dict]:
 def inprocess_c(argv: list[str], selections: list[list[int]] | None = None, monkeypatch=None) -> np.ndarray:
     """The in-process engine's c (round r trains exactly selections[r - 1] when given)."""
     if selections is not None:
-        rounds = iter(selections)
-        monkeypatch.setattr(server.Server, "select_clients", lambda self: list(next(rounds)))
-    return one_thread_call(main.train, argv)["method"].c
+        force_selections(monkeypatch, selections)
+    return train(argv)["method"].c
 
 
 def started(tmp_path: Path, port: int, argv: list[str], nodes: int = 2, **kw) -> tuple[LocalDeployment, Path]:

@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden" / "runs.json"
 MEASURED = ("seconds", "client_seconds", "peak_memory_bytes")
 
-COMMON = ["--dataset", "dolly", "-K", "64", "--rounds", "3", "--local_step", "6", "--num_clients", "4", "-m", "0.5",
-          "--eval_examples", "4", "--eval_every", "1", "--rouge_every", "3", "--max_new_tokens", "6",
-          "--zo_eps", "1e-3", "--quiet", "--no_compile", "--save"]
+# every run: 4 clients, 2 a round, 3 rounds of 6 steps, K = 64, eval loss every round and Rouge-L in round 3
+COMMON = {"K": 64, "local_step": 6, "eval_every": 1, "eval_metric": None, "max_new_tokens": 6, "lr": None}
+COMMON_FLAGS = ["--rouge_every", "3", "--save"]
 RUNS: dict[str, list[str]] = {
     "fedkseed": ["--lr", "1e-3"],
     "fedkseed-pro": ["--lr", "1e-3", "--bias_sampling"],
@@ -72,17 +72,15 @@ def run(name: str, model_dir: Path, data_file: Path, work: Path, flower: bool = 
     rest runs as --resume."""
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
-    import main
-    from conftest import one_thread_call
+    from conftest import tiny_flags, train
 
     out = work / (name + ("-flower" if flower else "") + (f"-resume{resume_after}" if resume_after else ""))
-    argv = ["--model", str(model_dir), "--data_path", str(data_file), "--output_dir", str(out), *COMMON, *RUNS[name],
-            *(FLOWER if flower else [])]
+    argv = tiny_flags(model_dir, data_file, out, *COMMON_FLAGS, *RUNS[name], *(FLOWER if flower else []), **COMMON)
     if resume_after:
-        one_thread_call(main.train, [*argv, "--rounds", str(resume_after)])
-        result = one_thread_call(main.train, ["--resume", str(out), "--rounds", "3"])
+        train([*argv, "--rounds", str(resume_after)])
+        result = train(["--resume", str(out), "--rounds", "3"])
     else:
-        result = one_thread_call(main.train, argv)
+        result = train(argv)
     return reduce(result, out)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +13,10 @@ import pytest
 import torch
 
 from checkpoint import CHECKPOINT_FILE, load_checkpoint
-from conftest import ROOT, dolly_records, run_and_kill, write_tiny_model
+from conftest import ROOT, dolly_records, main_py, run_and_kill, tiny_flags, train, write_tiny_model
 from errors import FedKSeedError
 from run_files import MEASURED, git_revision, read_metrics
 
-ENV = {**os.environ, "FEDKSEED_COMPILE": "0", "PYTHONUNBUFFERED": "1"}
 ROUNDS = 6
 
 
@@ -32,15 +30,8 @@ def setup(tmp_path_factory):
 
 
 def flags(data: Path, model: Path, out: Path) -> list[str]:
-    return ["--model", str(model), "--dataset", "dolly", "--data_path", str(data), "-K", "16", "--rounds",
-            str(ROUNDS), "--local_step", "12", "--num_clients", "4", "-m", "0.5", "--eval_examples", "4",
-            "--eval_metric", "loss", "--lr", "1e-3", "--zo_eps", "1e-3", "--bias_sampling", "--quiet",
-            "--output_dir", str(out)]
-
-
-def main_py(*argv: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300, **kwargs)
+    """FedKSeed-Pro, 4 clients, 2 a round, ROUNDS rounds of 12 steps, K = 16."""
+    return tiny_flags(model, data, out, "--bias_sampling", K=16, rounds=ROUNDS, local_step=12, no_compile=False)
 
 
 def comparable(rows: list[dict]) -> list[dict]:
@@ -65,7 +56,7 @@ def uninterrupted(setup):
 def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(setup, uninterrupted):
     root, data, model = setup
     out = root / "killed"
-    killed_at = run_and_kill(flags(data, model, out), out, at_round=2, env=ENV)
+    killed_at = run_and_kill(flags(data, model, out), out, at_round=2)
     assert killed_at < ROUNDS
     # at most the round in flight is lost: the checkpoint holds every round before it
     resumed = main_py("--resume", str(out))
@@ -89,7 +80,7 @@ def test_fedkseed_on_lora_killed_and_resumed_ends_as_an_uninterrupted_run(setup)
     argv = [*flags(data, model, root / "lora-whole"), "--peft", "lora"]
     assert main_py(*argv).returncode == 0
     out = root / "lora-killed"
-    run_and_kill([*flags(data, model, out), "--peft", "lora"], out, at_round=2, env=ENV)
+    run_and_kill([*flags(data, model, out), "--peft", "lora"], out, at_round=2)
     assert main_py("--resume", str(out)).returncode == 0
     assert np.array_equal(load_checkpoint(root / "lora-whole").c, load_checkpoint(out).c)
     whole, again = (comparable(read_metrics(d / "metrics.jsonl")) for d in (root / "lora-whole", out))
@@ -159,7 +150,7 @@ def test_exported_model_loads_and_matches_the_servers_model(setup, tmp_path):
     run_dir, out = tmp_path / "run", tmp_path / "export"
     argv = flags(data, model, run_dir)
     argv[argv.index("--rounds") + 1] = "2"
-    result = main.train(argv)
+    result = train(argv)
     assert main.main(["export", str(run_dir), str(out)]) == 0
     exported = AutoModelForCausalLM.from_pretrained(out).eval()
     server_model = result["method"].server.seeded.model

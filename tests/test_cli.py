@@ -3,10 +3,7 @@ metrics line a round, and bad input ends with exit 2 and one 'error: ...' line, 
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,16 +11,13 @@ import pytest
 import torch
 
 import config
-from conftest import ROOT, dolly_records
-
-ENV = {**os.environ, "FEDKSEED_COMPILE": "0", "OMP_NUM_THREADS": "1"}
-TINY = ["--dataset", "dolly", "-K", "8", "--rounds", "2", "--local_step", "2", "--num_clients", "3",
-        "--eval_examples", "4", "--max_new_tokens", "4", "--eval_metric", "loss", "--quiet"]
+from conftest import dolly_records, main_py, tiny_flags
 
 
-def run_cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "main.py", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=120)
+def tiny(inputs, out, *extra: str) -> list[str]:
+    """K = 8, 3 clients, 2 rounds of 2 steps; lr, zo_eps and -m at their defaults."""
+    return tiny_flags(inputs["model"], inputs["good"], out, *extra, rounds=2, clients=3, m=None, max_new_tokens=4,
+                      lr=None, zo_eps=None, no_compile=False)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +61,8 @@ def bad_runs(inputs):
     def one(case):
         flags, _ = BAD_INPUT[case]
         flags = [f.format(**inputs) for f in flags]
-        argv = ["--model", inputs["model"], "--data_path", inputs["good"], *TINY,
-                "--output_dir", str(inputs["folder"] / case), *flags]  # later flags override earlier ones
-        return case, run_cli(*argv)
+        # the case's flags come last and override the tiny run's
+        return case, main_py(*tiny(inputs, inputs["folder"] / case, *flags), timeout=120)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(pool.map(one, BAD_INPUT))
@@ -91,8 +84,7 @@ def test_bad_input_exits_2_with_one_error_line(case, bad_runs):
 
 def test_tiny_run_writes_one_metrics_line_per_round(inputs, tmp_path):
     out = tmp_path / "run"
-    result = run_cli("--model", inputs["model"], "--data_path", inputs["good"], *TINY, "--output_dir", str(out),
-                     "--save", "--lr", "1e-3", "--zo_eps", "1e-3", "--seed", "1")
+    result = main_py(*tiny(inputs, out, "--save", "--lr", "1e-3", "--zo_eps", "1e-3", "--seed", "1"), timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -115,7 +107,7 @@ PAPER_FLAGS = ["--num_clients", "-m", "--rounds", "--local_step", "--batch_or_ep
 
 
 def test_help_lists_every_flag_of_the_paper_code():
-    result = run_cli("--help")
+    result = main_py("--help", timeout=120)
     assert result.returncode == 0
     words = set(result.stdout.replace(",", " ").replace("[", " ").replace("]", " ").split())
     missing = [flag for flag in PAPER_FLAGS if flag not in words]

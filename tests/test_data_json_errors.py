@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
 
 import config
 import main
+from conftest import kept_logging
 from test_data_dolly import error_message as error_of
 from test_data_json import OWN, load, own_rows, write
 from utils_data.json_loader import Fields, load_records
@@ -110,13 +110,8 @@ def test_unsupported_extension_missing_file_no_match_and_plain_folder(tmp_path):
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
+    with kept_logging():
         status = main.main(argv)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
     return status, capsys.readouterr().err.strip().splitlines()
 
 

@@ -17,13 +17,12 @@ pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
 import config  # noqa: E402
-from conftest import WORDS  # noqa: E402
+from conftest import WORDS, tiny_flags, train  # noqa: E402
 from errors import FedKSeedError  # noqa: E402
 from flower_app import messages  # noqa: E402
 from flower_app.discovery import discover  # noqa: E402
 from flower_app.node import read_run_file, write_run_file  # noqa: E402
 from run_files import read_metrics  # noqa: E402
-from test_flower_simulation import run_cli  # noqa: E402
 
 # node 0 holds clinics a and b, node 1 clinics c and d; every clinic's records live in one file
 SITES = {0: ["clinic-a", "clinic-b"], 1: ["clinic-c", "clinic-d"]}
@@ -53,17 +52,16 @@ def site_files(tmp_path_factory) -> Path:
 
 
 def flags(model_dir, folder: Path, data_path: str, out: Path, *extra) -> list[str]:
-    return ["--model", str(model_dir), "--dataset", "json", "--data_path", data_path, "--instruction_field", "q",
-            "--response_field", "a", "--iid", "client", "--client_field", "site", "--eval_path",
-            str(folder / "eval.jsonl"), "-K", "64", "--rounds", "2", "--local_step", "10", "-m", "0.5",
-            "--eval_metric", "loss", "--eval_every", "0", "--lr", "1e-3", "--zo_eps", "1e-3", "--quiet",
-            "--no_compile", "--output_dir", str(out), *extra]
+    """The clients are the sites of the `site` column; the held-out records are folder/eval.jsonl."""
+    return tiny_flags(model_dir, data_path, out, "--instruction_field", "q", "--response_field", "a", "--iid",
+                      "client", "--client_field", "site", "--eval_path", str(folder / "eval.jsonl"), *extra,
+                      dataset="json", K=64, rounds=2, local_step=10, clients=None, eval_examples=None, eval_every=0)
 
 
 def test_each_supernode_reads_its_own_file_and_c_is_the_inprocess_c(tiny_model_dir, site_files, tmp_path):
-    inprocess = run_cli(flags(tiny_model_dir, site_files, str(site_files / "site-*.jsonl"), tmp_path / "in"))
-    flower = run_cli(flags(tiny_model_dir, site_files, str(site_files / "site-{node}.jsonl"), tmp_path / "fl",
-                           "--engine", "flower", "--flower_data", "node", "--flower_nodes", "2"))
+    inprocess = train(flags(tiny_model_dir, site_files, str(site_files / "site-*.jsonl"), tmp_path / "in"))
+    flower = train(flags(tiny_model_dir, site_files, str(site_files / "site-{node}.jsonl"), tmp_path / "fl",
+                         "--engine", "flower", "--flower_data", "node", "--flower_nodes", "2"))
     assert np.count_nonzero(inprocess["method"].c) > 10
     assert np.array_equal(inprocess["method"].c, flower["method"].c)
     rows_in, rows_fl = read_metrics(tmp_path / "in" / "metrics.jsonl"), read_metrics(tmp_path / "fl" / "metrics.jsonl")
@@ -130,7 +128,7 @@ def test_deployed_supernodes_read_their_own_files(tiny_model_dir, site_files, tm
         ["bash", str(ROOT / "scripts" / "flower_deploy_local.sh"), "--nodes", "2", "--port", "18890", "--", *argv],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert deploy.returncode == 0, deploy.stderr[-3000:]
-    sim = run_cli(flags(tiny_model_dir, site_files, str(site_files / "site-{node}.jsonl"), tmp_path / "sim",
-                        *node_flags))
+    sim = train(flags(tiny_model_dir, site_files, str(site_files / "site-{node}.jsonl"), tmp_path / "sim",
+                      *node_flags))
     c = np.load(tmp_path / "deploy" / "coefficients.npz")["c"]
     assert np.count_nonzero(c) > 10 and np.array_equal(c, sim["method"].c)

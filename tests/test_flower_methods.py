@@ -17,38 +17,32 @@ pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
 import config  # noqa: E402
-import main  # noqa: E402
-from conftest import one_thread_call, run_flower_with_faults  # noqa: E402
+from conftest import run_flower_with_faults, tiny_flags, train  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 
 ADAPTER_BYTES = 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8)) * 4  # tiny model, r 8 on q_proj and v_proj, float32
 
 
+# 4 clients, 2 a round, 3 rounds of 4 steps; K and zo_eps are left to their defaults
+SETTINGS = {"K": None, "local_step": 4, "eval_every": 1, "lr": "1e-2", "zo_eps": None}
+
+
 def flags(model_dir, data_file, out, *extra) -> list[str]:
-    """4 clients, 2 a round, 3 rounds; dropout on so that its seeding is part of what must match."""
-    return ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "--rounds", "3",
-            "--local_step", "4", "--num_clients", "4", "-m", "0.5", "--eval_examples", "4", "--eval_metric", "loss",
-            "--eval_every", "1", "--lr", "1e-2", "--lora_dropout", "0.1", "--quiet", "--no_compile",
-            "--output_dir", str(out), *extra]
+    """Dropout on, so that its seeding is part of what must match."""
+    return tiny_flags(model_dir, data_file, out, "--lora_dropout", "0.1", *extra, **SETTINGS)
 
 
 def fedavg_flags(model_dir, data_file, out, *extra) -> list[str]:
     """flags() without its LoRA dropout, which --method fedavg refuses."""
-    argv = flags(model_dir, data_file, out, "--method", "fedavg", *extra)
-    i = argv.index("--lora_dropout")
-    return argv[:i] + argv[i + 2:]
-
-
-def run_cli(argv: list[str]) -> dict:
-    return one_thread_call(main.train, argv)
+    return tiny_flags(model_dir, data_file, out, "--method", "fedavg", *extra, **SETTINGS)
 
 
 @pytest.fixture(scope="module")
 def fedit_runs(tiny_model_dir, data_file, tmp_path_factory):
     a_dir, b_dir = tmp_path_factory.mktemp("inprocess"), tmp_path_factory.mktemp("flower")
-    a = run_cli(flags(tiny_model_dir, data_file, a_dir, "--method", "fedit"))
-    b = run_cli(flags(tiny_model_dir, data_file, b_dir, "--method", "fedit", "--engine", "flower",
-                      "--flower_nodes", "2"))
+    a = train(flags(tiny_model_dir, data_file, a_dir, "--method", "fedit"))
+    b = train(flags(tiny_model_dir, data_file, b_dir, "--method", "fedit", "--engine", "flower",
+                    "--flower_nodes", "2"))
     return (a, a_dir), (b, b_dir)
 
 
@@ -97,8 +91,8 @@ def test_hostile_tensor_uploads_are_rejected_and_the_round_goes_on(tiny_model_di
 
 def test_fedkseed_on_lora_in_flower_gives_the_inprocess_c(tiny_model_dir, data_file, tmp_path):
     extra = ["--peft", "lora", "-K", "64", "--local_step", "20", "--lr", "1e-3", "--lora_dropout", "0", "--save"]
-    a = run_cli(flags(tiny_model_dir, data_file, tmp_path / "a", *extra))
-    b = run_cli(flags(tiny_model_dir, data_file, tmp_path / "b", *extra, "--engine", "flower", "--flower_nodes", "2"))
+    a = train(flags(tiny_model_dir, data_file, tmp_path / "a", *extra))
+    b = train(flags(tiny_model_dir, data_file, tmp_path / "b", *extra, "--engine", "flower", "--flower_nodes", "2"))
     assert np.count_nonzero(a["method"].c) > 10
     assert np.array_equal(a["method"].c, b["method"].c)
     rows_a, rows_b = read_metrics(tmp_path / "a" / "metrics.jsonl"), read_metrics(tmp_path / "b" / "metrics.jsonl")
@@ -110,8 +104,8 @@ def test_fedit_in_flower_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run
     _, (b, b_dir) = fedit_runs
     out = tmp_path / "resumed"
     argv = flags(tiny_model_dir, data_file, out, "--method", "fedit", "--engine", "flower", "--flower_nodes", "2")
-    run_cli([*argv[:argv.index("--rounds") + 1], "2", *argv[argv.index("--rounds") + 2:]])
-    resumed = run_cli(["--resume", str(out), "--rounds", "3", "--quiet"])
+    train([*argv[:argv.index("--rounds") + 1], "2", *argv[argv.index("--rounds") + 2:]])
+    resumed = train(["--resume", str(out), "--rounds", "3", "--quiet"])
     assert resumed["summary"]["engine"] == "flower"
     tb, tr = b["method"].global_tensors, resumed["method"].global_tensors
     assert all(np.array_equal(tb[name], tr[name]) for name in tb)
@@ -122,9 +116,9 @@ def test_fedit_in_flower_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run
 
 def test_fedavg_in_flower_is_bit_identical_to_the_inprocess_run(tiny_model_dir, data_file, tmp_path):
     extra = ["--rounds", "2", "--lr", "1e-3"]
-    a = run_cli(fedavg_flags(tiny_model_dir, data_file, tmp_path / "a", *extra))
-    b = run_cli(fedavg_flags(tiny_model_dir, data_file, tmp_path / "b", *extra, "--engine", "flower",
-                             "--flower_nodes", "2"))
+    a = train(fedavg_flags(tiny_model_dir, data_file, tmp_path / "a", *extra))
+    b = train(fedavg_flags(tiny_model_dir, data_file, tmp_path / "b", *extra, "--engine", "flower",
+                           "--flower_nodes", "2"))
     ta, tb = a["method"].global_tensors, b["method"].global_tensors
     assert ta.keys() == tb.keys() and not any("lora" in name for name in ta)
     assert sum(t.size for t in ta.values()) == sum(p.numel() for p in a["method"].server_model.parameters())

@@ -23,10 +23,8 @@ from flwr.app import Error, Message, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 import config  # noqa: E402
-import main  # noqa: E402
-import server  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
-from conftest import dolly_records, one_thread_call  # noqa: E402
+from conftest import dolly_records, force_selections, one_thread_call, tiny_flags, train  # noqa: E402
 from errors import FedKSeedError  # noqa: E402
 from flower_app import collect, messages, node  # noqa: E402
 from flower_app.server_app import serve as serve_flower  # noqa: E402
@@ -110,10 +108,8 @@ def data_file(tmp_path_factory):
 
 def flags(model_dir, data_file, out, *extra) -> list[str]:
     """4 clients on 2 nodes (client i on partition i mod 2), 2 a round, 3 rounds of 5 steps, K = 64; no round 0."""
-    return ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "-K", "64",
-            "--rounds", "3", "--local_step", "5", "--num_clients", "4", "-m", "0.5", "--eval_examples", "4",
-            "--eval_metric", "loss", "--eval_every", "0", "--lr", "1e-3", "--zo_eps", "1e-3", "--quiet",
-            "--no_compile", "--no_eval_base", "--round_timeout", "30", "--output_dir", str(out), *extra]
+    return tiny_flags(model_dir, data_file, out, "--no_eval_base", "--round_timeout", "30", *extra, K=64,
+                      local_step=5, eval_every=0)
 
 
 def contexts(run_file, state_dir, run_id: int = 1, ids=(11, 12)) -> dict[int, SimpleNamespace]:
@@ -137,9 +133,8 @@ def serve(args, grid_of, resume=None) -> tuple[dict | None, str | None]:
 
 def inprocess_with(argv: list[str], selections: list[list[int]], monkeypatch) -> np.ndarray:
     """The in-process engine's c when round r trains exactly the clients selections[r - 1]."""
-    rounds = iter(selections)
-    monkeypatch.setattr(server.Server, "select_clients", lambda self: list(next(rounds)))
-    return one_thread_call(main.train, argv)["method"].c
+    force_selections(monkeypatch, selections)
+    return train(argv)["method"].c
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference run has a round without clients

@@ -12,6 +12,7 @@ import torch
 os.environ.setdefault("FEDKSEED_COMPILE", "0")  # the compiled half-precision kernels take minutes to build
 
 import main
+from conftest import tiny_flags
 from modeling import load_model
 from optimizers.perturbation import z_for
 from optimizers.seed_pool import SeededModel, make_seed_pool
@@ -108,10 +109,9 @@ def test_replay_of_rounds_rebuilds_the_same_half_precision_model(models):
 
 
 def test_a_bfloat16_run_ends_at_the_closed_form(tiny_model_dir, dolly_file, tmp_path):
-    flags = ["--model", str(tiny_model_dir), "--dataset", "dolly", "--data_path", str(dolly_file), "--num_clients",
-             "2", "-m", "1", "--rounds", "3", "--local_step", "3", "-K", "8", "--lr", "1e-3", "--zo_eps", "1e-2",
-             "--dtype", "bfloat16", "--eval_examples", "2", "--max_new_tokens", "2", "--no_eval_base",
-             "--output_dir", str(tmp_path / "run"), "--quiet"]
+    flags = tiny_flags(tiny_model_dir, dolly_file, tmp_path / "run", "--dtype", "bfloat16", "--no_eval_base",
+                       local_step=3, clients=2, m=1, eval_examples=2, eval_metric=None, max_new_tokens=2, zo_eps="1e-2",
+                       no_compile=False)
     result = main.train(flags)
     server = result["method"].server
     assert np.count_nonzero(result["method"].c) > 0

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ import main
 import modeling
 from checkpoint import load_checkpoint
 from client import Client
-from conftest import ROOT, dolly_records, run_and_kill
+from conftest import dolly_records, main_py, run_and_kill, tiny_flags
 from evaluations import eval_loss
 from methods.first_order import FirstOrder, fedavg, read_tensors
 from run_files import MEASURED, read_metrics
@@ -106,9 +104,9 @@ def test_bad_method_flag_combinations_are_one_line_exit_2(argv, phrase, capsys):
 
 
 def run_flags(model_dir, data_file, out, *extra):
-    return ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "--num_clients", "2",
-            "-m", "1", "--rounds", "2", "--local_step", "3", "--lr", "1e-2", "--eval_examples", "3",
-            "--max_new_tokens", "2", "--output_dir", str(out), "--quiet", *extra]
+    """Both clients every round, 2 rounds of 3 steps, evaluation on 3 records; K and zo_eps at their defaults."""
+    return tiny_flags(model_dir, data_file, out, *extra, K=None, rounds=2, local_step=3, clients=2, m=1,
+                      eval_examples=3, eval_metric=None, max_new_tokens=2, lr="1e-2", zo_eps=None, no_compile=False)
 
 
 def test_a_target_module_the_model_lacks_is_one_line(tiny_model_dir, dolly_file, tmp_path, capsys):
@@ -134,19 +132,15 @@ def test_every_method_reports_the_same_cost_metrics(tiny_model_dir, dolly_file, 
 
 
 def test_fedit_killed_and_resumed_ends_as_an_uninterrupted_run(tiny_model_dir, dolly_file, tmp_path):
-    env = {**os.environ, "FEDKSEED_COMPILE": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
     def argv(out):
         return [*run_flags(tiny_model_dir, dolly_file, out, "--method", "fedit", "--eval_metric", "loss"),
                 "--rounds", "6", "--local_step", "20"]
 
-    whole = subprocess.run([sys.executable, "main.py", *argv(tmp_path / "whole")], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
+    whole = main_py(*argv(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
-    killed_at = run_and_kill(argv(tmp_path / "killed"), tmp_path / "killed", at_round=2, env=env)
+    killed_at = run_and_kill(argv(tmp_path / "killed"), tmp_path / "killed", at_round=2)
     assert killed_at < 6
-    resumed = subprocess.run([sys.executable, "main.py", "--resume", str(tmp_path / "killed")], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = main_py("--resume", str(tmp_path / "killed"))
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_checkpoint(tmp_path / "whole"), load_checkpoint(tmp_path / "killed")
     assert a.round == b.round == 6 and a.tensors.keys() == b.tensors.keys()

@@ -11,7 +11,7 @@ import config
 import main
 import modeling
 from client import Client, LocalTraining, client_rng
-from conftest import dolly_records, write_tiny_model
+from conftest import dolly_records, tiny_flags, write_tiny_model
 from evaluations import evaluate
 from run_evaluation import eval_subset
 from run_files import read_metrics
@@ -196,9 +196,8 @@ def test_a_negative_seed_is_one_line_exit_2(capsys):
 # --- 8. round 0 is the base model by default -------------------------------------------------------------------
 
 def tiny_run(model_dir, data_file, out, *extra):
-    return ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "--num_clients", "2",
-            "-m", "1", "--rounds", "1", "--local_step", "2", "-K", "8", "--lr", "1e-4", "--zo_eps", "1e-3",
-            "--eval_examples", "3", "--max_new_tokens", "2", "--output_dir", str(out), "--quiet", *extra]
+    return tiny_flags(model_dir, data_file, out, *extra, rounds=1, clients=2, m=1, eval_examples=3, eval_metric=None,
+                      max_new_tokens=2, lr="1e-4", no_compile=False)
 
 
 def test_round_zero_evaluates_the_base_model_unless_switched_off(tiny_model_dir, dolly_file, tmp_path):

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, tiny_flags, train
 from errors import FedKSeedError
 from run_files import MEASURED
 from utils_data.default_tokens import IGNORE_INDEX, build_prompt, prompt_format
@@ -126,16 +126,13 @@ def test_rows_that_cannot_fit_are_reported_once(tokenizer, caplog):
 
 
 def test_a_dolly_run_through_json_is_the_dolly_run(tiny_model_dir, tmp_path):
-    from test_flower_simulation import run_cli
-
     os.environ["FEDKSEED_COMPILE"] = "0"
     sample = str(ROOT / "data" / "databricks-dolly-15k-sample.jsonl")
-    common = ["--model", str(tiny_model_dir), "--data_path", sample, "--num_clients", "10", "-m", "0.2", "--rounds",
-              "2", "--local_step", "3", "-K", "32", "--lr", "1e-3", "--zo_eps", "1e-3", "--eval_examples", "4",
-              "--max_new_tokens", "4", "--max_length", "128", "--quiet", "--no_compile"]
-    dolly = run_cli(common + ["--dataset", "dolly", "--output_dir", str(tmp_path / "dolly")])
-    json_run = run_cli(common + ["--dataset", "json", "--eval_category", "summarization", "--output_dir",
-                                 str(tmp_path / "json")])
+    common = {"K": 32, "rounds": 2, "local_step": 3, "clients": 10, "m": "0.2", "eval_metric": None,
+              "max_new_tokens": 4}
+    dolly = train(tiny_flags(tiny_model_dir, sample, tmp_path / "dolly", "--max_length", "128", **common))
+    json_run = train(tiny_flags(tiny_model_dir, sample, tmp_path / "json", "--max_length", "128", "--eval_category",
+                                "summarization", dataset="json", **common))
     assert np.count_nonzero(dolly["method"].c) > 0 and np.array_equal(dolly["method"].c, json_run["method"].c)
     assert dolly["summary"] == json_run["summary"] and "rouge_l" in dolly["summary"]["final"]
     metrics = [(tmp_path / name / "metrics.jsonl").read_text().splitlines() for name in ("dolly", "json")]

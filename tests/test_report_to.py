@@ -13,7 +13,7 @@ import pytest
 import main
 import run_report
 from checkpoint import CHECKPOINT_FILE
-from conftest import dolly_records, one_thread_call
+from conftest import dolly_records, tiny_flags, train
 from run_files import MetricsFile, read_metrics
 
 pytest.importorskip("tensorboard")
@@ -24,13 +24,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 def argv(tiny_model_dir, tmp_path):
     data = tmp_path / "dolly.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
-    return ["--model", str(tiny_model_dir), "--dataset", "dolly", "--data_path", str(data), "-K", "8",
-            "--local_step", "4", "--num_clients", "3", "--eval_examples", "4", "--eval_metric", "loss", "--quiet",
-            "--no_compile", "--output_dir", str(tmp_path / "run"), "--report_to", "tensorboard"]
-
-
-def train(*argv: str) -> None:
-    assert one_thread_call(main.main, list(argv)) == 0
+    # --report_to's value last: a test replaces it
+    return tiny_flags(tiny_model_dir, data, tmp_path / "run", "--report_to", "tensorboard", rounds=None,
+                      local_step=4, clients=3, m=None, lr=None, zo_eps=None)
 
 
 def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -49,7 +45,7 @@ def assert_curves_are_the_metrics(run_dir: Path) -> None:
 
 
 def test_every_round_reaches_tensorboard_as_in_metrics_jsonl(argv):
-    train(*argv, "--rounds", "3")
+    train([*argv, "--rounds", "3"])
     out = Path(argv[argv.index("--output_dir") + 1])
     assert [r["round"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2, 3]
     assert_curves_are_the_metrics(out)
@@ -57,12 +53,12 @@ def test_every_round_reaches_tensorboard_as_in_metrics_jsonl(argv):
 
 def test_a_resumed_run_continues_the_curves_with_each_round_once(argv, tmp_path):
     out = Path(argv[argv.index("--output_dir") + 1])
-    train(*argv, "--rounds", "1")
+    train([*argv, "--rounds", "1"])
     at_round_1 = (out / CHECKPOINT_FILE).read_bytes()
-    train("--resume", str(out), "--rounds", "2")
+    train(["--resume", str(out), "--rounds", "2"])
     # as if killed after round 2 was reported but before its checkpoint: round 2 runs again
     (out / CHECKPOINT_FILE).write_bytes(at_round_1)
-    train("--resume", str(out), "--rounds", "3")
+    train(["--resume", str(out), "--rounds", "3"])
     assert len(list((out / "tensorboard").iterdir())) == 3  # one event file a sitting
     assert [step for step, _ in curves(out)["eval_loss"]] == [0, 1, 2, 3]
     assert_curves_are_the_metrics(out)

@@ -9,6 +9,7 @@ os.environ["FEDKSEED_COMPILE"] = "0"
 import pytest  # noqa: E402
 
 import main  # noqa: E402
+from conftest import tiny_flags  # noqa: E402
 from evaluations import rouge_l  # noqa: E402
 from run_evaluation import eval_subset  # noqa: E402
 from run_files import read_metrics  # noqa: E402
@@ -25,9 +26,9 @@ def test_the_validation_draw_is_disjoint_from_the_evaluation_draw_and_leaves_it_
 
 def test_rouge_every_and_val_loss_appear_in_the_rounds_they_are_due(tiny_model_dir, dolly_file, tmp_path):
     out = tmp_path / "run"
-    argv = ["--model", str(tiny_model_dir), "--dataset", "dolly", "--data_path", str(dolly_file), "--num_clients",
-            "2", "-m", "1", "--rounds", "4", "--local_step", "2", "--eval_examples", "3", "--val_examples", "3",
-            "--rouge_every", "2", "--eval_every", "1", "--max_new_tokens", "2", "--output_dir", str(out), "--quiet"]
+    argv = tiny_flags(tiny_model_dir, dolly_file, out, "--val_examples", "3", "--rouge_every", "2", K=None, rounds=4,
+                      clients=2, m=1, eval_examples=3, eval_metric=None, eval_every=1, max_new_tokens=2, lr=None,
+                      zo_eps=None, no_compile=False)
     assert main.main(argv) == 0
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["round"] for r in rows if "rouge_l" in r] == [0, 2, 4]

@@ -16,12 +16,10 @@ import pytest
 
 import run_lock
 from checkpoint import CHECKPOINT_FILE
-from conftest import ROOT, dolly_records, run_and_kill
+from conftest import ENV, ROOT, dolly_records, run_and_kill, tiny_flags
 from errors import FedKSeedError
 from run_files import read_metrics
 from run_lock import LOCK_FILE, acquire_run_lock, holder, read_lock, start_ticks
-
-ENV = {**os.environ, "FEDKSEED_COMPILE": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +30,9 @@ def data(tmp_path_factory) -> Path:
 
 
 def flags(model: Path, data: Path, out: Path, rounds: int, local_step: int = 20) -> list[str]:
-    return ["--model", str(model), "--dataset", "dolly", "--data_path", str(data), "-K", "8", "--rounds", str(rounds),
-            "--local_step", str(local_step), "--num_clients", "3", "--eval_examples", "4", "--eval_metric", "loss",
-            "--quiet", "--output_dir", str(out)]
+    """3 clients, -m, lr and zo_eps at their defaults."""
+    return tiny_flags(model, data, out, rounds=rounds, local_step=local_step, clients=3, m=None, lr=None, zo_eps=None,
+                      no_compile=False)
 
 
 def main_py(*argv: str, log: Path | None = None) -> subprocess.Popen:
@@ -99,7 +97,7 @@ def test_two_fresh_runs_into_one_directory_one_runs_the_other_stops(tiny_model_d
 
 def test_a_killed_runs_lock_is_taken_over_by_resume(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
-    run_and_kill(flags(tiny_model_dir, data, out, rounds=200), out, at_round=2, env=ENV)
+    run_and_kill(flags(tiny_model_dir, data, out, rounds=200), out, at_round=2)
     stale = read_lock(out / LOCK_FILE)
     assert stale is not None and stale["argv"][0] == "main.py" and holder(out) is None
     resumed = main_py("--resume", str(out))

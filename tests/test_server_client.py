@@ -2,7 +2,6 @@
 theta0 - lr * sum_j c_j z_j, catch-up by replaying Delta c, determinism, and FedKSeed-Pro's probabilities."""
 from __future__ import annotations
 
-import logging
 import os
 
 os.environ.setdefault("FEDKSEED_COMPILE", "0")
@@ -11,10 +10,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import config  # noqa: E402
-import main  # noqa: E402
 from client import Client, ClientUpdate, LocalTraining  # noqa: E402
-from conftest import dolly_records  # noqa: E402
+from conftest import dolly_records, tiny_flags, train  # noqa: E402
 from modeling import load_model, load_tokenizer  # noqa: E402
 from optimizers.mezo_bias_optimizer import pro_probabilities  # noqa: E402
 from optimizers.seed_pool import SeededModel, materialise  # noqa: E402
@@ -94,23 +91,13 @@ def test_server_apply_round_moves_c_by_the_aggregate_and_keeps_the_closed_form()
         torch.testing.assert_close(a.detach(), b.detach(), rtol=0, atol=FP32_TOL)
 
 
-# --- in-process runs through main.run ------------------------------------------------------------------
+# --- in-process runs through main.train -----------------------------------------------------------------
 
 
 def run_main(model_dir, data_file, out, *extra: str) -> dict:
-    """main.run on the tiny model: K=8, 4 clients, half of them a round, 3 rounds of 2 steps."""
-    argv = ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "-K", str(K),
-            "--rounds", "3", "--local_step", str(LOCAL_STEP), "--num_clients", "4", "-m", "0.5",
-            "--eval_examples", "4", "--eval_metric", "loss", "--eval_every", "0", "--lr", str(LR),
-            "--zo_eps", str(EPS), "--quiet", "--no_compile", "--output_dir", str(out), *extra]
-    args = config.validate(config.build_parser().parse_args(argv))
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        return main.run(args)
-    finally:  # run() reconfigures the root logger; give pytest's back
-        root.handlers[:] = handlers
-        root.setLevel(level)
+    """A run on the tiny model: K=8, 4 clients, half of them a round, 3 rounds of 2 steps."""
+    return train(tiny_flags(model_dir, data_file, out, *extra, K=K, local_step=LOCAL_STEP, eval_every=0, lr=LR,
+                            zo_eps=EPS))
 
 
 @pytest.fixture(scope="module")
