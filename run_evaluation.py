@@ -15,9 +15,9 @@ import logging
 
 from errors import FedKSeedError
 from evaluations import evaluate
+from run_data import report_dropped, run_prompt_format
 from run_files import write_generations
 from streams import stream
-from utils_data.default_tokens import prompt_format
 from utils_data.llm_dataset import LLMDataset
 
 logger = logging.getLogger("fedkseed")
@@ -30,19 +30,6 @@ def eval_subset(records: list[dict], n: int, seed: int, skip: int = 0) -> list[d
         return records
     order = stream(seed, "eval").permutation(len(records))[skip:skip + n]
     return [records[i] for i in sorted(order)]
-
-
-def run_prompt_format(args: argparse.Namespace) -> str:
-    return prompt_format(args.dataset, args.use_prompts, args.prompt_format)
-
-
-def report_dropped(kind: str, datasets: list[LLMDataset], max_length: int) -> None:
-    """One log line for all the records of `datasets` that cannot fit max_length tokens."""
-    dropped = sum(ds.dropped for ds in datasets)
-    if dropped:
-        total = dropped + sum(len(ds) for ds in datasets)
-        logger.info("skipped %d of %d %s records: no response token left within --max_length %d",
-                    dropped, total, kind, max_length)
 
 
 def held_out_set(args: argparse.Namespace, records: list[dict], tokenizer, kind: str) -> LLMDataset:

@@ -1,4 +1,5 @@
-"""The files of a run directory: config.json, metrics.jsonl and the log."""
+"""The run directory and its files: opening it for one writer (run_lock.py), config.json, metrics.jsonl, the log
+and the generations."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,11 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
+from checkpoint import CHECKPOINT_FILE, RunState, TensorState
+from errors import FedKSeedError
+from run_lock import acquire_run_lock
 from run_report import Reporter, configured
 
 MEASURED = ("seconds", "client_seconds", "peak_memory_bytes")  # metrics that are timings or memory, not results
@@ -113,3 +119,20 @@ def write_generations(run_dir: Path, round_idx: int, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path
+
+
+def open_run_dir(args, resume: RunState | TensorState | None) -> Path:
+    """The run directory, ready for a run (either engine): a new run never overwrites a checkpoint; logging set
+    up, config.json written, torch seeded."""
+    torch.manual_seed(args.seed)
+    out = Path(args.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        acquire_run_lock(out)  # one writer per run directory (run_lock.py), till the run or process ends
+        if resume is None and (out / CHECKPOINT_FILE).exists():  # checked under the lock: a run just finished counts
+            raise FedKSeedError(f"--output_dir {out}: already holds a run; continue it with --resume {out}")
+        write_config(out / "config.json", args, resumed_at=None if resume is None else resume.round)
+    except OSError as exc:
+        raise FedKSeedError(f"--output_dir {out}: cannot write the run directory ({exc.strerror or exc})") from None
+    setup_logging(out / "train.log" if args.log else None)
+    return out

@@ -47,7 +47,7 @@ from methods.fedkseed import perturbed_model
 from methods.ferret import OutOfSync
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
-from simulation import training_clients
+from run_data import training_clients
 from streams import stream
 from utils_data.load_data import load_for_run
 

@@ -37,8 +37,9 @@ from methods.fedkseed import FedKSeed
 from modeling import load_model, load_tokenizer
 from optimizers.seed_pool import make_seed_pool
 from rounds import RoundWork, run_rounds
+from run_data import training_clients
 from run_evaluation import RoundEvaluator
-from simulation import build_clients, open_run_dir
+from run_files import open_run_dir
 from streams import stream
 from utils_data.load_data import load_eval_records, load_for_run
 
@@ -108,7 +109,8 @@ class FlowerClients:
             self.clients = {c.client_id: c for c in clients}
             return clients, RoundEvaluator(args, load_eval_records(args), tokenizer)
         self.hosts, self.names, self.name_ids = found.hosts, {}, {}
-        clients, evaluator = build_clients(args, load_for_run(args), tokenizer)
+        data = load_for_run(args)
+        clients, evaluator = training_clients(args, data, tokenizer), RoundEvaluator(args, data.eval_records, tokenizer)
         missing = [c.client_id for c in clients if c.client_id not in self.hosts]
         if missing:
             raise FedKSeedError(f"Flower: no SuperNode hosts clients {missing[:10]} (check num-partitions)")

@@ -110,7 +110,8 @@ def test_smollm2_chat_template():
 def test_rows_that_cannot_fit_are_reported_once(tokenizer, caplog):
     import argparse
 
-    from simulation import build_clients
+    from run_data import training_clients
+    from run_evaluation import RoundEvaluator
 
     long = {**NO_INPUT, "instruction": "what is the river ? " * 20}
     data = FederatedData(clients=[[NO_INPUT, long, long]] * 5, client_names=[str(i) for i in range(5)],
@@ -118,7 +119,8 @@ def test_rows_that_cannot_fit_are_reported_once(tokenizer, caplog):
     args = argparse.Namespace(dataset="json", use_prompts=True, prompt_format="none", max_length=32, seed=0,
                               eval_examples=0, val_examples=0)
     with caplog.at_level(logging.INFO, logger="fedkseed"):
-        clients, eval_set = build_clients(args, data, tokenizer)
+        clients = training_clients(args, data, tokenizer)
+        eval_set = RoundEvaluator(args, data.eval_records, tokenizer)
     assert len(clients) == 5 and len(eval_set) == 1
     lines = [m for m in caplog.messages if "skipped" in m]
     assert lines == ["skipped 10 of 15 training records: no response token left within --max_length 32",
