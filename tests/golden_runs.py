@@ -2,7 +2,7 @@
 --resume, reduced to what must not change when the engines or methods are restructured: every metrics row except
 measured times and memory, the summary, and digests of c, the trained tensors and the final model.
 
-    python tests/golden_runs.py record     # writes tests/golden/runs.json from the reference code
+    python tests/golden_runs.py record [METHOD ...]   # writes tests/golden/runs.json (the methods named, or all)
 
 tests/test_golden_runs.py runs the same configurations and compares them with the recorded file."""
 from __future__ import annotations
@@ -30,6 +30,7 @@ RUNS: dict[str, list[str]] = {
     "fedkseed-lora": ["--lr", "1e-2", "--peft", "lora", "--lora_target_modules", "q_proj,v_proj"],
     "fedit": ["--lr", "1e-2", "--method", "fedit"],
     "fedavg": ["--lr", "1e-3", "--method", "fedavg"],
+    "ferret": ["--lr", "1e-2", "--method", "ferret"],
 }
 FLOWER = ["--engine", "flower", "--flower_nodes", "2"]
 
@@ -94,20 +95,23 @@ def key(name: str, flower: bool, resume_after: int) -> str:
     return name + (" flower" if flower else "") + (f" resume@{resume_after}" if resume_after else "")
 
 
-def record() -> None:
+def record(names: list[str]) -> None:
+    """Record the golden runs of the methods named (all when none is), keeping the others' records."""
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import dolly_records, write_tiny_model
 
+    kept = json.loads(GOLDEN.read_text())["runs"] if names and GOLDEN.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model_dir = write_tiny_model(tmp / "model")
         data_file = tmp / "dolly.jsonl"
         data_file.write_text("".join(json.dumps(r) + "\n" for r in dolly_records()))
-        runs = {key(*cfg): run(cfg[0], model_dir, data_file, tmp, cfg[1], cfg[2]) for cfg in configurations()}
+        runs = {key(*cfg): run(cfg[0], model_dir, data_file, tmp, cfg[1], cfg[2]) for cfg in configurations()
+                if not names or cfg[0] in names}
     GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text(json.dumps({"machine": machine(), "runs": runs}, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {GOLDEN} ({len(runs)} runs)")
+    GOLDEN.write_text(json.dumps({"machine": machine(), "runs": {**kept, **runs}}, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {GOLDEN} ({len(runs)} runs recorded, {len(kept)} kept)")
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["record"]:
-    record()
+if __name__ == "__main__" and sys.argv[1:2] == ["record"]:
+    record(sys.argv[2:])
