@@ -32,7 +32,7 @@ from flwr.app import RecordDict  # noqa: E402
 
 import config  # noqa: E402
 from client import LocalTraining  # noqa: E402
-from flower_app import messages, node  # noqa: E402
+from flower_app import fedkseed_messages, node  # noqa: E402
 from flower_app.node_store import NodeStore, state_key  # noqa: E402
 
 
@@ -51,9 +51,9 @@ def message(args, run_file: Path, state_dir: str, history, digest: bytes, base: 
     ctx = SimpleNamespace(run_id=1, node_config={"partition-id": 0, "num-partitions": 1, "state-dir": state_dir},
                           run_config={"flags-file": str(run_file)}, state=state)
     local = LocalTraining(lr=args.lr, eps=args.zo_eps, local_step=args.local_step, grad_clip=args.grad_clip)
-    ins = messages.Instruction(round=len(history) + 1, client=0, local=local, catchup="exact", base=base,
+    ins = fedkseed_messages.Instruction(round=len(history) + 1, client=0, local=local, catchup="exact", base=base,
                                groups=history[base:], c_digest=digest)
-    content = messages.encode_instruction(ins, args.K)
+    content = fedkseed_messages.encode_instruction(ins, args.K)
     catchup = []
     original = node.NodeRuntime.catch_up
 
@@ -71,7 +71,7 @@ def message(args, run_file: Path, state_dir: str, history, digest: bytes, base: 
         seconds = time.perf_counter() - start
     finally:
         node.NodeRuntime.catch_up = original
-    rec = dict(reply[messages.REPLY_RECORD])
+    rec = dict(reply[fedkseed_messages.REPLY_RECORD])
     if "error" in rec:
         raise SystemExit(f"error: the node replied {rec['error']}")
     return rec, seconds, sum(catchup)
@@ -105,7 +105,7 @@ def main() -> None:
         if r + 1 in rounds:
             NodeStore(work / f"state-{r + 1}", state_key(args, 0)).save(copy, r, history)
         if r in rounds:
-            digests[r] = messages.c_digest(copy.c)
+            digests[r] = fedkseed_messages.c_digest(copy.c)
         if r < max(rounds):
             copy.replay_rounds(history[r:r + 1])
     del rt, copy

@@ -5,7 +5,8 @@ client.Client run inside); FedIT and FedAvg exchange their tensors as ArrayRecor
     server_app.py     the ServerApp: rounds.py's round loop with the Grid as its transport (node discovery, messages)
     fedkseed_wire.py  FedKSeed's messages around its method: what each node holds, instructions, reply checks
     array_wire.py     the array-shipping methods' messages (methods.base.ArrayMethod)
-    messages.py       FedKSeed's wire records: encoding, decoding, validation of replies, measured sizes
+    wire.py           what every method's messages share: message types, the set-up query, measured sizes
+    fedkseed_messages.py  FedKSeed's wire records: encoding, decoding, validation of replies
     array_messages.py the array methods' wire records (ArrayRecord + round record)
     node.py           what a SuperNode keeps and does: its synced state, catch-up, local training
     node_store.py     the node's synced weights on disk, so a fresh ClientApp process need not replay from round 0

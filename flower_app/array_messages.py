@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from flower_app.messages import NODE_REPORTED
+from flower_app.wire import NODE_REPORTED
 from methods.base import LocalReport
 
 ARRAYS = "arrays"

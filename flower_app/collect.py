@@ -17,8 +17,8 @@ import time
 
 from flwr.app import Message
 
-from flower_app import messages
-from flower_app.messages import NODE_REPORTED
+from flower_app import wire
+from flower_app.wire import NODE_REPORTED
 
 logger = logging.getLogger("fedkseed")
 
@@ -45,8 +45,8 @@ def collect(owner, round_idx: int, selected: list) -> tuple[dict, list, list, li
         if not queues[node]:
             return
         cid = queues[node].pop(0)
-        msg = Message(owner.message(round_idx, cid, node), node, messages.TRAIN, group_id=str(round_idx))
-        down.append(messages.measure(msg))
+        msg = Message(owner.message(round_idx, cid, node), node, wire.TRAIN, group_id=str(round_idx))
+        down.append(wire.measure(msg))
         (msg_id,) = grid.push_messages([msg])
         in_flight[msg_id] = (cid, node)
 
@@ -74,7 +74,7 @@ def collect(owner, round_idx: int, selected: list) -> tuple[dict, list, list, li
             if reply.has_error():
                 lose(node, f"node error: {reply.error.reason}", [cid, *queues[node]])
                 continue
-            up.append(messages.measure(reply))
+            up.append(wire.measure(reply))
             reason = owner.accept(reply, round_idx, cid, node, size[cid], reports)
             if reason is not None and reason.startswith(NODE_REPORTED) and cid not in retried:
                 retried.add(cid)

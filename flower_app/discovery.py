@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from errors import FedKSeedError
-from flower_app import messages
+from flower_app import wire
 
 
 @dataclass
@@ -65,13 +65,13 @@ def discover(grid: Grid, expected: int, timeout: float) -> Discovery:
     """Query every node: which clients it hosts and what it holds (Discovery.check compares that with the
     server's); refuse a client two nodes hold."""
     found = Discovery(nodes=wait_for_nodes(grid, expected, timeout))
-    queries = [Message(RecordDict({messages.QUERY_RECORD: ConfigRecord({})}), node, messages.QUERY,
+    queries = [Message(RecordDict({wire.QUERY_RECORD: ConfigRecord({})}), node, wire.QUERY,
                        group_id="setup") for node in found.nodes]
     for reply in grid.send_and_receive(queries, timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             raise FedKSeedError(f"Flower: SuperNode {node} failed its set-up: {reply.error.reason}")
-        rec = reply.content.config_records[messages.QUERY_RECORD]
+        rec = reply.content.config_records[wire.QUERY_RECORD]
         found.holds[node] = (rec["partition"], rec["fingerprint"], rec["pool_digest"])
         for cid in rec["clients"]:
             found.hosts.setdefault(int(cid), node)

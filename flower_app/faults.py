@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import ConfigRecord
 
-from flower_app.messages import Instruction
+from flower_app.fedkseed_messages import Instruction
 from methods.base import LocalReport
 
 ARRAY_FAULTS = ("tensor_nan", "tensor_shape", "tensor_missing", "tensor_dtype", "index_high", "value_nan")

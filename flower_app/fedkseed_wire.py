@@ -2,22 +2,22 @@
 aggregation, c, the record of every round's Delta c, Pro): what each SuperNode is known to hold (the round it
 synced to, the Pro probabilities), the instruction that sends a node only what it lacks, and the checks of a reply.
 
-The records are messages.py's compact ones (seed indices and scalars, sparse Delta c), not arrays: a node keeps its
-own state between rounds (node.py).
+The records are fedkseed_messages.py's compact ones (seed indices and scalars, sparse Delta c), not arrays: a node
+keeps its own state between rounds (node.py).
 """
 from __future__ import annotations
 
 import numpy as np
 from flwr.app import RecordDict
 
-from flower_app import messages
-from flower_app.messages import check_reply
+from flower_app import fedkseed_messages
+from flower_app.fedkseed_messages import check_reply
 from methods.base import ZO_STEP_FORWARDS, LocalReport
 from methods.fedkseed import FedKSeed
 
 
 class FedKSeedWire:
-    """A FedKSeed (or Pro) method's side of the Flower messages."""
+    """A FedKSeed (or Pro) method's side of the Flower fedkseed_messages."""
 
     def __init__(self, method: FedKSeed):
         self.method = method
@@ -43,12 +43,12 @@ class FedKSeedWire:
             changed = np.unique(np.concatenate(touched)).astype(np.int64) if touched else np.zeros(0, np.int64)
             groups = [(changed, c[changed])]
         probs = config.probabilities
-        ins = messages.Instruction(
+        ins = fedkseed_messages.Instruction(
             round=round_idx, client=client_id, local=config.local, catchup=args.flower_catchup,
-            base=base, groups=groups, c_digest=messages.c_digest(c), pro=probs is not None, p_round=round_idx,
+            base=base, groups=groups, c_digest=fedkseed_messages.c_digest(c), pro=probs is not None, p_round=round_idx,
             probabilities=probs if probs is not None and self.node_p_round.get(node) != round_idx else None,
             name=name)
-        return messages.encode_instruction(ins, args.K)
+        return fedkseed_messages.encode_instruction(ins, args.K)
 
     def accept(self, content: RecordDict, round_idx: int, client_id: int, node: int,
                num_examples: int) -> tuple[LocalReport | None, str | None]:

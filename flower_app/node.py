@@ -37,9 +37,9 @@ from flwr.app import ConfigRecord, RecordDict
 from checkpoint import model_fingerprint
 from client import Client, ClientUpdate, TrainConfig
 from errors import FedKSeedError
-from flower_app import array_messages, messages
+from flower_app import array_messages, fedkseed_messages, wire
 from flower_app.faults import apply_array_fault, apply_fault
-from flower_app.messages import Instruction
+from flower_app.fedkseed_messages import Instruction
 from flower_app.node_store import NodeStore, empty_model, store_for
 from methods import build_array_client
 from methods.base import ArrayClient
@@ -109,13 +109,13 @@ class NodeState:
             return cls(history=[], c=np.zeros(k))
         c = rec.get("c")
         p = rec.get("p")
-        return cls(synced=int(rec["synced"]), history=messages.unpack_groups(rec, k),
+        return cls(synced=int(rec["synced"]), history=fedkseed_messages.unpack_groups(rec, k),
                    c=np.frombuffer(c, dtype="<f8").astype(np.float64) if c else np.zeros(k),
                    p_round=int(rec.get("p_round", -1)),
                    p=None if p is None else np.frombuffer(p, dtype="<f8").astype(np.float64))
 
     def save(self, state: RecordDict, k: int, catchup: str) -> None:
-        rec = {"synced": self.synced, "p_round": self.p_round, **messages.pack_groups(self.history or [], k)}
+        rec = {"synced": self.synced, "p_round": self.p_round, **fedkseed_messages.pack_groups(self.history or [], k)}
         if catchup == "summed":
             rec["c"] = np.asarray(self.c, dtype="<f8").tobytes()
         if self.p is not None:
@@ -225,7 +225,7 @@ class NodeRuntime:
                 self.reset_pristine(None if attempt else history)
             self.pristine.replay_rounds(history[self.pristine_round:])
             self.pristine_round = len(history)
-            if messages.c_digest(self.pristine.c) == digest:
+            if fedkseed_messages.c_digest(self.pristine.c) == digest:
                 if self.keeps_state and self.pristine_round > self.stored_round:
                     self.store.save(self.pristine, self.pristine_round, history)
                     self.stored_round = self.pristine_round
@@ -273,8 +273,8 @@ def handle_query(context) -> RecordDict:
     rt = runtime(context, args, doc)
     partition, partitions = partition_of(context)
     held = None if rt.held is None else {name: len(c) for name, c in rt.held.items()}
-    return messages.encode_query_reply(partition, partitions, rt.hosted(partition, partitions), rt.fingerprint,
-                                       messages.array_digest(rt.seed_pool), held)
+    return wire.encode_query_reply(partition, partitions, rt.hosted(partition, partitions), rt.fingerprint,
+                                       wire.array_digest(rt.seed_pool), held)
 
 
 def handle_train(content: RecordDict, context) -> RecordDict:
@@ -282,13 +282,14 @@ def handle_train(content: RecordDict, context) -> RecordDict:
     rt = runtime(context, args, doc)
     if array_messages.is_array_message(content):
         return train_arrays(rt, content, partition_of(context), doc.get("faults", {}))
-    ins = messages.decode_instruction(content, rt.k)
+    ins = fedkseed_messages.decode_instruction(content, rt.k)
     state = NodeState.load(context.state, rt.k)
     reply = train(rt, ins, state, partition_of(context))
     state.save(context.state, rt.k, ins.catchup)
     fault = doc.get("faults", {}).get(str(ins.client))
-    if fault and messages.REPLY_RECORD in reply.config_records and "error" not in reply[messages.REPLY_RECORD]:
-        apply_fault(reply[messages.REPLY_RECORD], fault, ins)
+    name = fedkseed_messages.REPLY_RECORD
+    if fault and name in reply.config_records and "error" not in reply[name]:
+        apply_fault(reply[name], fault, ins)
     return reply
 
 
@@ -296,7 +297,7 @@ def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[
     """Catch up to round ins.round - 1, train client ins.client locally, and encode the reply."""
     def error(reason: str) -> RecordDict:
         logger.warning("node: round %d client %d: %s", ins.round, ins.client, reason)
-        return messages.encode_error_reply(reason, state.synced, state.p_round)
+        return fedkseed_messages.encode_error_reply(reason, state.synced, state.p_round)
 
     client = rt.client_for(ins.client, ins.name, partition)
     if client is None:
@@ -322,7 +323,7 @@ def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[
         for indices, values in ins.groups:
             state.c[indices] = values
         state.synced = ins.round - 1
-        if messages.c_digest(state.c) != ins.c_digest:
+        if fedkseed_messages.c_digest(state.c) != ins.c_digest:
             state.synced, state.c = 0, np.zeros(rt.k)
             return error("out of sync: the caught-up c differs from the server's")
         target = state.c.copy()
@@ -330,7 +331,7 @@ def train(rt: NodeRuntime, ins: Instruction, state: NodeState, partition: tuple[
         rt.work_is_theta0 = False
     config = TrainConfig(round=ins.round, local=ins.local, probabilities=state.p if ins.pro else None)
     update: ClientUpdate = client.train(work, target, config)
-    return messages.encode_reply(update, state.synced, state.p_round)
+    return fedkseed_messages.encode_reply(update, state.synced, state.p_round)
 
 
 def train_arrays(rt: NodeRuntime, content: RecordDict, partition: tuple[int, int], faults: dict) -> RecordDict:

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from checkpoint import RunState, TensorState, load_checkpoint
 from errors import FedKSeedError
-from flower_app import messages
+from flower_app import wire
 from flower_app.array_wire import ArrayWire
 from flower_app.collect import collect
 from flower_app.discovery import discover
@@ -121,7 +121,7 @@ class FlowerClients:
         """Check that every node holds the method's base model and the seed pool; its messages go through its
         wire from now on."""
         self.fingerprint = method.fingerprint
-        self.pool_digest = messages.array_digest(make_seed_pool(self.args.K, stream(self.args.seed, "server")))
+        self.pool_digest = wire.array_digest(make_seed_pool(self.args.K, stream(self.args.seed, "server")))
         self.found.check(self.fingerprint, self.pool_digest)
         self.wire = wire_for(method)
         for node in self.found.nodes:
@@ -130,7 +130,7 @@ class FlowerClients:
     def query(self, nodes: list[int], hosts: dict[int, int]) -> dict[int, str]:
         """Ask nodes which clients they host and check their base model and seed pool; a node that passes hosts
         its clients from now on (in `hosts`). Returns node id -> why it was not taken."""
-        queries = [Message(RecordDict({messages.QUERY_RECORD: ConfigRecord({})}), node, messages.QUERY,
+        queries = [Message(RecordDict({wire.QUERY_RECORD: ConfigRecord({})}), node, wire.QUERY,
                            group_id="setup") for node in nodes]
         failed = {node: "did not answer the set-up query in time" for node in nodes}
         for reply in self.grid.send_and_receive(queries, timeout=self.args.flower_timeout):
@@ -138,7 +138,7 @@ class FlowerClients:
             if reply.has_error():
                 failed[node] = f"failed its set-up: {reply.error.reason}"
                 continue
-            rec = reply.content.config_records[messages.QUERY_RECORD]
+            rec = reply.content.config_records[wire.QUERY_RECORD]
             if rec["fingerprint"] != self.fingerprint or rec["pool_digest"] != self.pool_digest:
                 failed[node] = (f"(partition {rec['partition']}) holds a different base model or seed pool than the "
                                 "server (fingerprint mismatch)")

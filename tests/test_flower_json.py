@@ -19,7 +19,7 @@ pytest.importorskip("ray")
 import config  # noqa: E402
 from conftest import WORDS, tiny_flags, train  # noqa: E402
 from errors import FedKSeedError  # noqa: E402
-from flower_app import messages  # noqa: E402
+from flower_app import wire  # noqa: E402
 from flower_app.discovery import discover  # noqa: E402
 from flower_app.node import read_run_file, write_run_file  # noqa: E402
 from run_files import read_metrics  # noqa: E402
@@ -88,7 +88,7 @@ def test_a_node_reads_its_node_config_data_path_or_its_partition_file(tmp_path):
 def fake_grid(held_by_node: dict[int, dict[str, int]], fingerprint="f", pool="p"):
     """A Grid whose nodes answer the set-up query as node.handle_query would (node data)."""
     def reply(node):
-        content = messages.encode_query_reply(node, len(held_by_node), [], fingerprint, pool, held_by_node[node])
+        content = wire.encode_query_reply(node, len(held_by_node), [], fingerprint, pool, held_by_node[node])
         return SimpleNamespace(metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False, content=content)
 
     return SimpleNamespace(get_node_ids=lambda: list(held_by_node),

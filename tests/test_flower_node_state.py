@@ -24,7 +24,7 @@ from flwr.app import RecordDict  # noqa: E402
 import config  # noqa: E402
 from client import LocalTraining  # noqa: E402
 from conftest import dolly_records, write_tiny_model  # noqa: E402
-from flower_app import messages, node  # noqa: E402
+from flower_app import fedkseed_messages, node  # noqa: E402
 from flower_app.node_store import NodeStore, state_key  # noqa: E402
 from modeling import load_model  # noqa: E402
 
@@ -63,7 +63,7 @@ def server_digest(history) -> bytes:
         delta = np.zeros(K)
         delta[idx] = val
         c = c + delta
-    return messages.c_digest(c)
+    return fedkseed_messages.c_digest(c)
 
 
 def send(setup, ctx, round_idx: int, base: int = 0, fresh: bool = True) -> dict:
@@ -71,16 +71,16 @@ def send(setup, ctx, round_idx: int, base: int = 0, fresh: bool = True) -> dict:
     fresh: clear this process's model cache first, as a new ClientApp process would start."""
     if fresh:
         node._RUNTIMES.clear()
-    ins = messages.Instruction(round=round_idx, client=0, local=LocalTraining(LR, 1e-3, STEPS), catchup="exact",
-                               base=base, groups=setup.history[base:round_idx - 1],
-                               c_digest=server_digest(setup.history[:round_idx - 1]))
+    ins = fedkseed_messages.Instruction(round=round_idx, client=0, local=LocalTraining(LR, 1e-3, STEPS),
+                                        catchup="exact", base=base, groups=setup.history[base:round_idx - 1],
+                                        c_digest=server_digest(setup.history[:round_idx - 1]))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reply = node.handle_train(messages.encode_instruction(ins, K), ctx)
+        reply = node.handle_train(fedkseed_messages.encode_instruction(ins, K), ctx)
     finally:
         torch.set_num_threads(threads)
-    return dict(reply[messages.REPLY_RECORD])
+    return dict(reply[fedkseed_messages.REPLY_RECORD])
 
 
 def stored_round(state_dir, rt: node.NodeRuntime, history) -> int:

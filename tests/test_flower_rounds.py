@@ -26,7 +26,7 @@ import config  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from conftest import dolly_records, force_selections, one_thread_call, tiny_flags, train  # noqa: E402
 from errors import FedKSeedError  # noqa: E402
-from flower_app import collect, messages, node  # noqa: E402
+from flower_app import collect, node, wire  # noqa: E402
 from flower_app.server_app import serve as serve_flower  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 
@@ -54,7 +54,7 @@ class FakeGrid:
         for msg in msgs:
             msg.metadata.__dict__["_message_id"] = msg.object_id
             ids.append(msg.object_id)
-            dst, train = msg.metadata.dst_node_id, msg.metadata.message_type == messages.TRAIN
+            dst, train = msg.metadata.dst_node_id, msg.metadata.message_type == wire.TRAIN
             if train and int(msg.metadata.group_id) >= self.kill.get(dst, math.inf):
                 self.dead.add(dst)
             if dst in self.dead:

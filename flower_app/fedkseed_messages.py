@@ -1,4 +1,4 @@
-"""The wire records of the Flower app, and their measured sizes.
+"""FedKSeed's wire records on the Flower Grid (message types and sizes: wire.py).
 
 Every record is one ConfigRecord. Arrays travel as little-endian raw bytes values inside it (int32 seed indices,
 float32 scalar gradients, float64 Delta c values and Pro probabilities) rather than as an ArrayRecord: a
@@ -22,15 +22,6 @@ Instruction (server -> node, message type "train"), record "fedkseed":
 Reply (node -> server), record "fedkseed":
     round, client, n (sample count), idx (int32), g (float32), loss, nan and clip (skipped steps), synced, p_round,
     or error (a node-side reason, e.g. out of sync) with synced and p_round.
-Query (server -> node, "query") / its reply: the node's partition, the clients it
-hosts, its base-model fingerprint and seed-pool digest (checked once, before round 1), record "fedkseed".
-With --flower_data node the reply also names the clients of the node's own data and their sizes, and each
-instruction carries its client's name.
-
-Sizes (measure()): `payload` is the raw array bytes, `record` the serialized RecordDict with its records (the
-content as Flower deflates it), `message` the whole object tree Flower pushes for the message: every object's
-deflated bytes (content, metadata, header naming its children) plus its 64-byte object id. gRPC/HTTP2 framing
-and TLS are not included (Flower does not expose per-message transport byte counts).
 """
 from __future__ import annotations
 
@@ -39,15 +30,13 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 from client import ClientUpdate, LocalTraining
+from flower_app.wire import NODE_REPORTED
 from server import validate_update
 
-TRAIN = "train"
-QUERY = "query"
-TRAIN_RECORD = REPLY_RECORD = QUERY_RECORD = "fedkseed"  # one record per message; the message type tells which
-NODE_REPORTED = "node reported: "  # prefix of a reason the node itself sent (out of sync, ...): retried once
+TRAIN_RECORD = REPLY_RECORD = "fedkseed"  # one record per message; the message type tells which
 
 
 class WireError(ValueError):
@@ -56,10 +45,6 @@ class WireError(ValueError):
 
 def c_digest(c: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(c, dtype="<f8").tobytes(), digest_size=8).digest()
-
-
-def array_digest(a: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=8).hexdigest()
 
 
 # --- sparse groups of (indices, float64 values) ---------------------------------------------------------------
@@ -257,43 +242,3 @@ def check_reply(content: RecordDict, round_idx: int, client_id: int, k: int,
     if decoded.update.client_id != client_id:
         return decoded, f"reply names client {decoded.update.client_id}, the message was for client {client_id}"
     return decoded, validate_update(decoded.update, k, round_idx, max_pairs)
-
-
-# --- query ------------------------------------------------------------------------------------------------------
-
-def encode_query_reply(partition: int, partitions: int, clients: list[int], fingerprint: str, pool: str,
-                       held: dict[str, int] | None = None) -> RecordDict:
-    """The node's set-up: its partition, the clients it hosts (ids; with --flower_data node, `held`: the names
-    and sizes of the clients in its own data), its base-model fingerprint and seed-pool digest."""
-    rec = {"partition": int(partition), "partitions": int(partitions), "clients": [int(c) for c in clients],
-           "fingerprint": fingerprint, "pool_digest": pool}
-    if held is not None:
-        rec.update(names=list(held), sizes=[int(n) for n in held.values()])
-    return RecordDict({QUERY_RECORD: ConfigRecord(rec)})
-
-
-# --- sizes ------------------------------------------------------------------------------------------------------
-
-def _tree_bytes(obj) -> int:
-    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
-
-    return sum(len(o.deflate()) + len(object_id) for object_id, o in get_all_nested_objects(obj).items())
-
-
-def payload_bytes(content: RecordDict) -> int:
-    """The raw bytes values of the content's records and the serialized arrays of its array records (.npy, with
-    their headers), without keys and scalars."""
-    total = 0
-    for record in content.config_records.values():
-        for value in record.values():
-            if isinstance(value, bytes):
-                total += len(value)
-    for record in content.array_records.values():
-        total += sum(len(array.data) for array in record.values())
-    return total
-
-
-def measure(message: Message) -> dict[str, int]:
-    """payload / record / message bytes of a message, as described in the module doc."""
-    content = message.content
-    return {"payload": payload_bytes(content), "record": _tree_bytes(content), "message": _tree_bytes(message)}
