@@ -32,8 +32,9 @@ from flwr.app import RecordDict  # noqa: E402
 
 import config  # noqa: E402
 from client import LocalTraining  # noqa: E402
-from flower_app import fedkseed_messages, node  # noqa: E402
+from flower_app import fedkseed_messages, node
 from flower_app.node_store import NodeStore, state_key  # noqa: E402
+from flower_app.run_file import write_run_file  # noqa: E402
 
 
 def run_args(opts: argparse.Namespace, out: Path) -> argparse.Namespace:
@@ -90,7 +91,7 @@ def main() -> None:
     rounds = sorted(int(r) for r in opts.rounds.split(","))
     work = Path(tempfile.mkdtemp(prefix="fedkseed-node-bench-"))
     args = run_args(opts, work / "out")
-    run_file = node.write_run_file(work / "run.json", args, 1)
+    run_file = write_run_file(work / "run.json", args, 1)
     rng = np.random.default_rng(0)
     history = []
     for _ in range(max(rounds)):

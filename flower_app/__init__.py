@@ -9,6 +9,7 @@ client.Client run inside); FedIT and FedAvg exchange their tensors as ArrayRecor
     fedkseed_messages.py  FedKSeed's wire records: encoding, decoding, validation of replies
     array_messages.py the array methods' wire records (ArrayRecord + round record)
     node.py           what a SuperNode keeps and does: its synced state, catch-up, local training
+    run_file.py       the run's resolved flags, read by the ServerApp and every ClientApp
     node_store.py     the node's synced weights on disk, so a fresh ClientApp process need not replay from round 0
     faults.py         fault injection for tests: hostile replies and uploads
     client_app.py     the ClientApp (query: who am I; train: catch up, train, reply)

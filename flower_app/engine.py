@@ -13,7 +13,7 @@ from pathlib import Path
 
 from checkpoint import RunState
 from errors import FedKSeedError
-from flower_app.node import RUN_ENV, write_run_file
+from flower_app.run_file import RUN_ENV, write_run_file
 from run_lock import acquire_run_lock
 from utils_data.load_data import load_for_run
 

@@ -1,4 +1,4 @@
-"""Fault injection for tests: a node that turns its honest replies into hostile ones (see node.write_run_file's
+"""Fault injection for tests: a node that turns its honest replies into hostile ones (see run_file.write_run_file's
 `faults`: client id -> kind)."""
 from __future__ import annotations
 

@@ -24,12 +24,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
-import json
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
@@ -41,6 +37,7 @@ from flower_app import array_messages, fedkseed_messages, wire
 from flower_app.faults import apply_array_fault, apply_fault
 from flower_app.fedkseed_messages import Instruction
 from flower_app.node_store import NodeStore, empty_model, store_for
+from flower_app.run_file import flags_key, read_run_file
 from methods import build_array_client
 from methods.base import ArrayClient
 from methods.fedkseed import perturbed_model
@@ -53,43 +50,7 @@ from utils_data.load_data import load_for_run
 
 logger = logging.getLogger("fedkseed.flower")
 
-RUN_ENV = "FEDKSEED_FLOWER_RUN"  # path of the run file (flags JSON) when context.run_config has none
 NODE_RECORD = "fedkseed.node"
-NODE_OVERRIDES = ("model", "data_path", "device")  # node_config keys model, data-path, device: node-local paths
-
-
-# --- the run file ---------------------------------------------------------------------------------------------
-
-def write_run_file(path: Path, args: argparse.Namespace, expected_nodes: int, resume: str | None = None,
-                   faults: dict | None = None, node_state: bool = True) -> Path:
-    """The resolved flags of a run, read by the ServerApp and every ClientApp (run_config is empty in the
-    simulation engine, so the app takes its settings from here). `faults` is a test hook: client id -> a kind of
-    hostile reply that client sends (see FAULTS). `node_state`: nodes keep a state file by default."""
-    doc = {"flags": vars(args), "expected_nodes": expected_nodes, "resume": resume, "faults": faults or {},
-           "node_state": node_state}
-    path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    return path
-
-
-def read_run_file(context) -> tuple[argparse.Namespace, dict]:
-    """The run's flags: run_config["flags-file"] (flwr run), else $FEDKSEED_FLOWER_RUN (simulation); node_config
-    may override the node-local model, data-path and device."""
-    path = str(context.run_config.get("flags-file", "") or os.environ.get(RUN_ENV, ""))
-    if not path:
-        raise FedKSeedError(f"Flower app: no run file (set run_config flags-file or ${RUN_ENV})")
-    doc = json.loads(Path(path).read_text())
-    flags = dict(doc["flags"])
-    for key in NODE_OVERRIDES:
-        value = context.node_config.get(key.replace("_", "-"))
-        if value:
-            flags[key] = str(value)
-    if flags.get("flower_data") == "node":  # the node's own data: {node} in --data_path is its partition id
-        flags["data_path"] = str(flags["data_path"]).replace("{node}", str(context.node_config.get("partition-id")))
-    return argparse.Namespace(**flags), doc
-
-
-def flags_key(args: argparse.Namespace) -> str:
-    return hashlib.blake2b(json.dumps(vars(args), sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
 # --- node state -------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from flower_app.array_wire import ArrayWire
 from flower_app.collect import collect
 from flower_app.discovery import discover
 from flower_app.fedkseed_wire import FedKSeedWire
-from flower_app.node import read_run_file
+from flower_app.run_file import read_run_file
 from flower_app.traffic import traffic_row, traffic_summary
 from methods import Method, build_method
 from methods.base import ArrayMethod

@@ -75,7 +75,7 @@ def prepare(app_dir: Path, run_file: Path, nodes: int, flags: list[str]) -> argp
     sys.path.insert(0, str(ROOT))
     import config
     from checkpoint import load_checkpoint
-    from flower_app.node import write_run_file
+    from flower_app.run_file import write_run_file
 
     parser = config.build_parser()
     args = parser.parse_args(flags + ["--engine", "flower"])

@@ -24,8 +24,9 @@ from flwr.app import RecordDict  # noqa: E402
 import config  # noqa: E402
 from client import LocalTraining  # noqa: E402
 from conftest import dolly_records, write_tiny_model  # noqa: E402
-from flower_app import fedkseed_messages, node  # noqa: E402
+from flower_app import fedkseed_messages, node
 from flower_app.node_store import NodeStore, state_key  # noqa: E402
+from flower_app.run_file import write_run_file  # noqa: E402
 from modeling import load_model  # noqa: E402
 
 K, LR, STEPS = 64, 1e-3, 3
@@ -41,7 +42,7 @@ def setup(tiny_model_dir, tmp_path_factory):
             "--num_clients", "2", "--lr", str(LR), "--local_step", str(STEPS), "--no_compile",
             "--output_dir", str(work / "out")]
     args = config.validate(config.build_parser().parse_args(argv))
-    run_file = node.write_run_file(work / "run.json", args, 1)
+    run_file = write_run_file(work / "run.json", args, 1)
     rng = np.random.default_rng(0)
     history = []
     for _ in range(6):

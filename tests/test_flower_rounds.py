@@ -26,7 +26,8 @@ import config  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from conftest import dolly_records, force_selections, one_thread_call, tiny_flags, train  # noqa: E402
 from errors import FedKSeedError  # noqa: E402
-from flower_app import collect, node, wire  # noqa: E402
+from flower_app import collect, node, wire
+from flower_app.run_file import write_run_file  # noqa: E402
 from flower_app.server_app import serve as serve_flower  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 
@@ -124,7 +125,7 @@ def parsed(argv: list[str]):
 
 def serve(args, grid_of, resume=None) -> tuple[dict | None, str | None]:
     """A Flower server's run over the grid grid_of(run_file) builds: (result, None) or (None, its one-line error)."""
-    run_file = node.write_run_file(Path(f"{args.output_dir}.{resume is not None}.json"), args, 2)
+    run_file = write_run_file(Path(f"{args.output_dir}.{resume is not None}.json"), args, 2)
     try:
         return one_thread_call(serve_flower, args, grid_of(run_file), 2, resume), None
     except FedKSeedError as exc:
