@@ -43,7 +43,7 @@ def scalars(row: dict) -> dict[str, float]:
 
 class Reporter:
     """One run's rows to TensorBoard or W&B, step = round. first_step: the round of the next row; what an earlier
-    sitting logged from it on (rounds past the checkpoint of a killed run, run again now) is dropped."""
+    process of the run logged from it on (rounds past the checkpoint of a killed run, run again now) is dropped."""
 
     def __init__(self, run_dir: Path, report_to: str, first_step: int = 0, flags: dict | None = None):
         self.report_to = report_to
@@ -55,7 +55,8 @@ class Reporter:
         elif report_to == "wandb":
             import wandb
 
-            # one id for every sitting of the run directory, so that `wandb sync` files them under one run
+            # one id for every process that writes the run directory (the first and each --resume), so that
+            # `wandb sync` files them under one run
             run_id = hashlib.blake2b(str(Path(run_dir).resolve()).encode(), digest_size=8).hexdigest()
             self.run = wandb.init(mode="offline", dir=str(run_dir), project="fedkseed", name=Path(run_dir).name,
                                   id=run_id, resume="allow", config=flags or {})

@@ -4,7 +4,7 @@ quality-against-cost study's work sooner on this machine?
     python bench/parallel_runs.py                       # FedKSeed and FedAvg, 20 local steps
     python bench/parallel_runs.py --methods fedit --steps 10
 
-For each method, one client's local steps at the study's settings (scripts/quality_cost/common.sh probe_flags) run
+For each method, one client's local steps at the study's settings (studies/quality_cost/common.sh probe_flags) run
 three ways, each in fresh processes: twice one after the other with torch's default threads ("sequential"), then
 twice at the same time with OMP_NUM_THREADS=1 ("parallel"). Time is the training's own (each run's
 client_seconds), so model loading and data preparation stay out of it. Prints seconds per local step and the
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def probe_flags(method: str, steps: int) -> list[str]:
     """The study's probe configuration of METHOD (one client, STEPS local steps), read from common.sh."""
-    out = subprocess.run(["bash", "-c", f"source scripts/quality_cost/common.sh && probe_flags {method} {steps}"],
+    out = subprocess.run(["bash", "-c", f"source studies/quality_cost/common.sh && probe_flags {method} {steps}"],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     return out.stdout.split()
 

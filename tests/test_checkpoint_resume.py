@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from checkpoint import CHECKPOINT_FILE, load_checkpoint
-from conftest import ROOT, dolly_records, main_py, run_and_kill, tiny_flags, train, write_tiny_model
+from conftest import dolly_records, main_py, run_and_kill, tiny_flags, train, write_tiny_model
 from errors import FedKSeedError
 from run_files import MEASURED, git_revision, read_metrics
 
@@ -68,7 +67,7 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(setup, uni
     assert np.array_equal(whole.c, again.c) and np.count_nonzero(whole.c) > 0
     assert np.array_equal(pro_probabilities_of(whole), pro_probabilities_of(again))
     assert comparable(read_metrics(uninterrupted / "metrics.jsonl")) == comparable(read_metrics(out / "metrics.jsonl"))
-    # the sitting that was killed stays on record (a resume elsewhere may run another commit)
+    # the killed process's part of the run stays on record (a resume elsewhere may run another commit)
     config = json.loads((out / "config.json").read_text())
     assert config["earlier_sittings"] == [{"git_revision": git_revision(), "versions": config["versions"],
                                            "until_round": killed_at}]
@@ -183,8 +182,7 @@ def test_a_model_loaded_from_gguf_exports_as_plain_weights(tmp_path):
 def test_plot_runs_draws_two_real_runs(setup, uninterrupted, tmp_path):
     import matplotlib.image
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import plot_runs
+    from scripts import plot_runs
 
     root, data, model = setup
     second = tmp_path / "uniform"

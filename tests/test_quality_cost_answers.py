@@ -1,14 +1,10 @@
-"""scripts/quality_cost/answers.py: empty answers counted apart (whitespace counts as empty), the rest scored apart,
+"""studies/quality_cost/answers.py: empty answers counted apart (whitespace counts as empty), the rest scored apart,
 rounds in numeric order, and a clear error where there is nothing to read."""
 from __future__ import annotations
 
 import json
-import sys
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts" / "quality_cost"))
-import answers  # noqa: E402
+from studies.quality_cost import answers
 
 
 def write_generations(run, round_idx: int, rows: list[tuple[str, str, float]]) -> None:

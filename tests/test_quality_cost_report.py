@@ -1,4 +1,4 @@
-"""scripts/quality_cost/report.py on run folders laid out as scripts/quality_cost/run.sh writes them: the lr chosen
+"""studies/quality_cost/report.py on run folders laid out as studies/quality_cost/run.sh writes them: the lr chosen
 on validation loss (not on the reported eval loss), paired differences to the base, costs summed over clients, and
 the cost to reach half of FedIT's improvement."""
 from __future__ import annotations
@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts" / "quality_cost"))
-import report  # noqa: E402
+from studies.quality_cost import report
 
 
 def write_run(run, losses: list[float], val: list[float] | None, up: float, down: float, fe: float,
@@ -38,8 +36,8 @@ def write_run(run, losses: list[float], val: list[float] | None, up: float, down
 
 
 def run_study(out: Path, env: dict) -> subprocess.CompletedProcess:
-    """scripts/quality_cost/run.sh OUT under env, its output captured."""
-    return subprocess.run(["bash", str(ROOT / "scripts" / "quality_cost" / "run.sh"), str(out)],
+    """studies/quality_cost/run.sh OUT under env, its output captured."""
+    return subprocess.run(["bash", str(ROOT / "studies" / "quality_cost" / "run.sh"), str(out)],
                           env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -254,7 +252,7 @@ def test_fedavg_is_deferred_when_its_longest_run_would_end_after_the_deadline(tm
     assert done.returncode == 0, done.stderr
     listed = [Path(line.split()[0]).name for line in done.stdout.splitlines() if line.startswith(str(tmp_path))]
     assert ("fedavg-lr3e-6-s1" in listed) == fedavg_runs
-    assert ("deferred to the next sitting: " in done.stdout) != fedavg_runs
+    assert ("deferred past DEADLINE: " in done.stdout) != fedavg_runs
     assert {"fedkseed-lr3e-6-s1", "fedkseed_lora-lr3e-4-s2", "fedit-lr1e-4-s2"} <= set(listed)
 
 

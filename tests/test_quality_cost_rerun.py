@@ -1,19 +1,18 @@
 """The quality-against-cost study's smallest configuration rerun (FedKSeed, Dolly seed 0, its first 2 rounds:
-scripts/quality_cost/common.sh rerun_flags): the held-out eval loss after rounds 0 and 2 lands on the study's
+studies/quality_cost/common.sh rerun_flags): the held-out eval loss after rounds 0 and 2 lands on the study's
 recorded numbers (docs/quality_cost_results.json) within a tolerance derived from a measured rerun in one torch
 thread, and the trained model differs from the base model by more than that tolerance."""
 from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import shutil
 import subprocess
 
 import pytest
 
 import main
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, kept_logging
 from run_files import read_metrics
 
 RECORDED = ROOT / "docs" / "quality_cost_results.json"
@@ -32,14 +31,14 @@ pytestmark = [
 def recorded() -> tuple[str, dict[str, float], float]:
     """(the lr, the recorded eval loss by round, the tolerance)."""
     if not RECORDED.exists() or not json.loads(RECORDED.read_text()).get("rerun"):
-        pytest.skip("docs/quality_cost_results.json has no rerun yet: run scripts/quality_cost/run.sh to its end")
+        pytest.skip("docs/quality_cost_results.json has no rerun yet: run studies/quality_cost/run.sh to its end")
     rerun = json.loads(RECORDED.read_text())["rerun"]
     diff = max(abs(rerun["rerun_1thread"][r] - rerun["recorded"][r]) for r in ("0", "2"))
     return rerun["lr"], rerun["recorded"], max(FLOOR, FACTOR * diff)
 
 
 def rerun_flags(lr: str) -> list[str]:
-    out = subprocess.run(["bash", "-c", f"source scripts/quality_cost/common.sh && rerun_flags {lr}"],
+    out = subprocess.run(["bash", "-c", f"source studies/quality_cost/common.sh && rerun_flags {lr}"],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     return out.stdout.split()
 
@@ -52,13 +51,8 @@ def test_the_recorded_trained_model_differs_from_the_base_beyond_the_tolerance()
 def test_fedkseeds_first_two_rounds_reproduce_the_recorded_losses(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FEDKSEED_COMPILE", "1")  # as the study ran
     lr, losses, tolerance = recorded()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
+    with kept_logging():  # as the study ran: torch's default threads
         main.train([*rerun_flags(lr), "--output_dir", str(tmp_path / "run")])
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
     rerun = {str(r["round"]): r["eval_loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")}
     with capsys.disabled():
         print(f"\nrerun {rerun}; recorded {losses}; tolerance {tolerance:.2e}")

@@ -59,7 +59,7 @@ def test_a_resumed_run_continues_the_curves_with_each_round_once(argv, tmp_path)
     # as if killed after round 2 was reported but before its checkpoint: round 2 runs again
     (out / CHECKPOINT_FILE).write_bytes(at_round_1)
     train(["--resume", str(out), "--rounds", "3"])
-    assert len(list((out / "tensorboard").iterdir())) == 3  # one event file a sitting
+    assert len(list((out / "tensorboard").iterdir())) == 3  # one event file per process that wrote the run
     assert [step for step, _ in curves(out)["eval_loss"]] == [0, 1, 2, 3]
     assert_curves_are_the_metrics(out)
 

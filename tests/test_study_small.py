@@ -1,17 +1,16 @@
-"""The study's smallest configuration (scripts/small, FedKSeed, Dolly seed 0) rerun: it lands on the recorded seed-0
+"""The study's smallest configuration (studies/small, FedKSeed, Dolly seed 0) rerun: it lands on the recorded seed-0
 numbers of docs/study_results.json within a tolerance derived from a measured rerun-to-rerun difference, and the
 trained model differs from the base model by more than that tolerance."""
 from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import subprocess
 
 import pytest
 
 import main
-from conftest import ROOT
+from conftest import ROOT, kept_logging
 
 RECORDED = ROOT / "docs" / "study_results.json"
 # The tolerance is FACTOR times the difference between the study's seed-0 run and its rerun in one torch thread
@@ -28,8 +27,8 @@ pytestmark = [
 
 
 def small_flags() -> list[str]:
-    """The flags of scripts/small/common.sh, read from the script itself (one source of truth)."""
-    out = subprocess.run(["bash", "-c", 'source scripts/small/common.sh && printf "%s\\n" "${SMALL[@]}"'],
+    """The flags of studies/small/common.sh, read from the script itself (one source of truth)."""
+    out = subprocess.run(["bash", "-c", 'source studies/small/common.sh && printf "%s\\n" "${SMALL[@]}"'],
                          cwd=ROOT, capture_output=True, text=True, check=True)
     return out.stdout.splitlines()
 
@@ -39,7 +38,7 @@ def recorded_seed0() -> tuple[dict, dict, dict]:
     dolly = json.loads(RECORDED.read_text())["dolly"]
     if "rerun_seed0_1thread" not in dolly:
         pytest.skip("docs/study_results.json predates the parity pipeline (no measured rerun): rerun "
-                    "scripts/run_study.sh and scripts/small/rerun_seed0.sh, then scripts/summarize_study.py --json")
+                    "studies/small/run.sh and studies/small/rerun_seed0.sh, then studies/small/report.py --json")
     fed, rerun = dolly["fedkseed"], dolly["rerun_seed0_1thread"]
     final = {key: fed[key][0] for key in FLOOR}
     base = {key: fed[f"base_{key}"][0] for key in FLOOR}
@@ -55,13 +54,8 @@ def test_the_recorded_trained_model_differs_from_the_base_beyond_the_tolerance()
 def test_small_fedkseed_run_reproduces_the_recorded_seed_0(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FEDKSEED_COMPILE", "1")  # as the study ran (other modules set 0 for the whole session)
     final, base, tolerance = recorded_seed0()
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
+    with kept_logging():  # as the study ran: torch's default threads
         result = main.train([*small_flags(), "--seed", "0", "--output_dir", str(tmp_path / "run")])
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
     rerun, rerun_base = result["summary"]["final"], result["summary"]["base"]
     with capsys.disabled():
         print(f"\nrerun: Rouge-L {rerun['rouge_l']:.4f}, eval loss {rerun['eval_loss']:.4f}; recorded Rouge-L "

@@ -1,16 +1,12 @@
-"""scripts/summarize_study.py: the study's tables and recorded numbers from run folders laid out as
-scripts/run_study.sh writes them (summary.json, metrics.jsonl and config.json as main.py writes them)."""
+"""studies/small/report.py: the small study's tables and recorded numbers from run folders laid out as
+studies/small/run.sh writes them (summary.json, metrics.jsonl and config.json as main.py writes them)."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-import summarize_study  # noqa: E402
+from studies.small import report
 
 
 def write_run(run, flags: dict, rows: list[dict], base: dict | None, final: dict) -> None:
@@ -40,14 +36,14 @@ def study(tmp_path):
 
 
 def test_arm_numbers_are_every_seed_in_order_with_round_zero_left_out_of_bytes(study):
-    fed = summarize_study.collect(study / "dolly", "fedkseed")
+    fed = report.collect(study / "dolly", "fedkseed")
     assert fed["eval_loss"] == [1.9, 2.1, 2.3]
     assert fed["base_eval_loss"] == [2.0, 2.2, 2.4]
     assert fed["down"] == [400.0, 401.0, 402.0]  # round 0 (the base evaluation) sent nothing
 
 
 def test_table_reports_mean_and_sample_std_and_the_paired_rows(study):
-    text = summarize_study.main(study)
+    text = report.main(study)
     assert "| FedKSeed | 0.2600 ± 0.0100 | 2.1000 ± 0.2000 | 168 | 401 | 3 |" in text
     assert "| FedKSeed-Pro | 0.2200 ± 0.0000 | 2.1000 ± 0.2646 | 168 | 4500 | 3 |" in text
     assert "| 1 | 2.2000 | 2.1000 | 2.3000 | 0.2000 | 0.2600 | 0.2200 |" in text
@@ -55,14 +51,14 @@ def test_table_reports_mean_and_sample_std_and_the_paired_rows(study):
 
 
 def test_sweep_table_lists_loss_by_round_and_the_change_in_numeric_order(study):
-    rows = summarize_study.sweep_table(study / "sweep").splitlines()[2:]
+    rows = report.sweep_table(study / "sweep").splitlines()[2:]
     assert rows == ["| 3e-06 | 0.001 | 2.0500 | 2.0500 | 2.0400 | -0.0100 |",
                     "| 1e-05 | 0.001 | 2.0500 | 2.0400 | 2.0300 | -0.0200 |"]
 
 
 def test_json_holds_each_dataset_and_method(study, tmp_path):
     out = tmp_path / "recorded.json"
-    summarize_study.write_json(study, out)
+    report.write_json(study, out)
     doc = json.loads(out.read_text())
     assert list(doc) == ["dolly"]
     assert doc["dolly"]["fedkseed_pro"]["eval_loss"] == [1.8, 2.3, 2.2]

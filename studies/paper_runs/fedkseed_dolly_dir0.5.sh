@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The paper's FedKSeed run on Dolly-15K, Dirichlet alpha=0.5 over 200 clients, summarization held out.
 set -euo pipefail
-source "$(dirname "$0")/paper_common.sh"
+source "$(dirname "$0")/common.sh"
 python main.py --rounds 60 --model "$MODEL" --data_path "$DATA" --use_prompts --dataset dolly \
   --iid dir0.5 --num_clients 200 --lr 0.0000003 -K 1024 -m 0.05 --log "$@"

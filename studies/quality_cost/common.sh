@@ -4,7 +4,7 @@
 # (170 drawn; on Dolly 60% of the summarization records fit 256 tokens), validation loss on ~100 further held-out
 # records in the lr sweep (Dolly, seed 0), which chooses on it.
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-source scripts/small/common.sh  # run_once: skip finished runs, resume killed ones
+source studies/run_once.sh  # run_once: skip finished runs, resume killed ones
 DATA=${QC_DATA:-../shared/data}
 QC=(--model smollm2-135m-instruct --max_length 256 --rounds 10 --local_step 50 --eval_examples 170
     --val_examples 170 --eval_every 1 --rouge_every 5 --max_new_tokens 128 --eval_batch_size 8 --quiet --log)
@@ -14,7 +14,8 @@ DOLLY=(--dataset dolly --data_path "$DATA/databricks-dolly-15k.jsonl" --iid dir0
 # Natural Instructions: a client per training task, test tasks held out; -m 0.0075 samples 4 a round for 534-666
 # usable tasks (~600 keep a record within 256 tokens).
 NI=(--dataset instruct --data_path "$DATA" -m 0.0075)
-# FedAvg first: its checkpoint (the whole model, 538 MB) is not committed, so a sitting starts it while it can finish
+# FedAvg first: its checkpoint (the whole model, 538 MB) is not committed, so a driver with a DEADLINE starts it
+# while it can still finish
 METHODS=(fedavg fedkseed fedkseed_pro fedkseed_lora fedit)
 
 method_flags() {  # method_flags METHOD: the flags that make the method (K and eps as the paper's Dolly scripts)
@@ -28,11 +29,11 @@ method_flags() {  # method_flags METHOD: the flags that make the method (K and e
 }
 
 lr_grid() {  # lr_grid METHOD: the 3 learning rates swept (seed 0, Dolly, chosen on validation loss). FedKSeed + LoRA's
-  # grid was 1e-5 1e-4 1e-3 until its 1e-4 run moved the eval loss by only -0.008 in 2,000 steps (full-parameter
-  # FedKSeed at 3e-6: -0.048): a zeroth-order step's usable lr grows as the perturbed dimension shrinks (~0.46M
-  # adapter weights against 135M), so the grid moved up a decade. At 1e-3 it reached 2.3398 after one round (the
-  # best round 1 of any zeroth-order run) and diverged in the second (eval loss 21.5), so 1e-2 gave way to 3e-4.
-  # Those runs had the adapters' dropout on (fixed in 0e6f6f5); the grid stays and the study reruns them.
+  # grid is a decade above full-parameter FedKSeed's: a zeroth-order step's usable lr grows as the perturbed dimension
+  # shrinks (~0.46M adapter weights against 135M). In runs with the adapters' dropout on, LoRA at 1e-4 moved the eval
+  # loss by only -0.008 in 2,000 steps (full-parameter FedKSeed at 3e-6: -0.048), and at 1e-3 it reached 2.3398 after
+  # one round (the best round 1 of any zeroth-order run) and diverged in the second (eval loss 21.5), so the grid
+  # ends at 1e-3. The committed runs perturb the adapters without dropout, as MeZO on all weights.
   case $1 in
     fedkseed | fedkseed_pro) echo 1e-6 3e-6 1e-5 ;;
     fedkseed_lora) echo 1e-4 3e-4 1e-3 ;;
@@ -54,7 +55,7 @@ rerun_flags() {  # rerun_flags LR: the smallest configuration that tests/test_qu
 }
 
 probe_flags() {  # probe_flags METHOD STEPS: one client's STEPS local steps at the study's settings and the method's
-  # middle lr, with next to no evaluation (scripts/quality_cost/probe.sh, bench/parallel_runs.py)
+  # middle lr, with next to no evaluation (studies/quality_cost/probe.sh, bench/parallel_runs.py)
   echo "${QC[@]}" "${DOLLY[@]}" "$(method_flags "$1")" --lr "$(lr_grid "$1" | cut -d' ' -f2)" --seed 0 --rounds 1 \
     --local_step "$2" --num_clients 200 -m 0.0075 --eval_examples 4 --val_examples 0 --eval_metric loss --no_eval_base
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Per-step time of each method at the study's settings (one client, one round of STEPS local steps on Dolly, no
-# evaluation to speak of), and what the study will cost. Usage: scripts/quality_cost/probe.sh [OUT_DIR] [STEPS]
+# evaluation to speak of), and what the study will cost. Usage: studies/quality_cost/probe.sh [OUT_DIR] [STEPS]
 # Run it on a quiet machine: it is a timing.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"

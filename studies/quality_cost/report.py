@@ -1,7 +1,9 @@
-"""The quality-against-cost study's numbers (scripts/quality_cost/run.sh), from its run directories.
+"""The quality-against-cost study's numbers (studies/quality_cost/run.sh), from its run directories.
 
-    python scripts/quality_cost/report.py choose OUT --method M   # the lr of M's sweep with the lowest final val loss
-    python scripts/quality_cost/report.py report OUT [--json F] [--plots DIR]   # markdown tables (stdout), plots
+    python studies/quality_cost/report.py choose [OUT] --method M   # the lr of M's sweep with the lowest final val loss
+    python studies/quality_cost/report.py report [OUT] [--json F] [--plots DIR]   # markdown tables (stdout), plots
+
+OUT defaults to the committed runs, studies/quality_cost/results.
 
 Runs are OUT/<dataset>/<method>-lr<lr>-s<seed>. The base model is evaluated once per dataset and seed, at round 0
 of one of its runs (the evaluation records are the same for every method of a seed). Costs are per run: bytes up +
@@ -19,10 +21,11 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from plots import loss_curves  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file
 from run_files import read_metrics  # noqa: E402
+from studies.quality_cost.plots import loss_curves  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 METHODS = {"fedkseed": "FedKSeed", "fedkseed_pro": "FedKSeed-Pro", "fedkseed_lora": "FedKSeed + LoRA",
            "fedit": "FedIT (LoRA, AdamW)", "fedavg": "FedAvg (full, AdamW)"}
@@ -273,7 +276,7 @@ def report(out: Path, json_path: Path | None, plots: Path | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["choose", "report"])
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, nargs="?", default=RESULTS)
     p.add_argument("--method", choices=list(METHODS))
     p.add_argument("--json", type=Path)
     p.add_argument("--plots", type=Path)

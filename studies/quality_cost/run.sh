@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
-# The quality-against-cost study of docs/results.md. Usage: scripts/quality_cost/run.sh [OUT_DIR] (default
-# results/quality_cost, whose finished runs are committed: the machine that runs the study can be replaced between
-# sittings, and a run's checkpoints, ignored by git, are lost with it). Resumable: finished runs are skipped and
+# The quality-against-cost study of docs/results.md. Usage: studies/quality_cost/run.sh [OUT_DIR] (default
+# studies/quality_cost/results, whose finished runs are committed: the machine that runs the study may be replaced
+# before the study ends, and a run's checkpoints, ignored by git, go with it). Resumable: finished runs are skipped and
 # killed ones continue from their checkpoint; runs are named <method>-lr<lr>-s<seed> under dolly/ and instruct/.
 #   1. Dolly, seed 0: every method at the middle lr of its grid (common.sh), then at the highest, each followed by
 #      its climb: while the highest lr tried has the lowest validation loss, the next lr up, twice at most (lr_up).
 #      A method's later runs wait while its sweep still has an lr to run (e.g. a FedAvg run deferred by DEADLINE).
-#   2. Each method's lr: the lowest final validation loss so far (scripts/quality_cost/report.py choose).
+#   2. Each method's lr: the lowest final validation loss so far (studies/quality_cost/report.py choose).
 #   3. FedKSeed's first 2 rounds of Dolly seed 0 again, in one torch thread (the rerun tolerance of
 #      tests/test_quality_cost_rerun.py).
 #   4. At the chosen lrs, seed by seed: Natural Instructions seed 0, then Natural Instructions and Dolly seed 1,
 #      then both at seed 2 (no barrier between them: a free slot takes the next run).
 #   5. Dolly seed 0 at the lowest lr of each grid: every one of them ended behind its method's middle lr in the
-#      study's first sittings (docs/quality_cost_plan.md), so it completes the sweep's table last; skipped where
+#      runs docs/quality_cost_plan.md records, so it completes the sweep's table last; skipped where
 #      3 lrs have run and the chosen one is not the lowest of them (the climb made the 3: the lowest adds nothing).
-#   6. The report: tables, curves and cost to target (scripts/quality_cost/report.py).
+#   6. The report: tables, curves and cost to target (studies/quality_cost/report.py).
 # PART=sweep|rerun|dolly|instruct|sweep_low|report runs one part only (each needs the sweep); DRY=1 lists the runs;
 # JOBS=N runs up to N runs of a part at once, each in one torch thread (bench/parallel_runs.py measures the gain).
 # Two parts side by side (PART=sweep beside PART=instruct) need OMP_NUM_THREADS=1 each: two 2-thread runs on 2 cores
 # spent half their CPU time in the kernel (top: 50% sy) and finished no round in 20 minutes. Two drivers starting the
 # same run: main.py refuses the second (the run directory's .lock, exit 2), which leaves that run to the first.
-# DEADLINE=TIME (anything `date -d` reads, e.g. 14:40): the sitting's end; a FedAvg run, whose checkpoint is not
-# committed, is deferred to the next sitting unless its longest recorded wall time ends before it.
+# DEADLINE=TIME (anything `date -d` reads, e.g. 14:40): when the machine will be released; a FedAvg run, whose
+# checkpoint is not committed and would be lost with it, is deferred unless its longest recorded wall time ends
+# before then.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-OUT=${1:-results/quality_cost}
+OUT=${1:-studies/quality_cost/results}
 mkdir -p "$OUT"
 JOBS=${JOBS:-1}
 if [ -n "${DEADLINE:-}" ]; then
@@ -42,7 +43,7 @@ run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended
   # Validation loss only in the sweep (Dolly, seed 0).
   local dir=$1 method=$2 lr=$3 seed=$4 start base=--no_eval_base val=(); shift 4
   [ -f "$dir/summary.json" ] && return 0
-  if ! fits_the_sitting "$method"; then echo "deferred to the next sitting: $dir"; return 0; fi
+  if ! fits_before_deadline "$method"; then echo "deferred past DEADLINE: $dir"; return 0; fi
   if [ "$(base_run "$(dirname "$dir")" "$seed")" = "$(basename "$dir")" ]; then base=--eval_base; fi
   if [ "$(basename "$(dirname "$dir")")" != dolly ] || [ "$seed" != 0 ]; then val=(--val_examples 0); fi
   if [ -n "${DRY:-}" ]; then echo "$dir $method $lr $seed $base ${val[*]}"; return 0; fi
@@ -58,7 +59,8 @@ taken() {  # taken DIR: another driver runs DIR (a live process holds its .lock:
   # has finished it meanwhile
   [ -f "$1/summary.json" ] || python -c 'import sys, run_lock; sys.exit(run_lock.holder(sys.argv[1]) is None)' "$1"
 }
-fits_the_sitting() {  # fits_the_sitting METHOD: false for FedAvg when its longest recorded run would end after DEADLINE
+fits_before_deadline() {  # fits_before_deadline METHOD: false for FedAvg when its longest recorded run would end
+  # after DEADLINE
   local longest
   if [ -z "${DEADLINE_S:-}" ] || [ "$1" != fedavg ]; then return 0; fi
   longest=$(grep "/fedavg-lr" "$OUT/wall_time.txt" 2>/dev/null | awk '{print $2}' | sort -g | tail -1 || true)
@@ -84,7 +86,7 @@ pending() {  # pending METHOD: the method's next seed-0 Dolly lr above its middl
   while [ "$climbed" -lt 2 ] && [ -f "$OUT/dolly/$1-lr$(lr_up "$lr")-s0/summary.json" ]; do
     lr=$(lr_up "$lr") climbed=$((climbed + 1))
   done
-  if [ "$climbed" -lt 2 ] && [ "$(python scripts/quality_cost/report.py choose "$OUT" --method "$1")" = "$lr" ]; then
+  if [ "$climbed" -lt 2 ] && [ "$(python studies/quality_cost/report.py choose "$OUT" --method "$1")" = "$lr" ]; then
     lr_up "$lr"
   fi
 }
@@ -98,13 +100,13 @@ low() {  # low METHOD: the grid's lowest lr, unless 3 lrs have run and the chose
   local lrs lowest
   lrs=$(tried "$1") lowest=$(lr_grid "$1" | cut -d' ' -f1)
   if [ "$(echo "$lrs" | wc -w)" -ge 3 ] && \
-     [ "$(python scripts/quality_cost/report.py choose "$OUT" --method "$1")" != "$(echo "$lrs" | head -1)" ]; then
+     [ "$(python studies/quality_cost/report.py choose "$OUT" --method "$1")" != "$(echo "$lrs" | head -1)" ]; then
     return 0
   fi
   run "$OUT/dolly/$1-lr$lowest-s0" "$1" "$lowest" 0 "${DOLLY[@]}"
 }
 top() {  # top METHOD: the method's highest lr, then the climb above it (one job, so that a free slot goes on); it
-  # stops at a run that did not finish (DRY, or a FedAvg run deferred to the next sitting)
+  # stops at a run that did not finish (DRY, or a FedAvg run deferred past DEADLINE)
   local lr
   while lr=$(pending "$1") && [ -n "$lr" ]; do
     run "$OUT/dolly/$1-lr$lr-s0" "$1" "$lr" 0 "${DOLLY[@]}"
@@ -115,12 +117,12 @@ if part sweep; then  # the middle lrs first: a complete comparison after 5 runs;
   sweep 2; drain
   for method in "${METHODS[@]}"; do launch top "$method"; done; drain
 fi
-declare -A LR WAITS  # each method's chosen lr (scripts/quality_cost/report.py choose), once the sweep has run. A
+declare -A LR WAITS  # each method's chosen lr (studies/quality_cost/report.py choose), once the sweep has run. A
 # method whose sweep still has an lr to run (a deferred FedAvg run; PART=instruct beside PART=sweep) waits for it,
 # except in a DRY listing of the sweep too, which lists the rest at the lrs chosen so far.
 if part rerun || part dolly || part instruct; then
   for method in "${METHODS[@]}"; do
-    LR[$method]=$(python scripts/quality_cost/report.py choose "$OUT" --method "$method")
+    LR[$method]=$(python studies/quality_cost/report.py choose "$OUT" --method "$method")
     if [ -z "${DRY:-}" ] || ! part sweep; then WAITS[$method]=$(pending "$method"); fi
   done
 fi
@@ -146,6 +148,6 @@ drain
 if part sweep_low; then for method in "${METHODS[@]}"; do launch low "$method"; done; drain; fi
 if part report; then
   # DOCS=docs writes the recorded numbers and the plots where docs/results.md and the tests read them
-  python scripts/quality_cost/report.py report "$OUT" --json "${DOCS:-$OUT}/quality_cost_results.json" \
+  python studies/quality_cost/report.py report "$OUT" --json "${DOCS:-$OUT}/quality_cost_results.json" \
     --plots "${DOCS:-$OUT}" | tee "$OUT/report.md"
 fi

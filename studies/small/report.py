@@ -1,7 +1,7 @@
-"""The study's tables: per dataset, mean +- std over seeds of held-out Rouge-L and eval loss and the bytes per
+"""The small study's tables: per dataset, mean +- std over seeds of held-out Rouge-L and eval loss and the bytes per
 client; and the lr x eps sweep's eval loss by round.
 
-    python scripts/summarize_study.py runs/study [--json docs/study_results.json]
+    python studies/small/report.py runs/study [--json docs/study_results.json]
 
 The study folder holds dolly/ and instruct/ (runs named fedkseed-s<seed>, fedkseed_pro-s<seed>) and sweep/
 (runs named lr<lr>-eps<eps>); parts that are absent are left out. --json also writes every seed's numbers, and
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file
 from run_files import read_metrics  # noqa: E402
 
 DATASETS = {"dolly": "Dolly-15K sample, summarization held out", "instruct": "Natural Instructions, test tasks"}

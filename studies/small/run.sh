@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The small CPU study of docs/small_study.md, then its tables and plots. Usage: scripts/run_study.sh [OUT_DIR]
+# The small CPU study of docs/small_study.md, then its tables and plots. Usage: studies/small/run.sh [OUT_DIR]
 # (default runs/study). Three parts, each skipping runs that already finished (a summary.json) and resuming killed ones
 # (a checkpoint), so an interrupted study continues where it stopped:
 #   dolly/     base vs FedKSeed vs FedKSeed-Pro on the Dolly sample, seeds 0 1 2 (and seed 0 rerun in one thread)
 #   instruct/  the same on Natural Instructions, when NI_DATA (default ../shared/data) has its task files
-#   sweep/     lr x eps on Dolly, one client, eval loss only (scripts/small/sweep.sh)
+#   sweep/     lr x eps on Dolly, one client, eval loss only (studies/small/sweep.sh)
 set -euo pipefail
-source "$(dirname "$0")/small/common.sh"
+source "$(dirname "$0")/common.sh"
 OUT=${1:-runs/study}
 mkdir -p "$OUT"
 timed() {  # timed NAME COMMAND...: run and append its wall time to $OUT/wall_time.txt
@@ -22,14 +22,14 @@ arm() {  # arm DIR FLAGS...: FedKSeed (with the base model evaluated first) and 
   done
 }
 timed dolly arm "$OUT/dolly" "${SMALL[@]}"
-timed rerun bash scripts/small/rerun_seed0.sh "$OUT"  # Dolly seed 0 in one thread: the rerun tolerance
+timed rerun bash studies/small/rerun_seed0.sh "$OUT"  # Dolly seed 0 in one thread: the rerun tolerance
 if [ -f "$NI_DATA/natural-instructions/splits/default/train_tasks.txt" ]; then
   timed instruct arm "$OUT/instruct" "${SMALL_NI[@]}"
 else
   echo "instruct: skipped, no Natural Instructions under $NI_DATA" | tee -a "$OUT/wall_time.txt"
 fi
-timed sweep bash scripts/small/sweep.sh "$OUT/sweep"
-python scripts/summarize_study.py "$OUT" --json "$OUT/study_results.json" | tee "$OUT/table.md"
+timed sweep bash studies/small/sweep.sh "$OUT/sweep"
+python studies/small/report.py "$OUT" --json "$OUT/study_results.json" | tee "$OUT/table.md"
 for part in dolly instruct; do
   if [ -d "$OUT/$part" ]; then
     python scripts/plot_runs.py "$OUT/$part"/fedkseed-s0 "$OUT/$part"/fedkseed_pro-s0 --out "$OUT/study_$part.png"

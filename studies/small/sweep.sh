@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The lr x eps sweep behind scripts/small/common.sh: one client holding the whole Dolly sample, 3 rounds of 40
-# MeZO steps, held-out eval loss after every round (no generation). Usage: scripts/small/sweep.sh [OUT_DIR]
-# Grid override: LRS="1e-5 3e-5" EPSS="1e-3" scripts/small/sweep.sh (an earlier sweep found lr 3e-5 too large)
+# The lr x eps sweep behind studies/small/common.sh: one client holding the whole Dolly sample, 3 rounds of 40
+# MeZO steps, held-out eval loss after every round (no generation). Usage: studies/small/sweep.sh [OUT_DIR]
+# Grid override: LRS="1e-5 3e-5" EPSS="1e-3" studies/small/sweep.sh (lr 3e-5 is not in the default grid: it was
+# found too large)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 OUT=${1:-runs/sweep}
