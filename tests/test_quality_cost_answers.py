@@ -55,3 +55,38 @@ def test_a_malformed_record_is_a_one_line_error_naming_the_file(tmp_path, capsys
     assert answers.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "generations-5.jsonl" in err
+
+
+def test_packed_generations_read_as_the_loose_files_did(tmp_path):
+    write_generations(tmp_path / "instruct" / "fedkseed-lr1e-5-s2", 10, [("a", "a", 1.0)])
+    write_generations(tmp_path / "instruct" / "fedkseed-lr1e-5-s2", 2, [("a", "", 0.0), ("b", "b", 1.0)])
+    write_generations(tmp_path / "dolly" / "fedit-lr1e-3-s1", 5, [("a", "", 0.0)])
+    loose = answers.table(tmp_path, ["dolly", "instruct"])
+    archive = answers.pack(tmp_path)
+    assert archive == tmp_path / "generations.tar.gz" and not list(tmp_path.rglob("generations-*.jsonl"))
+    assert answers.table(tmp_path, ["dolly", "instruct"]) == loose
+    packed = archive.read_bytes()
+    assert answers.pack(tmp_path).read_bytes() == packed  # nothing loose: the same bytes again
+
+
+def test_a_loose_file_joins_the_packed_ones_and_wins_over_its_packed_round(tmp_path):
+    run = tmp_path / "dolly" / "fedit-lr1e-3-s1"
+    write_generations(run, 5, [("a", "", 0.0)])
+    answers.pack(tmp_path)
+    write_generations(run, 5, [("a", "a", 1.0)])  # the round evaluated again
+    write_generations(run, 10, [("a", "", 0.0), ("b", "b", 1.0)])
+    rows = [r.split(" | ")[2:5] for r in answers.table(tmp_path, ["dolly"])[len(answers.HEADER):]]
+    assert rows == [["5", "1", "0"], ["10", "2", "1"]]
+    answers.pack(tmp_path)
+    assert [r.split(" | ")[2:5] for r in answers.table(tmp_path, ["dolly"])[len(answers.HEADER):]] == rows
+
+
+def test_a_malformed_packed_record_names_the_archive_member(tmp_path, capsys):
+    run = tmp_path / "instruct" / "fedkseed-lr1e-5-s0"
+    write_generations(run, 5, [("a", "a", 1.0)])
+    with (run / "generations-5.jsonl").open("a") as f:
+        f.write(json.dumps({"record": 1, "prediction": "b"}) + "\n")
+    answers.pack(tmp_path)
+    assert answers.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "generations.tar.gz:instruct/fedkseed-lr1e-5-s0/generations-5.jsonl" in err

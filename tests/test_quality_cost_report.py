@@ -288,3 +288,9 @@ echo "end $out" >> {log}
     assert most == 2
     assert sorted(e.split()[2] for e in events if e.startswith("start")) == ["1"] * 10
     assert len(list((tmp_path / "study" / "dolly").glob("*-s[12]/summary.json"))) == 10
+
+
+def test_the_committed_runs_give_the_committed_numbers(tmp_path):
+    """docs/quality_cost_results.json, which docs/results.md quotes, is the report on the committed runs to the byte."""
+    report.report(report.RESULTS, tmp_path / "results.json", None)
+    assert (tmp_path / "results.json").read_bytes() == (ROOT / "docs" / "quality_cost_results.json").read_bytes()
