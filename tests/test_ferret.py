@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 import config  # noqa: E402
 import main  # noqa: E402
-from conftest import one_thread_call  # noqa: E402
+from conftest import tiny_flags, train  # noqa: E402
 from methods.ferret import check_upload, ferret_blocks, project_update, seeds_per_block  # noqa: E402
 from optimizers.perturbation import Perturbation  # noqa: E402
 from optimizers.seed_pool import make_seed_pool  # noqa: E402
@@ -22,9 +22,9 @@ from streams import stream  # noqa: E402
 
 
 def flags(model_dir, data_file, out, *extra) -> list[str]:
-    return ["--model", str(model_dir), "--dataset", "dolly", "--data_path", str(data_file), "--method", "ferret",
-            "-K", "64", "--rounds", "3", "--local_step", "6", "--num_clients", "4", "-m", "0.5", "--eval_examples",
-            "4", "--eval_metric", "loss", "--lr", "1e-2", "--quiet", "--output_dir", str(out), *extra]
+    """4 clients, 2 a round, 3 rounds of 6 steps, K = 64; zo_eps at its default."""
+    return tiny_flags(model_dir, data_file, out, "--method", "ferret", *extra, K=64, local_step=6, lr="1e-2",
+                      zo_eps=None, no_compile=False)
 
 
 def test_blocks_follow_the_reference_rule():
@@ -125,7 +125,7 @@ def test_hostile_uploads_are_refused(changes, reason):
 
 def test_ferret_learns_and_a_replaying_client_holds_the_servers_model_bit_for_bit(tiny_model_dir, data_file,
                                                                                   tmp_path):
-    result = one_thread_call(main.train, flags(tiny_model_dir, data_file, tmp_path / "run", "--save"))
+    result = train(flags(tiny_model_dir, data_file, tmp_path / "run", "--save"))
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"] - 0.5  # base 4.56 on the tiny model
     assert all(r["bytes_up_per_client"] > 8 for r in rows[1:])
@@ -146,9 +146,9 @@ def test_ferret_learns_and_a_replaying_client_holds_the_servers_model_bit_for_bi
 
 
 def test_a_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, data_file, tmp_path):
-    whole = one_thread_call(main.train, flags(tiny_model_dir, data_file, tmp_path / "whole"))
-    one_thread_call(main.train, flags(tiny_model_dir, data_file, tmp_path / "cut", "--rounds", "1"))
-    again = one_thread_call(main.train, ["--resume", str(tmp_path / "cut"), "--rounds", "3"])
+    whole = train(flags(tiny_model_dir, data_file, tmp_path / "whole"))
+    train(flags(tiny_model_dir, data_file, tmp_path / "cut", "--rounds", "1"))
+    again = train(["--resume", str(tmp_path / "cut"), "--rounds", "3"])
     assert np.array_equal(whole["method"].c, again["method"].c)
     drop = ("seconds", "client_seconds", "peak_memory_bytes")
     rows = [[{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / d / "metrics.jsonl")]
@@ -171,7 +171,7 @@ def test_a_node_copy_catches_up_bit_for_bit_or_says_it_is_out_of_sync(tiny_model
     from methods.ferret import FerretClient, OutOfSync
     from modeling import load_model
 
-    result = one_thread_call(main.train, flags(tiny_model_dir, data_file, tmp_path / "run", "--rounds", "2"))
+    result = train(flags(tiny_model_dir, data_file, tmp_path / "run", "--rounds", "2"))
     method = result["method"]
     args = config.validate(config.build_parser().parse_args(flags(tiny_model_dir, data_file, tmp_path / "x")))
     fresh = FerretClient.around_base(args, load_model(str(tiny_model_dir)))

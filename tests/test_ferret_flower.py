@@ -12,8 +12,7 @@ import torch  # noqa: E402
 
 pytest.importorskip("ray")
 
-import main  # noqa: E402
-from conftest import one_thread_call, run_flower_with_faults  # noqa: E402
+from conftest import run_flower_with_faults, train  # noqa: E402
 from run_files import read_metrics  # noqa: E402
 from test_ferret import flags  # noqa: E402
 
@@ -22,9 +21,9 @@ NPY_HEADER = 128  # Flower serializes an array as .npy: 128 bytes of header befo
 
 
 def test_ferret_in_flower_is_bit_identical_to_the_inprocess_run(tiny_model_dir, data_file, tmp_path):
-    a = one_thread_call(main.train, flags(tiny_model_dir, data_file, tmp_path / "a"))
-    b = one_thread_call(main.train, flags(tiny_model_dir, data_file, tmp_path / "b", "--engine", "flower",
-                                          "--flower_nodes", "2"))
+    a = train(flags(tiny_model_dir, data_file, tmp_path / "a"))
+    b = train(flags(tiny_model_dir, data_file, tmp_path / "b", "--engine", "flower",
+                    "--flower_nodes", "2"))
     assert np.count_nonzero(a["method"].c) > 100 and np.array_equal(a["method"].c, b["method"].c)
     for p, q in zip(a["method"].global_model().parameters(), b["method"].global_model().parameters(), strict=True):
         assert torch.equal(p, q)

