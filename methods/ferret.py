@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkpoint
-from client import Client, LocalTraining, client_rng
+from client import Client
 from errors import FedKSeedError
 from measure import LocalCost
 from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport
-from methods.first_order import counted, local_train, tensors_bytes
+from methods.first_order import client_steps, tensors_bytes
 from optimizers.perturbation import Perturbation
 from optimizers.seed_pool import make_seed_pool
 from server import sample_clients
@@ -110,9 +110,8 @@ def pack_rounds(deltas: list[tuple[np.ndarray, np.ndarray]], first: int) -> dict
     rounds = deltas[first:]
     return {"since": np.array([first], dtype=np.int64),
             "delta_counts": np.array([len(idx) for idx, _ in rounds], dtype=np.int32),
-            "delta_index": np.concatenate([idx for idx, _ in rounds]).astype(np.int32) if rounds
-            else np.zeros(0, np.int32),
-            "delta_value": np.concatenate([v for _, v in rounds]) if rounds else np.zeros(0)}
+            "delta_index": np.concatenate([idx for idx, _ in rounds] or [np.zeros(0)]).astype(np.int32),
+            "delta_value": np.concatenate([v for _, v in rounds] or [np.zeros(0)])}
 
 
 class OutOfSync(FedKSeedError):
@@ -147,15 +146,9 @@ class FerretClient(ArrayClient):
     def local_work(self, client: Client, round_idx: int, received: dict[str, np.ndarray], progress=None) -> LocalReport:
         args = self.args
         self.catch_up(received, round_idx)
-        local = LocalTraining(lr=args.lr, eps=0.0, local_step=args.local_step, batch_or_epoch=args.batch_or_epoch,
-                              batch_size=args.batch_size)
-        seed = int(stream(args.seed, "torch", round_idx, client.client_id).integers(2**62))
-        skipped: dict[str, int] = {}
-        with LocalCost(args.device) as cost, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # dropout: the same masks wherever and whenever the client runs
+        with LocalCost(args.device) as cost:
             work = self.work_copy()
-            batches = counted(client.batches(local, client_rng(args.seed, round_idx, client.client_id)), progress)
-            losses = local_train(work, batches, args.lr, args.weight_decay, optimizer="sgd", skipped=skipped)
+            losses, skipped = client_steps(args, client, round_idx, work, progress, optimizer="sgd")
             with torch.no_grad():
                 deltas = [p.detach() - q.detach() for (_, p), q in zip(self.held.pert.params, work.parameters(),
                                                                        strict=True)]

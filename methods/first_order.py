@@ -110,14 +110,27 @@ def local_train(model: torch.nn.Module, batches, lr: float, weight_decay: float,
     return losses
 
 
+def client_steps(args: argparse.Namespace, client: Client, round_idx: int, model: torch.nn.Module, progress=None,
+                 optimizer: str = "adamw") -> tuple[list[float], dict[str, int]]:
+    """A client's first-order local steps of a round on `model` (local_train over its batches, in the order
+    FedKSeed's client would see them): the losses, and the batches skipped for a non-finite loss."""
+    local = LocalTraining(lr=args.lr, eps=0.0, local_step=args.local_step, batch_or_epoch=args.batch_or_epoch,
+                          batch_size=args.batch_size)
+    seed = int(stream(args.seed, "torch", round_idx, client.client_id).integers(2**62))
+    skipped: dict[str, int] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # dropout: the same masks wherever and whenever (resume) the client runs
+        batches = client.batches(local, client_rng(args.seed, round_idx, client.client_id))
+        losses = local_train(model, counted(batches, progress), args.lr, args.weight_decay, optimizer, skipped)
+    return losses, skipped
+
+
 class FirstOrderClient(ArrayClient):
     """A client's side of FedIT / FedAvg: one trainable copy of the model (trainable_model), which each round loads
     the received tensors, trains them and uploads them."""
 
     def __init__(self, args: argparse.Namespace, model: torch.nn.Module, fingerprint: str):
         self.args, self.work, self.fingerprint = args, model, fingerprint
-        self.local = LocalTraining(lr=args.lr, eps=0.0, local_step=args.local_step,
-                                   batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size)
 
     @classmethod
     def around_base(cls, args: argparse.Namespace, model: torch.nn.Module) -> FirstOrderClient:
@@ -126,14 +139,9 @@ class FirstOrderClient(ArrayClient):
         return cls(args, trainable_model(model, args), fingerprint)
 
     def local_work(self, client: Client, round_idx: int, received: Tensors, progress=None) -> LocalReport:
-        seed = int(stream(self.args.seed, "torch", round_idx, client.client_id).integers(2**62))
-        with LocalCost(self.args.device) as cost, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # dropout: the same masks wherever and whenever (resume) the client runs
+        with LocalCost(self.args.device) as cost:
             write_tensors(self.work, received)
-            batches = client.batches(self.local, client_rng(self.args.seed, round_idx, client.client_id))
-            skipped: dict[str, int] = {}
-            losses = local_train(self.work, counted(batches, progress), self.args.lr, self.args.weight_decay,
-                                 skipped=skipped)
+            losses, skipped = client_steps(self.args, client, round_idx, self.work, progress)
             upload = read_tensors(self.work)
         return LocalReport(client_id=client.client_id, upload=upload, bytes_down=tensors_bytes(received),
                            bytes_up=tensors_bytes(upload) + 8, forward_equivalents=FO_STEP_FORWARDS * len(losses),
