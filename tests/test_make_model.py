@@ -23,6 +23,10 @@ def test_the_bench_shape_in_bfloat16_loads_with_its_config(tmp_path):
     assert (config.hidden_size, config.num_hidden_layers, config.intermediate_size, config.num_attention_heads,
             config.num_key_value_heads, config.tie_word_embeddings) == (hidden, layers, intermediate, heads,
                                                                         kv_heads, tied)
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), framework="pt") as saved:  # stored in bfloat16, not cast on load
+        assert {saved.get_slice(name).get_dtype() for name in saved.keys()} == {"BF16"}
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     tokenizer = load_tokenizer(str(out))
     assert config.vocab_size == len(tokenizer) == 49152  # SmolLM2's vocabulary, larger than LLaMA's 32,000
