@@ -42,11 +42,12 @@ def _bar(iterable, progress: bool, desc: str):
 
 @torch.inference_mode()
 def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 128, batch_size: int = 8,
-                    progress: bool = False) -> list[str]:
+                    progress: bool = False, first_eos: list[float] | None = None) -> list[str]:
     """Greedy continuations of tokenized `prompts` (new text only, stripped), in input order.
 
     Prompts are token ids as training saw them (LLMDataset.prompt_ids: BOS when the tokenizer adds it, then the
-    template), padded on the left so that each ends right where generation starts.
+    template), padded on the left so that each ends right where generation starts. Given a list as `first_eos`,
+    each prompt's probability that the answer's first token is an end of sequence (an empty answer) is appended.
     """
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -59,9 +60,13 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
         ids, mask = _left_pad(prompts[start:start + batch_size], pad_id)
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                              do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad_id, eos_token_id=eos or None)
-        new = out[:, ids.shape[1]:]
+                             pad_token_id=pad_id, eos_token_id=eos or None,
+                             return_dict_in_generate=True, output_logits=first_eos is not None)
+        new = out.sequences[:, ids.shape[1]:]
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+        if first_eos is not None and eos:
+            first = out.logits[0].float().softmax(dim=-1)  # raw logits of the first new token, before any processor
+            first_eos += first[:, eos].sum(dim=-1).tolist()
     return outputs
 
 
@@ -109,19 +114,26 @@ def eval_loss(model, dataset, batch_size: int = 1, pad_id: int = 0, progress: bo
 
 def evaluate(model, tokenizer, dataset, metric: str, max_new_tokens: int = 128, batch_size: int = 8,
              progress: bool = False, generations: list[dict] | None = None) -> dict:
-    """{"eval_loss"} always, plus {"rouge_l"} of greedy generations when metric == "rouge". Given a list as
-    `generations`, each record's {"record", "reference", "prediction", "rouge_l"} is appended to it."""
+    """{"eval_loss"} always, plus, when metric == "rouge", {"rouge_l"} of greedy generations, the share of empty
+    answers ("empty_answers") and the mean probability of an end of sequence as the first answer token
+    ("first_eos_prob"). Given a list as `generations`, each record's {"record", "reference", "prediction",
+    "rouge_l", "first_eos_prob"} is appended to it."""
     if metric not in ("loss", "rouge"):
         raise ValueError(f"evaluate: unknown metric {metric!r} (expected 'loss' or 'rouge')")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     result = {"eval_loss": eval_loss(model, dataset, batch_size, pad_id, progress=progress)}
     if metric == "rouge":
         prompts = [dataset.prompt_ids(i) for i in range(len(dataset))]
-        predictions = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+        first_eos: list[float] = []
+        predictions = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress, first_eos)
         references = [r["response"] for r in dataset.records]
         scores = rouge_l_scores(predictions, references)
         result["rouge_l"] = fmean(scores)
+        result["empty_answers"] = fmean(not p for p in predictions)
+        if first_eos:
+            result["first_eos_prob"] = fmean(first_eos)
         if generations is not None:
-            generations += [{"record": i, "reference": ref, "prediction": pred, "rouge_l": score}
-                            for i, (ref, pred, score) in enumerate(zip(references, predictions, scores, strict=True))]
+            rows = zip(references, predictions, scores, first_eos or [None] * len(predictions), strict=True)
+            generations += [{"record": i, "reference": ref, "prediction": pred, "rouge_l": score, "first_eos_prob": p}
+                            for i, (ref, pred, score, p) in enumerate(rows)]
     return result

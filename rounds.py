@@ -21,7 +21,7 @@ from tqdm import tqdm
 from errors import FedKSeedError
 from methods.base import LocalReport, Method
 from run_evaluation import RoundEvaluator
-from run_files import MetricsFile
+from run_records import MetricsFile
 
 logger = logging.getLogger("fedkseed")
 

@@ -16,7 +16,7 @@ import logging
 from errors import FedKSeedError
 from evaluations import evaluate
 from run_data import report_dropped, run_prompt_format
-from run_files import write_generations
+from run_records import write_generations
 from streams import stream
 from utils_data.llm_dataset import LLMDataset
 

@@ -24,7 +24,7 @@ from common import ROOT
 sys.path.insert(0, str(ROOT / "tests"))
 import main  # noqa: E402
 from conftest import SHARED_DATA, one_thread_call, write_tiny_model  # noqa: E402
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 
 
 class PeakRss:

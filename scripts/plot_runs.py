@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 
 
 def run_label(run_dir: Path) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 from conftest import force_selections, tiny_flags, train
 from flower_app.deploy import LocalDeployment
 from flower_app.stage import prepare
-from run_files import read_metrics
+from run_records import read_metrics
 
 WAIT = 600  # seconds a deployed run may take on a slow shared machine
 

@@ -55,7 +55,7 @@ def reduce(result: dict, out: Path) -> dict:
     """What a run produced, without its timings: metrics rows, summary, digests of c and the final weights."""
     import numpy as np
 
-    from run_files import read_metrics
+    from run_records import read_metrics
 
     rows = [{k: v for k, v in row.items() if k not in MEASURED} for row in read_metrics(out / "metrics.jsonl")]
     summary = json.loads((out / "summary.json").read_text())

@@ -14,7 +14,8 @@ import torch
 from checkpoint import CHECKPOINT_FILE, load_checkpoint
 from conftest import dolly_records, main_py, run_and_kill, tiny_flags, train, write_tiny_model
 from errors import FedKSeedError
-from run_files import MEASURED, git_revision, read_metrics
+from run_files import git_revision
+from run_records import MEASURED, read_metrics
 
 ROUNDS = 6
 

@@ -106,6 +106,38 @@ def test_batched_left_padding_equals_one_by_one(tiny):
     assert right != single
 
 
+
+def test_first_eos_probability_is_that_of_the_first_answer_token(tiny):
+    model, tok = tiny
+    expected = []
+    with torch.no_grad():
+        for ids in encode(tok, PROMPTS):
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            expected.append(logits.softmax(dim=-1)[tok.eos_token_id].item())
+    assert len(set(expected)) == len(PROMPTS)  # one value a prompt: a mix-up of rows would show
+    first_eos = []
+    generate_greedy(model, tok, encode(tok, PROMPTS), max_new_tokens=4, batch_size=2, first_eos=first_eos)
+    assert first_eos == pytest.approx(expected, rel=1e-4)
+
+
+def test_an_answer_that_starts_with_eos_is_empty_and_counted(tiny, dataset):
+    model, tok = tiny
+    base = evaluate(model, tok, dataset, "rouge", max_new_tokens=4, batch_size=4)
+    assert base["empty_answers"] == 0.0 and base["first_eos_prob"] < 0.05
+
+    def eos_first(module, inputs, logits):  # every position prefers EOS; only the first answer token matters
+        logits[..., tok.eos_token_id] += 30.0
+        return logits
+
+    handle = model.lm_head.register_forward_hook(eos_first)
+    try:
+        generations = []
+        out = evaluate(model, tok, dataset, "rouge", max_new_tokens=4, batch_size=4, generations=generations)
+    finally:
+        handle.remove()
+    assert out["empty_answers"] == 1.0 and out["first_eos_prob"] > 0.99
+    assert all(g["prediction"] == "" and g["first_eos_prob"] > 0.99 for g in generations)
+
 # --- eval_loss -------------------------------------------------------------------------------------
 
 def test_eval_loss_matches_hand_cross_entropy(tiny, dataset):
@@ -143,7 +175,7 @@ def test_evaluate_keys_by_metric(tiny, dataset):
     generations = []
     out = evaluate(model, tok, dataset, "rouge", max_new_tokens=8, batch_size=4, progress=True,
                    generations=generations)
-    assert set(out) == {"eval_loss", "rouge_l"}
+    assert set(out) == {"eval_loss", "rouge_l", "empty_answers", "first_eos_prob"}
     preds = generate_greedy(model, tok, [dataset.prompt_ids(i) for i in range(len(dataset))], max_new_tokens=8)
     refs = [r["response"] for r in dataset.records]
     assert out["rouge_l"] == pytest.approx(rouge_l(preds, refs))

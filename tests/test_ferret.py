@@ -17,7 +17,7 @@ from conftest import tiny_flags, train  # noqa: E402
 from methods.ferret import check_upload, ferret_blocks, project_update, seeds_per_block  # noqa: E402
 from optimizers.perturbation import Perturbation  # noqa: E402
 from optimizers.seed_pool import make_seed_pool  # noqa: E402
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 from streams import stream  # noqa: E402
 
 

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 pytest.importorskip("ray")
 
 from conftest import run_flower_with_faults, train  # noqa: E402
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 from test_ferret import flags  # noqa: E402
 
 MEASURED = ("seconds", "client_seconds", "peak_memory_bytes")

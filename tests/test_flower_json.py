@@ -22,7 +22,7 @@ from errors import FedKSeedError  # noqa: E402
 from flower_app import wire  # noqa: E402
 from flower_app.discovery import discover  # noqa: E402
 from flower_app.run_file import read_run_file, write_run_file  # noqa: E402
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 
 # node 0 holds clinics a and b, node 1 clinics c and d; every clinic's records live in one file
 SITES = {0: ["clinic-a", "clinic-b"], 1: ["clinic-c", "clinic-d"]}

@@ -18,7 +18,7 @@ pytest.importorskip("ray")
 
 import config  # noqa: E402
 from conftest import run_flower_with_faults, tiny_flags, train  # noqa: E402
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 
 ADAPTER_BYTES = 2 * ((8 * 32 + 32 * 8) + (8 * 32 + 16 * 8)) * 4  # tiny model, r 8 on q_proj and v_proj, float32
 

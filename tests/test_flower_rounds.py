@@ -29,7 +29,7 @@ from errors import FedKSeedError  # noqa: E402
 from flower_app import collect, node, wire
 from flower_app.run_file import write_run_file  # noqa: E402
 from flower_app.server_app import serve as serve_flower  # noqa: E402
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 
 
 class FakeGrid:

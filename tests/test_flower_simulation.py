@@ -17,7 +17,7 @@ pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
 from conftest import ROOT, run_flower_with_faults, tiny_flags, train  # noqa: E402
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 
 K, STEPS = 1024, 200
 

@@ -19,7 +19,7 @@ from client import Client
 from conftest import dolly_records, main_py, run_and_kill, tiny_flags
 from evaluations import eval_loss
 from methods.first_order import FirstOrder, fedavg, read_tensors
-from run_files import MEASURED, read_metrics
+from run_records import MEASURED, read_metrics
 from utils_data.llm_dataset import LLMDataset
 
 

@@ -14,7 +14,7 @@ from client import Client, LocalTraining, client_rng
 from conftest import dolly_records, tiny_flags, write_tiny_model
 from evaluations import evaluate
 from run_evaluation import eval_subset
-from run_files import read_metrics
+from run_records import read_metrics
 from server import clients_per_round
 from streams import STREAMS, stream
 from utils_data.default_tokens import IGNORE_INDEX, build_prompt, prompt_format

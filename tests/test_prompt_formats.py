@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, tiny_flags, train
 from errors import FedKSeedError
-from run_files import MEASURED
+from run_records import MEASURED
 from utils_data.default_tokens import IGNORE_INDEX, build_prompt, prompt_format
 from utils_data.federate import FederatedData
 from utils_data.llm_dataset import LLMDataset

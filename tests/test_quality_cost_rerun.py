@@ -13,7 +13,7 @@ import pytest
 
 import main
 from conftest import ROOT, SHARED_DATA, kept_logging
-from run_files import read_metrics
+from run_records import read_metrics
 
 RECORDED = ROOT / "docs" / "quality_cost_results.json"
 FACTOR, FLOOR = 3.0, 1e-3  # as tests/test_study_small.py: 3x the rerun difference, never below an ulp's worth

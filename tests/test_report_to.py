@@ -14,7 +14,7 @@ import main
 import run_report
 from checkpoint import CHECKPOINT_FILE
 from conftest import dolly_records, tiny_flags, train
-from run_files import MetricsFile, read_metrics
+from run_records import MetricsFile, read_metrics
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

@@ -12,7 +12,7 @@ import main  # noqa: E402
 from conftest import tiny_flags  # noqa: E402
 from evaluations import rouge_l  # noqa: E402
 from run_evaluation import eval_subset  # noqa: E402
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 
 
 def test_the_validation_draw_is_disjoint_from_the_evaluation_draw_and_leaves_it_unchanged():

@@ -18,8 +18,8 @@ import run_lock
 from checkpoint import CHECKPOINT_FILE
 from conftest import ENV, ROOT, dolly_records, run_and_kill, tiny_flags
 from errors import FedKSeedError
-from run_files import read_metrics
 from run_lock import LOCK_FILE, acquire_run_lock, holder, read_lock, start_ticks
+from run_records import read_metrics
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 from studies.quality_cost.plots import loss_curves  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -164,6 +163,8 @@ def table(numbers: dict[str, list[dict]]) -> list[str]:
 def paired_to(numbers: dict[str, list[dict]], reference: str = "fedkseed") -> tuple[list[str], dict]:
     """Each method minus the reference on the seeds both ran (same clients, sampling and records): final eval loss
     and Rouge-L, mean ± std over seeds, and the two-sided paired t-test's p (none from one seed)."""
+    from scipy.stats import ttest_1samp  # here, not above: `choose`, which run.sh calls often, stays fast
+
     if reference not in numbers:
         return [f"(no {METHODS[reference]} runs yet: nothing to pair with)"], {}
     ref = {n["seed"]: n for n in numbers[reference]}
@@ -178,7 +179,7 @@ def paired_to(numbers: dict[str, list[dict]], reference: str = "fedkseed") -> tu
         for key in ("loss", "rouge_l"):
             differences = [n[key] - r[key] for n, r in pairs]
             # the paired t-test is the one-sample test of the differences; none from one seed or without spread
-            p = float(stats.ttest_1samp(differences, 0.0).pvalue) if len(pairs) > 1 else float("nan")
+            p = float(ttest_1samp(differences, 0.0).pvalue) if len(pairs) > 1 else float("nan")
             p = None if np.isnan(p) else p
             cells += [pm(differences), "–" if p is None else f"{p:.3f}"]
             found[method][key] = {"differences": differences, "p": p}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file
-from run_files import read_metrics  # noqa: E402
+from run_records import read_metrics  # noqa: E402
 
 DATASETS = {"dolly": "Dolly-15K sample, summarization held out", "instruct": "Natural Instructions, test tasks"}
 
