@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,7 +167,7 @@ def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
     lrs last;
     nothing runs (a real run would fail: QC_DATA points nowhere)."""
     grids = {"fedkseed": ["3e-6", "1e-5"], "fedkseed_pro": ["3e-6"], "fedkseed_lora": ["3e-4"], "fedit": ["1e-4"],
-             "fedavg": ["3e-6"]}
+             "fedavg": ["3e-6"], "ferret": ["1e-4"]}
     for method, lrs in grids.items():
         for i, lr in enumerate(lrs):  # FedKSeed's 1e-5 has the lower validation loss
             run = tmp_path / "study" / "dolly" / f"{method}-lr{lr}-s0"
@@ -183,7 +184,10 @@ def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
     assert lines.index("dolly/fedavg-lr1e-5-s0") < lines.index("rerun-1thread")
     seeds = [line for line in lines if "/fedit-lr1e-4-" in line]  # the chosen lr, seed by seed, NI first
     assert seeds == ["instruct/fedit-lr1e-4-s0", "instruct/fedit-lr1e-4-s1", "dolly/fedit-lr1e-4-s1",
-                     "instruct/fedit-lr1e-4-s2", "dolly/fedit-lr1e-4-s2"]
+                     "instruct/fedit-lr1e-4-s2", "dolly/fedit-lr1e-4-s2",
+                     "long/dolly/fedit-lr1e-4-s0", "long/instruct/fedit-lr1e-4-s0"]  # the longer horizon after them
+    assert "long/dolly/fedkseed-lr1e-5-s0 fedkseed 1e-5 0 --eval_base --val_examples 0" in out  # stands alone
+    assert not any(line.startswith("long/") and "fedkseed_" in line for line in lines)  # FedKSeed, FedIT, Ferret
     assert not {"dolly/fedkseed_pro-lr3e-5-s0", "dolly/fedkseed_lora-lr3e-3-s0", "dolly/fedit-lr1e-3-s0",
                 "dolly/fedavg-lr3e-5-s0"} & set(lines)  # their highest lrs did not win
     assert lines.index("dolly/fedkseed-lr1e-6-s0") > max(
@@ -195,7 +199,7 @@ def test_the_lowest_lrs_run_only_where_the_sweep_has_fewer_than_3_lrs_or_the_low
     """PART=sweep_low: FedKSeed climbed (3e-6, 1e-5, 3e-5; 1e-5 won), so its 1e-6 is left out; Pro has 3 lrs and the
     lowest won, so its 1e-6 runs; FedKSeed + LoRA has 2 lrs, so its 1e-4 runs."""
     sweeps = {"fedkseed": ["3e-6", "1e-5", "3e-5"], "fedkseed_pro": ["3e-6", "1e-5", "3e-5"],
-              "fedkseed_lora": ["3e-4", "1e-3"], "fedit": ["1e-4"], "fedavg": ["3e-6"]}
+              "fedkseed_lora": ["3e-4", "1e-3"], "fedit": ["1e-4"], "fedavg": ["3e-6"], "ferret": ["1e-4"]}
     for method, lrs in sweeps.items():
         for lr in lrs:
             val = {"1e-5": 1.8}.get(lr, 2.0) if method == "fedkseed" else {"3e-6": 1.8}.get(lr, 2.0)
@@ -204,14 +208,15 @@ def test_the_lowest_lrs_run_only_where_the_sweep_has_fewer_than_3_lrs_or_the_low
     done = run_study(tmp_path / "study", env)
     assert done.returncode == 0, done.stderr
     listed = {Path(line.split()[0]).name for line in done.stdout.splitlines() if line.strip()}
-    assert listed == {"fedkseed_pro-lr1e-6-s0", "fedkseed_lora-lr1e-4-s0", "fedit-lr3e-5-s0", "fedavg-lr1e-6-s0"}
+    assert listed == {"fedkseed_pro-lr1e-6-s0", "fedkseed_lora-lr1e-4-s0", "fedit-lr3e-5-s0", "fedavg-lr1e-6-s0",
+                      "ferret-lr3e-5-s0"}
 
 
 def settled_sweep(study: Path, top_wins: tuple[str, ...] = ()) -> None:
     """Each method's seed-0 Dolly runs at its grid's middle and highest lrs; the middle one has the lower validation
     loss (the sweep is settled) except for the methods in top_wins, whose climb is still to run."""
     grids = {"fedkseed": ("3e-6", "1e-5"), "fedkseed_pro": ("3e-6", "1e-5"), "fedkseed_lora": ("3e-4", "1e-3"),
-             "fedit": ("1e-4", "3e-4"), "fedavg": ("3e-6", "1e-5")}
+             "fedit": ("1e-4", "3e-4"), "fedavg": ("3e-6", "1e-5"), "ferret": ("1e-4", "3e-4")}
     for method, (middle, top) in grids.items():
         val = 1.9 if method in top_wins else 2.1
         write_run(study / "dolly" / f"{method}-lr{middle}-s0", [2.0, 1.9], [2.1, 2.0], 400, 100, 20)
@@ -238,6 +243,25 @@ def test_a_method_whose_sweep_has_an_lr_to_run_waits_for_it(tmp_path):
     sweep = run_study(tmp_path / "study", {**env, "PART": "sweep"})
     assert {Path(line.split()[0]).name for line in sweep.stdout.splitlines() if line.strip()} == {
         "fedavg-lr3e-5-s0", "fedkseed_pro-lr1e-4-s0"}  # what they wait for
+
+
+def test_a_method_without_a_finished_sweep_run_waits_and_the_others_go_on(tmp_path):
+    """A method added to a study whose other methods have run (Ferret): it has no lr to choose yet, so its seeds
+    and its long runs wait, the other methods' runs are listed, and PART=sweep lists its sweep."""
+    settled_sweep(tmp_path / "study")
+    for run in (tmp_path / "study" / "dolly").glob("ferret-*"):
+        shutil.rmtree(run)
+    env = {**os.environ, "DRY": "1", "PART": "long", "QC_DATA": str(tmp_path / "nowhere")}
+    done = run_study(tmp_path / "study", env)
+    assert done.returncode == 0, done.stderr
+    assert f"waits for its lr sweep: {tmp_path / 'study'}/long/instruct/ferret-s0" in done.stdout
+    listed = {line.split()[0].removeprefix(f"{tmp_path / 'study'}/") for line in done.stdout.splitlines()
+              if line.startswith(str(tmp_path))}
+    assert listed == {"long/dolly/fedkseed-lr3e-6-s0", "long/dolly/fedit-lr1e-4-s0",
+                      "long/instruct/fedkseed-lr3e-6-s0", "long/instruct/fedit-lr1e-4-s0"}
+    sweep = run_study(tmp_path / "study", {**env, "PART": "sweep"})
+    assert {Path(line.split()[0]).name for line in sweep.stdout.splitlines() if line.strip()} == {
+        "ferret-lr1e-4-s0", "ferret-lr3e-4-s0"}
 
 
 @pytest.mark.parametrize("deadline, fedavg_runs", [("now + 1 hour", False), ("now + 2 hours", True)])
@@ -286,8 +310,8 @@ echo "end $out" >> {log}
         on += 1 if event.startswith("start") else -1
         most = max(most, on)
     assert most == 2
-    assert sorted(e.split()[2] for e in events if e.startswith("start")) == ["1"] * 10
-    assert len(list((tmp_path / "study" / "dolly").glob("*-s[12]/summary.json"))) == 10
+    assert sorted(e.split()[2] for e in events if e.startswith("start")) == ["1"] * 12  # 6 methods x seeds 1-2
+    assert len(list((tmp_path / "study" / "dolly").glob("*-s[12]/summary.json"))) == 12
 
 
 def test_the_committed_runs_give_the_committed_numbers(tmp_path):

@@ -15,8 +15,12 @@ DOLLY=(--dataset dolly --data_path "$DATA/databricks-dolly-15k.jsonl" --iid dir0
 # usable tasks (~600 keep a record within 256 tokens).
 NI=(--dataset instruct --data_path "$DATA" -m 0.0075)
 # FedAvg first: its checkpoint (the whole model, 538 MB) is not committed, so a driver with a DEADLINE starts it
-# while it can still finish
-METHODS=(fedavg fedkseed fedkseed_pro fedkseed_lora fedit)
+# while it can still finish. Ferret last: it joined the study after the others had run.
+METHODS=(fedavg fedkseed fedkseed_pro fedkseed_lora fedit ferret)
+# The longer horizon: seed 0 of both datasets to 5x the steps (50 rounds, 10,000 local steps), Rouge-L every 10
+# rounds, each run evaluating its own base model
+LONG_METHODS=(fedkseed fedit ferret)
+LONG=(--rounds 50 --rouge_every 10)
 
 method_flags() {  # method_flags METHOD: the flags that make the method (K and eps as the paper's Dolly scripts)
   case $1 in
@@ -25,6 +29,7 @@ method_flags() {  # method_flags METHOD: the flags that make the method (K and e
     fedkseed_lora) echo --method fedkseed -K 1024 --zo_eps 1e-3 --peft lora ;;
     fedit) echo --method fedit ;;
     fedavg) echo --method fedavg ;;
+    ferret) echo --method ferret -K 200 ;;  # the reference script's K; --server_lr and --server_clip at their defaults
   esac
 }
 
@@ -39,6 +44,7 @@ lr_grid() {  # lr_grid METHOD: the 3 learning rates swept (seed 0, Dolly, chosen
     fedkseed_lora) echo 1e-4 3e-4 1e-3 ;;
     fedit) echo 3e-5 1e-4 3e-4 ;;
     fedavg) echo 1e-6 3e-6 1e-5 ;;
+    ferret) echo 3e-5 1e-4 3e-4 ;;  # centred on the reference script's --lr 1e-4 (plain SGD)
   esac
 }
 

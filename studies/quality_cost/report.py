@@ -27,7 +27,7 @@ from studies.quality_cost.plots import loss_curves  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 METHODS = {"fedkseed": "FedKSeed", "fedkseed_pro": "FedKSeed-Pro", "fedkseed_lora": "FedKSeed + LoRA",
-           "fedit": "FedIT (LoRA, AdamW)", "fedavg": "FedAvg (full, AdamW)"}
+           "fedit": "FedIT (LoRA, AdamW)", "fedavg": "FedAvg (full, AdamW)", "ferret": "Ferret (full, SGD)"}
 DATASETS = {"dolly": "Dolly-15K (summarization held out)", "instruct": "Natural Instructions (test tasks)"}
 RUN_NAME = re.compile(r"(?P<method>[a-z_]+)-lr(?P<lr>[0-9.e+-]+)-s(?P<seed>\d+)$")
 

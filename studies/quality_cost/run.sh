@@ -11,11 +11,13 @@
 #      tests/test_quality_cost_rerun.py).
 #   4. At the chosen lrs, seed by seed: Natural Instructions seed 0, then Natural Instructions and Dolly seed 1,
 #      then both at seed 2 (no barrier between them: a free slot takes the next run).
-#   5. Dolly seed 0 at the lowest lr of each grid: every one of them ended behind its method's middle lr in the
+#   5. The longer horizon (common.sh LONG): FedKSeed, FedIT and Ferret at their chosen lrs, seed 0 of both datasets,
+#      50 rounds (10,000 local steps), under long/<dataset>/.
+#   6. Dolly seed 0 at the lowest lr of each grid: every one of them ended behind its method's middle lr in the
 #      runs docs/quality_cost_plan.md records, so it completes the sweep's table last; skipped where
 #      3 lrs have run and the chosen one is not the lowest of them (the climb made the 3: the lowest adds nothing).
-#   6. The report: tables, curves and cost to target (studies/quality_cost/report.py).
-# PART=sweep|rerun|dolly|instruct|sweep_low|report runs one part only (each needs the sweep); DRY=1 lists the runs;
+#   7. The report: tables, curves and cost to target (studies/quality_cost/report.py).
+# PART=sweep|rerun|dolly|instruct|long|sweep_low|report runs one part only (each needs the sweep); DRY=1 lists the runs;
 # JOBS=N runs up to N runs of a part at once, each in one torch thread (bench/parallel_runs.py measures the gain).
 # Two parts side by side (PART=sweep beside PART=instruct) need OMP_NUM_THREADS=1 each: two 2-thread runs on 2 cores
 # spent half their CPU time in the kernel (top: 50% sy) and finished no round in 20 minutes. Two drivers starting the
@@ -46,6 +48,7 @@ run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended
   if ! fits_before_deadline "$method"; then echo "deferred past DEADLINE: $dir"; return 0; fi
   if [ "$(base_run "$(dirname "$dir")" "$seed")" = "$(basename "$dir")" ]; then base=--eval_base; fi
   if [ "$(basename "$(dirname "$dir")")" != dolly ] || [ "$seed" != 0 ]; then val=(--val_examples 0); fi
+  if [[ $dir == "$OUT/long/"* ]]; then base=--eval_base val=(--val_examples 0); fi  # a long run stands alone
   if [ -n "${DRY:-}" ]; then echo "$dir $method $lr $seed $base ${val[*]}"; return 0; fi
   start=$(date +%s)
   # shellcheck disable=SC2046
@@ -120,10 +123,11 @@ fi
 declare -A LR WAITS  # each method's chosen lr (studies/quality_cost/report.py choose), once the sweep has run. A
 # method whose sweep still has an lr to run (a deferred FedAvg run; PART=instruct beside PART=sweep) waits for it,
 # except in a DRY listing of the sweep too, which lists the rest at the lrs chosen so far.
-if part rerun || part dolly || part instruct; then
+if part rerun || part dolly || part instruct || part long; then
   for method in "${METHODS[@]}"; do
-    LR[$method]=$(python studies/quality_cost/report.py choose "$OUT" --method "$method")
-    if [ -z "${DRY:-}" ] || ! part sweep; then WAITS[$method]=$(pending "$method"); fi
+    # a method with no finished sweep run yet has no lr: it waits (choose's error says why)
+    LR[$method]=$(python studies/quality_cost/report.py choose "$OUT" --method "$method" 2>/dev/null) || true
+    if [ -z "${DRY:-}" ] || ! part sweep || [ -z "${LR[$method]}" ]; then WAITS[$method]=$(pending "$method"); fi
   done
 fi
 if part rerun; then
@@ -145,8 +149,18 @@ for seed in 0 1 2; do  # seed by seed, Natural Instructions first: each seed com
   done
 done
 drain
+if part long; then
+  for dataset in dolly instruct; do
+    case $dataset in dolly) flags=("${DOLLY[@]}") ;; instruct) flags=("${NI[@]}") ;; esac
+    for method in "${LONG_METHODS[@]}"; do
+      if [ -n "${WAITS[$method]:-}" ]; then echo "waits for its lr sweep: $OUT/long/$dataset/$method-s0"; continue; fi
+      lr=${LR[$method]}; launch run "$OUT/long/$dataset/$method-lr$lr-s0" "$method" "$lr" 0 "${flags[@]}" "${LONG[@]}"
+    done
+  done
+  drain
+fi
 if part sweep_low; then for method in "${METHODS[@]}"; do launch low "$method"; done; drain; fi
-if part report; then
+if part report && [ -z "${DRY:-}" ]; then  # DRY lists runs, writes nothing
   # DOCS=docs writes the recorded numbers and the plots where docs/results.md and the tests read them
   python studies/quality_cost/report.py report "$OUT" --json "${DOCS:-$OUT}/quality_cost_results.json" \
     --plots "${DOCS:-$OUT}" | tee "$OUT/report.md"
