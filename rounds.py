@@ -58,6 +58,9 @@ def cost_metrics(reports: list[LocalReport]) -> dict:
         "bytes_down_per_client": float(np.mean([r.bytes_down for r in reports])),
         "bytes_up_per_client": float(np.mean([r.bytes_up for r in reports])),
         "forward_equivalents_per_client": float(np.mean([r.forward_equivalents for r in reports])),
+        **({"overhead_forward_equivalents_per_client": round(float(np.mean(
+            [r.overhead_forward_equivalents for r in reports])), 3)}
+           if any(r.overhead_forward_equivalents for r in reports) else {}),
         "client_seconds": round(float(np.mean([r.seconds for r in reports])), 3),
         "peak_memory_bytes": int(max((r.peak_bytes for r in reports), default=0)),
     }

@@ -31,6 +31,9 @@ class LocalReport:
     seconds: float = 0.0
     peak_bytes: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    # work that is neither a forward nor a backward pass (Ferret's catch-up and projection), counted as the forwards
+    # the same client's own passes took in the same time: a measurement, like seconds
+    overhead_forward_equivalents: float = 0.0
 
 
 class Method(ABC):

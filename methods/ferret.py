@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import time
 from pathlib import Path
 
 import numpy as np
@@ -145,21 +146,27 @@ class FerretClient(ArrayClient):
 
     def local_work(self, client: Client, round_idx: int, received: dict[str, np.ndarray], progress=None) -> LocalReport:
         args = self.args
-        self.catch_up(received, round_idx)
         with LocalCost(args.device) as cost:
+            start = time.perf_counter()
+            self.catch_up(received, round_idx)
             work = self.work_copy()
+            trained = time.perf_counter()
             losses, skipped = client_steps(args, client, round_idx, work, progress, optimizer="sgd")
+            passes = time.perf_counter() - trained
             with torch.no_grad():
                 deltas = [p.detach() - q.detach() for (_, p), q in zip(self.held.pert.params, work.parameters(),
                                                                        strict=True)]
             seeds, blocks, gammas = project_update(self.held.pert, self.held.blocks, deltas, self.held.seed_pool,
                                                    stream(args.seed, "ferret", round_idx, client.client_id))
+            overhead = time.perf_counter() - start - passes
         upload = {"seeds": seeds.astype(np.int32), "blocks": blocks.astype(np.int32),
                   "gammas": gammas.astype(np.float32), "synced": np.array([self.held.round], dtype=np.int64)}
         return LocalReport(client_id=client.client_id, upload=upload, bytes_down=tensors_bytes(received),
                            bytes_up=tensors_bytes(upload), forward_equivalents=FO_STEP_FORWARDS * len(losses),
                            train_loss=float(np.mean(losses)) if losses else float("nan"), seconds=cost.seconds,
-                           peak_bytes=cost.peak_bytes, skipped=skipped)
+                           peak_bytes=cost.peak_bytes, skipped=skipped,
+                           overhead_forward_equivalents=overhead * FO_STEP_FORWARDS * len(losses) / passes
+                           if losses else 0.0)
 
     def work_copy(self) -> torch.nn.Module:
         """The copy the client trains, set to the global model (a plain tensor copy)."""

@@ -19,7 +19,6 @@ os.environ.setdefault("FEDKSEED_COMPILE", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).resolve().parent / "golden" / "runs.json"
-MEASURED = ("seconds", "client_seconds", "peak_memory_bytes")
 
 # every run: 4 clients, 2 a round, 3 rounds of 6 steps, K = 64, eval loss every round and Rouge-L in round 3
 COMMON = {"K": 64, "local_step": 6, "eval_every": 1, "eval_metric": None, "max_new_tokens": 6, "lr": None}
@@ -55,7 +54,7 @@ def reduce(result: dict, out: Path) -> dict:
     """What a run produced, without its timings: metrics rows, summary, digests of c and the final weights."""
     import numpy as np
 
-    from run_records import read_metrics
+    from run_records import MEASURED, read_metrics
 
     rows = [{k: v for k, v in row.items() if k not in MEASURED} for row in read_metrics(out / "metrics.jsonl")]
     summary = json.loads((out / "summary.json").read_text())

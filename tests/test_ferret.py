@@ -17,7 +17,7 @@ from conftest import tiny_flags, train  # noqa: E402
 from methods.ferret import check_upload, ferret_blocks, project_update, seeds_per_block  # noqa: E402
 from optimizers.perturbation import Perturbation  # noqa: E402
 from optimizers.seed_pool import make_seed_pool  # noqa: E402
-from run_records import read_metrics  # noqa: E402
+from run_records import MEASURED, read_metrics  # noqa: E402
 from streams import stream  # noqa: E402
 
 
@@ -129,6 +129,9 @@ def test_ferret_learns_and_a_replaying_client_holds_the_servers_model_bit_for_bi
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"] - 0.5  # base 4.56 on the tiny model
     assert all(r["bytes_up_per_client"] > 8 for r in rows[1:])
+    # the passes (6 first-order steps) counted exactly; catch-up and projection measured against them
+    assert all(r["forward_equivalents_per_client"] == 18 and r["overhead_forward_equivalents_per_client"] > 0
+               for r in rows[1:])
     method = result["method"]
     assert np.count_nonzero(method.c) > 100
     from checkpoint import load_checkpoint
@@ -150,8 +153,7 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, data_file, t
     train(flags(tiny_model_dir, data_file, tmp_path / "cut", "--rounds", "1"))
     again = train(["--resume", str(tmp_path / "cut"), "--rounds", "3"])
     assert np.array_equal(whole["method"].c, again["method"].c)
-    drop = ("seconds", "client_seconds", "peak_memory_bytes")
-    rows = [[{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / d / "metrics.jsonl")]
+    rows = [[{k: v for k, v in r.items() if k not in MEASURED} for r in read_metrics(tmp_path / d / "metrics.jsonl")]
             for d in ("whole", "cut")]
     assert rows[0] == rows[1]
 

@@ -13,10 +13,9 @@ import torch  # noqa: E402
 pytest.importorskip("ray")
 
 from conftest import run_flower_with_faults, train  # noqa: E402
-from run_records import read_metrics  # noqa: E402
+from run_records import MEASURED, read_metrics  # noqa: E402
 from test_ferret import flags  # noqa: E402
 
-MEASURED = ("seconds", "client_seconds", "peak_memory_bytes")
 NPY_HEADER = 128  # Flower serializes an array as .npy: 128 bytes of header before a small array's data
 
 

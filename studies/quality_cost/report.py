@@ -7,8 +7,8 @@ OUT defaults to the committed runs, studies/quality_cost/results.
 
 Runs are OUT/<dataset>/<method>-lr<lr>-s<seed>. The base model is evaluated once per dataset and seed, at round 0
 of one of its runs (the evaluation records are the same for every method of a seed). Costs are per run: bytes up +
-down summed over the round's clients, client forward-equivalents (a zeroth-order step 2, a first-order step 3)
-summed likewise.
+down summed over the round's clients, client forward-equivalents (a zeroth-order step 2, a first-order step 3,
+plus Ferret's measured catch-up and projection) summed likewise.
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def trajectory(run: Path) -> dict[str, np.ndarray]:
         if r["round"] > 0:
             n = len(r["clients"])
             bytes_ += n * (r["bytes_up_per_client"] + r["bytes_down_per_client"])
-            fe += n * r["forward_equivalents_per_client"]
+            fe += n * (r["forward_equivalents_per_client"] + r.get("overhead_forward_equivalents_per_client", 0.0))
         if "eval_loss" in r:
             points.append((r["round"], r["eval_loss"], bytes_, fe))
     return dict(zip(("round", "loss", "bytes", "fe"), (np.array(c) for c in zip(*points, strict=True)), strict=True))
