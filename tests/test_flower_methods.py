@@ -89,6 +89,7 @@ def test_hostile_tensor_uploads_are_rejected_and_the_round_goes_on(tiny_model_di
     assert all(np.isfinite(t).all() for t in result["method"].global_tensors.values())
 
 
+@pytest.mark.slow  # a long end-to-end check: the default suite keeps FedIT's in Flower
 def test_fedkseed_on_lora_in_flower_gives_the_inprocess_c(tiny_model_dir, data_file, tmp_path):
     extra = ["--peft", "lora", "-K", "64", "--local_step", "20", "--lr", "1e-3", "--lora_dropout", "0", "--save"]
     a = train(flags(tiny_model_dir, data_file, tmp_path / "a", *extra))
@@ -99,6 +100,7 @@ def test_fedkseed_on_lora_in_flower_gives_the_inprocess_c(tiny_model_dir, data_f
     assert [r["eval_loss"] for r in rows_a] == [r["eval_loss"] for r in rows_b]
 
 
+@pytest.mark.slow  # a long end-to-end check: the default suite keeps FedIT's in Flower
 def test_fedit_in_flower_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run(fedit_runs, tiny_model_dir, data_file,
                                                                                  tmp_path):
     _, (b, b_dir) = fedit_runs
@@ -114,6 +116,7 @@ def test_fedit_in_flower_resumed_from_a_checkpoint_ends_as_the_uninterrupted_run
         [(r["round"], r.get("train_loss"), r["eval_loss"]) for r in rows_r]
 
 
+@pytest.mark.slow  # a long end-to-end check: the default suite keeps FedIT's in Flower
 def test_fedavg_in_flower_is_bit_identical_to_the_inprocess_run(tiny_model_dir, data_file, tmp_path):
     extra = ["--rounds", "2", "--lr", "1e-3"]
     a = train(fedavg_flags(tiny_model_dir, data_file, tmp_path / "a", *extra))

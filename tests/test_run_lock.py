@@ -97,14 +97,14 @@ def test_two_fresh_runs_into_one_directory_one_runs_the_other_stops(tiny_model_d
 
 def test_a_killed_runs_lock_is_taken_over_by_resume(tiny_model_dir, data, tmp_path):
     out = tmp_path / "run"
-    run_and_kill(flags(tiny_model_dir, data, out, rounds=200), out, at_round=2)
+    killed_at = run_and_kill(flags(tiny_model_dir, data, out, rounds=200), out, at_round=2)
     stale = read_lock(out / LOCK_FILE)
     assert stale is not None and stale["argv"][0] == "main.py" and holder(out) is None
-    resumed = main_py("--resume", str(out))
+    resumed = main_py("--resume", str(out), "--rounds", str(killed_at + 2))  # 200 rounds kept it alive to be killed
     _, stderr = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, stderr
     assert f"run directory {out}: taking over a stale lock of pid {stale['pid']} on {stale['host']}" in stderr
-    assert rounds_of(out) == list(range(201))
+    assert rounds_of(out) == list(range(killed_at + 3))
     assert not (out / LOCK_FILE).exists()
 
 
