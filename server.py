@@ -156,12 +156,11 @@ class Server:
         self.rng = stream(config.seed, "server")
         self.seed_pool = make_seed_pool(config.k, self.rng)
         self.seeded = SeededModel(model, self.seed_pool, config.local.lr, kind=config.perturbation, compile=compile)
+        # the global c, apart from the model's own: in-process clients may train on the server's model (--client_sync
+        # replay), moving it and its c away from the global state until apply_round brings it back
+        self.c = np.zeros(config.k, dtype=np.float64)
         self.history = (GradientHistory(config.k, config.grad_initial, config.bias_loss_clip)
                         if config.bias_sampling else None)
-
-    @property
-    def c(self) -> np.ndarray:
-        return self.seeded.c
 
     def select_clients(self) -> list[int]:
         """The round's clients (sample_clients on the server's RNG)."""
@@ -181,7 +180,8 @@ class Server:
         if self.history is not None:
             for update in updates:
                 self.history.add(update.seed_indices, update.grads)
-        self.seeded.move_to(self.c + delta)
+        self.c = self.c + delta
+        self.seeded.move_to(self.c)
         return delta
 
     def max_pairs(self, num_samples: int) -> int:
@@ -208,3 +208,4 @@ class Server:
     def replay_rounds(self, deltas: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Re-apply past rounds' Delta c in order: bitwise the model apply_round built."""
         self.seeded.replay_rounds(deltas)
+        self.c = self.seeded.c.copy()

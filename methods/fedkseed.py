@@ -104,7 +104,13 @@ class FedKSeed(Method):
 
     @property
     def work(self) -> SeededModel:
-        """The model copy in-process clients train on (a server whose clients are remote never makes it)."""
+        """The model in-process clients train on. With --client_sync replay it is the server's own: each client
+        catches it up by replaying Delta c, as a remote client does its one copy, so the run holds one model
+        (exact in the closed form, not bit for bit). With copy, a second copy that every client resets to the
+        server's weights (bit-identical to a remote node's exact catch-up); a server whose clients are remote
+        never makes it."""
+        if self.args.client_sync == "replay":
+            return self.server.seeded
         if self._work is None:
             seeded = self.server.seeded
             self._work = SeededModel(copy.deepcopy(seeded.model), self.server.seed_pool, self.args.lr,

@@ -20,7 +20,7 @@ All three give the same z (integer stream bit for bit, floats within a few ulps)
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,7 +160,7 @@ class Perturbation:
         return out
 
     @torch.no_grad()
-    def materialise_(self, theta0: dict[str, torch.Tensor], seeds: Sequence[int], coefs: Sequence[float]) -> None:
+    def materialise_(self, theta0: Mapping[str, torch.Tensor], seeds: Sequence[int], coefs: Sequence[float]) -> None:
         """theta = theta0 + sum_j coefs[j] * z(seeds[j]), summed per element in float32 and rounded once to each
         parameter's dtype. A half-precision model then holds the closed form to within an ulp, where adding each
         round's change to its weights would round small changes away. theta0 maps parameter names to their base

@@ -1,8 +1,13 @@
 """The seed pool and the model it describes: theta = theta0 - lr * sum_j c_j * z(seed_j)."""
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from optimizers.perturbation import Perturbation
 
@@ -17,13 +22,53 @@ def make_seed_pool(k: int, rng: np.random.Generator) -> np.ndarray:
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def half_precision_theta0(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
-    """A host-memory copy of the trainable weights when any is half precision (what materialisation rebuilds
-    from), else None: float32 weights take each change incrementally without losing it."""
+class FileTheta0(Mapping):
+    """theta0 read from the model's safetensors file(s) one tensor at a time (memory-mapped), cast to the dtype the
+    model holds it in, as loading cast it: a rebuild then needs no second copy of the weights in memory."""
+
+    def __init__(self, files: dict[str, Path], dtypes: dict[str, torch.dtype]):
+        self.files, self.dtypes = files, dtypes  # parameter name -> its file, and the dtype the model holds
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        with safe_open(self.files[name], framework="pt") as f:
+            return f.get_tensor(name).to(self.dtypes[name])
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def theta0_on_disk(model: torch.nn.Module, params: list[tuple[str, torch.Tensor]]) -> FileTheta0 | None:
+    """The trainable weights as the model's folder stores them, when it has safetensors holding every one of them
+    with exactly the values the model holds (checked tensor by tensor); else None."""
+    folder = Path(getattr(getattr(model, "config", None), "_name_or_path", "") or ".")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        files = {k: folder / v for k, v in json.loads(index.read_text())["weight_map"].items()}
+    elif (folder / "model.safetensors").is_file():
+        with safe_open(folder / "model.safetensors", framework="pt") as f:
+            files = {k: folder / "model.safetensors" for k in f.keys()}
+    else:
+        return None
+    if any(n not in files for n, _ in params):
+        return None  # e.g. LoRA adapters, or weights converted on loading (GGUF)
+    theta0 = FileTheta0({n: files[n] for n, _ in params}, {n: p.dtype for n, p in params})
+    if not all(torch.equal(theta0[n], p.detach().cpu()) for n, p in params):
+        return None
+    return theta0
+
+
+def half_precision_theta0(model: torch.nn.Module) -> Mapping[str, torch.Tensor] | None:
+    """theta0 of the trainable weights when any is half precision (what materialisation rebuilds from), else None:
+    float32 weights take each change incrementally without losing it. Read from the model's safetensors where they
+    hold it exactly, else a host-memory copy."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not any(p.dtype in HALF_DTYPES for _, p in params):
         return None
-    return {n: p.detach().to("cpu", copy=True) for n, p in params}
+    on_disk = theta0_on_disk(model, params)
+    return on_disk if on_disk is not None else {n: p.detach().to("cpu", copy=True) for n, p in params}
 
 
 class SeededModel:
@@ -37,7 +82,7 @@ class SeededModel:
 
     def __init__(self, model: torch.nn.Module, seed_pool: np.ndarray, lr: float,
                  kind: str = "gaussian", compile: bool | None = None,
-                 theta0: dict[str, torch.Tensor] | None = None):
+                 theta0: Mapping[str, torch.Tensor] | None = None):
         self.model = model
         self.seed_pool = seed_pool
         self.lr = lr

@@ -2,16 +2,18 @@
 metrics line a round, and bad input ends with exit 2 and one 'error: ...' line, never a traceback."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shlex
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 
 import config
-from conftest import dolly_records, main_py, tiny_flags
+import main
+from conftest import dolly_records, kept_logging, main_py, tiny_flags
 
 
 def tiny(inputs, out, *extra: str) -> list[str]:
@@ -55,31 +57,46 @@ BAD_INPUT = {
 }
 
 
+def in_process(argv: list[str]) -> tuple[int, str]:
+    """main.main(argv) in this process: (exit status, stderr). A traceback would be an exception raised here."""
+    err = io.StringIO()
+    with kept_logging(), contextlib.redirect_stderr(err):
+        try:
+            status = main.main(argv)
+        except SystemExit as exc:  # the parser's own exit
+            status = exc.code
+    return status, err.getvalue()
+
+
 @pytest.fixture(scope="module")
 def bad_runs(inputs):
-    """All bad-input runs at once (each is mostly interpreter start-up)."""
-    def one(case):
-        flags, _ = BAD_INPUT[case]
-        flags = [f.format(**inputs) for f in flags]
-        # the case's flags come last and override the tiny run's
-        return case, main_py(*tiny(inputs, inputs["folder"] / case, *flags), timeout=120)
+    """Every bad-input run, in this process (a fresh interpreter each would be mostly start-up):
+    {case: (exit status, stderr)}."""
+    return {case: in_process(tiny(inputs, inputs["folder"] / case, *[f.format(**inputs) for f in flags]))
+            for case, (flags, _) in BAD_INPUT.items()}
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, BAD_INPUT))
+
+def assert_one_error_line(status: int, stderr: str, text: str) -> None:
+    assert status == 2, stderr
+    assert "Traceback" not in stderr
+    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: ")
+    assert text in last
+    tail = stderr[stderr.index("error: "):]
+    assert tail.strip() == last  # the message is one line
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 def test_bad_input_exits_2_with_one_error_line(case, bad_runs):
     if case == "cuda_without_cuda" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = bad_runs[case]
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
-    assert last.startswith("error: ")
-    assert BAD_INPUT[case][1] in last
-    tail = result.stderr[result.stderr.index("error: "):]
-    assert tail.strip() == last  # the message is one line
+    assert_one_error_line(*bad_runs[case], BAD_INPUT[case][1])
+
+
+def test_bad_input_from_the_shell_exits_2_with_one_error_line(inputs, tmp_path):
+    """The same in a fresh interpreter, as a user runs it: the process's own exit status and stderr."""
+    result = main_py(*tiny(inputs, tmp_path / "run", "--model", f"{inputs['folder']}/no_such_model"), timeout=120)
+    assert_one_error_line(result.returncode, result.stderr, "no_such_model")
 
 
 def test_tiny_run_writes_one_metrics_line_per_round(inputs, tmp_path):

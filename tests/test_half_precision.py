@@ -15,7 +15,7 @@ import main
 from conftest import tiny_flags
 from modeling import load_model
 from optimizers.perturbation import z_for
-from optimizers.seed_pool import SeededModel, make_seed_pool
+from optimizers.seed_pool import FileTheta0, SeededModel, make_seed_pool
 
 HALF = [torch.float16, torch.bfloat16]
 NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -107,6 +107,27 @@ def test_replay_of_rounds_rebuilds_the_same_half_precision_model(models):
     for (_, a), (_, b) in zip(live.model.named_parameters(), replayed.model.named_parameters(), strict=True):
         assert torch.equal(a, b)
 
+
+
+def test_theta0_is_read_from_the_model_file_where_it_holds_the_models_values(models):
+    """A bfloat16 model loaded from float32 safetensors: theta0 is the file's tensors cast as loading cast them (no
+    copy in memory), and rebuilds from it equal rebuilds from a copy bit for bit; a model changed after loading is
+    not what its file holds, so it gets a copy."""
+    pool, c = make_seed_pool(8, np.random.default_rng(0)), np.random.default_rng(3).normal(size=8)
+    on_disk = SeededModel(copy.deepcopy(models[torch.bfloat16]), pool, lr=1e-3)
+    assert isinstance(on_disk.theta0, FileTheta0) and set(on_disk.theta0) == set(snapshot(on_disk.model))
+    in_memory = SeededModel(copy.deepcopy(models[torch.bfloat16]), pool, lr=1e-3,
+                            theta0=snapshot(models[torch.bfloat16]))
+    on_disk.move_to(c)
+    in_memory.move_to(c)
+    for (_, a), (_, b) in zip(on_disk.model.named_parameters(), in_memory.model.named_parameters(), strict=True):
+        assert torch.equal(a, b)
+    changed = copy.deepcopy(models[torch.bfloat16])
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[0] += 1.0
+    theta0 = SeededModel(changed, pool, lr=1e-3).theta0
+    assert not isinstance(theta0, FileTheta0) and torch.equal(theta0[next(iter(theta0))],
+                                                              next(changed.parameters()).detach())
 
 def test_a_bfloat16_run_ends_at_the_closed_form(tiny_model_dir, dolly_file, tmp_path):
     flags = tiny_flags(tiny_model_dir, dolly_file, tmp_path / "run", "--dtype", "bfloat16", "--no_eval_base",

@@ -138,6 +138,9 @@ def test_replay_client_sync_reaches_the_same_model_as_copy(base_run, tiny_model_
     np.testing.assert_allclose(replay["method"].c, base_run["method"].c, rtol=1e-3, atol=1e-3)
     np.testing.assert_array_equal(np.flatnonzero(replay["method"].c), np.flatnonzero(base_run["method"].c))
     assert max_abs_diff(replay["method"].server.seeded.model, base_run["method"].server.seeded.model) < FP32_TOL
+    # replay: the clients train on the server's own model, one model in memory; copy: a second one
+    assert replay["method"].work is replay["method"].server.seeded
+    assert base_run["method"].work.model is not base_run["method"].server.seeded.model
 
 
 def test_pro_run_samples_by_the_history_of_uploaded_gradients(base_run, tiny_model_dir, data_file, tmp_path):
