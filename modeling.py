@@ -39,6 +39,42 @@ def resolve_model_path(spec: str) -> tuple[Path, str | None]:
     )
 
 
+def weight_bytes(spec: str, dtype: str) -> int | None:
+    """The bytes of --model's weights once loaded in `dtype`, read from its safetensors headers (nothing loaded);
+    None when the model is not stored as safetensors (e.g. a GGUF, converted while loading)."""
+    from safetensors import safe_open
+
+    directory, gguf = resolve_model_path(spec)
+    files = sorted(directory.glob("*.safetensors")) if gguf is None else []
+    if not files:
+        return None
+    elements = 0
+    for file in files:
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():
+                elements += int(torch.Size(f.get_slice(key).get_shape()).numel())
+    return elements * DTYPES[dtype].itemsize
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (Linux), or None where it cannot be read."""
+    try:
+        return next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_fits(spec: str, dtype: str, copies: float, holds: str) -> None:
+    """Refuse (one line, before anything is loaded) a run whose `copies` x the weights exceed the machine's physical
+    memory: it could only end in the OOM killer. `holds` says what the copies are, for the message."""
+    weights, memory = weight_bytes(spec, dtype), physical_memory()
+    if weights is None or memory is None or copies * weights <= memory:
+        return
+    raise FedKSeedError(f"--model {spec}: {holds} needs at least {copies * weights / 2**30:.1f} GiB ({copies:g} x "
+                        f"{weights / 2**30:.1f} GiB of {dtype} weights); this machine has {memory / 2**30:.1f} GiB")
+
+
 def load_tokenizer(spec: str):
     """The tokenizer of --model, with a pad token (EOS when the model has none)."""
     from transformers import AutoTokenizer

@@ -8,8 +8,8 @@ from tqdm import tqdm
 
 from checkpoint import RunState, TensorState
 from client import Client
-from methods import Method, build_method
-from modeling import load_model, load_tokenizer
+from methods import Method, build_method, method_class
+from modeling import check_fits, load_model, load_tokenizer
 from rounds import RoundWork, run_rounds
 from run_data import training_clients
 from run_evaluation import RoundEvaluator
@@ -39,6 +39,7 @@ class InProcessClients:
 
 def run(args, resume: RunState | TensorState | None = None) -> dict:
     """Train for args.rounds rounds (continuing `resume` when given); returns the summary and the method."""
+    check_fits(args.model, args.dtype, *method_class(args.method).weight_copies(args))
     out = open_run_dir(args, resume)
     data = load_for_run(args)
     tokenizer = load_tokenizer(args.model)

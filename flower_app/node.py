@@ -38,11 +38,11 @@ from flower_app.faults import apply_array_fault, apply_fault
 from flower_app.fedkseed_messages import Instruction
 from flower_app.node_store import NodeStore, empty_model, store_for
 from flower_app.run_file import flags_key, read_run_file
-from methods import build_array_client
+from methods import build_array_client, method_class
 from methods.base import ArrayClient
 from methods.fedkseed import perturbed_model
 from methods.ferret import OutOfSync
-from modeling import load_model, load_tokenizer
+from modeling import check_fits, load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 from run_data import training_clients
 from streams import stream
@@ -86,6 +86,17 @@ class NodeState:
 
 # --- the per-process runtime ------------------------------------------------------------------------------------
 
+def node_weight_copies(args: argparse.Namespace) -> tuple[float, str]:
+    """The weight-sized buffers a SuperNode holds at its peak: FedKSeed's exact catch-up a pristine and a trained
+    copy, summed one; an array method's client what its in-process run holds beside the server's model."""
+    if args.method == "fedkseed":
+        if args.flower_catchup == "exact":
+            return 2, "a SuperNode with --flower_catchup exact (a pristine and a trained copy; summed needs one)"
+        return 1, "a SuperNode with --flower_catchup summed (one model)"
+    copies, holds = method_class(args.method).weight_copies(args)
+    return copies - 1, f"a SuperNode's client of {holds.split(' (')[0]}"
+
+
 class NodeRuntime:
     """The base model, seed pool and client data of a run, loaded once per process, and the node's store."""
 
@@ -93,6 +104,7 @@ class NodeRuntime:
         self.args = args
         self.k = args.K
         self.compile = False if args.no_compile else None
+        check_fits(args.model, args.dtype, *node_weight_copies(args))
         data = load_for_run(args, evaluation=False)
         clients = training_clients(args, data, load_tokenizer(args.model))
         self.clients = {c.client_id: c for c in clients}

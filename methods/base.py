@@ -46,6 +46,12 @@ class Method(ABC):
     base_eval: dict | None = None
 
     @staticmethod
+    def weight_copies(args) -> tuple[float, str]:
+        """How many weight-sized buffers an in-process run holds at its peak, and what they are (for the refusal of
+        a run that cannot fit, before loading: modeling.check_fits)."""
+        return 2, "the server's model and the clients' copy"
+
+    @staticmethod
     def check_flags(args) -> None:
         """Refuse (FedKSeedError, one line) a flag combination this method cannot run; config.validate calls it."""
         return None  # most methods run with any flags the parser accepts

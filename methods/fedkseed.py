@@ -88,6 +88,12 @@ def restore(server: Server, state: RunState, fingerprint: str) -> RunState:
 class FedKSeed(Method):
     """The server (seed pool, sampling, per-seed aggregation, c, Pro) and one in-process client model copy."""
 
+    @staticmethod
+    def weight_copies(args: argparse.Namespace) -> tuple[float, str]:
+        if args.client_sync == "replay":
+            return 1, "FedKSeed with --client_sync replay (one model)"
+        return 2, "FedKSeed with --client_sync copy (the server's model and the clients' copy; replay needs one)"
+
     def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
                  resume: RunState | None = None):
         self.args = args

@@ -215,6 +215,10 @@ class Ferret(ArrayMethod):
 
     name = "ferret"
 
+    @staticmethod
+    def weight_copies(args: argparse.Namespace) -> tuple[float, str]:
+        return 4, "Ferret (the server's model, the client's copy, its gradients and the update it projects)"
+
     def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list, resume: RunState | None = None):
         self.args = args
         self.fingerprint = model_fingerprint(model)

@@ -152,6 +152,12 @@ class FirstOrderClient(ArrayClient):
 class FirstOrder(ArrayMethod):
     """FedIT (--method fedit: LoRA) or full-parameter FedAvg (--method fedavg)."""
 
+    @staticmethod
+    def weight_copies(args: argparse.Namespace) -> tuple[float, str]:
+        if args.method == "fedavg":
+            return 6, "FedAvg (the server's model and its tensors, the client's copy, gradients, AdamW's two moments)"
+        return 2, "FedIT (the server's and the client's copies of the base model)"
+
     def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
                  resume: TensorState | None = None):
         self.args, self.name = args, args.method
