@@ -1,6 +1,7 @@
 """Loading the pretrained model and tokenizer from a local path, and the language-model loss."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -99,6 +100,13 @@ def load_model(spec: str, dtype: str = "float32", device: str = "cpu") -> torch.
     except (OSError, ValueError) as exc:
         raise FedKSeedError(f"--model {spec}: cannot load the model ({exc.__class__.__name__})") from None
     return model.to(device).eval()
+
+
+def copy_trainable(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the model whose trainable parameters are its own and whose frozen ones (a LoRA run's base weights)
+    are shared with the original: a client copy costs what it trains, not the whole model again."""
+    frozen = {id(p): p for p in model.parameters() if not p.requires_grad}
+    return copy.deepcopy(model, memo=frozen)
 
 
 def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

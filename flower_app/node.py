@@ -23,7 +23,6 @@ round), replaying only the rounds since; without a usable state file, from round
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ from methods import build_array_client, method_class
 from methods.base import ArrayClient
 from methods.fedkseed import perturbed_model
 from methods.ferret import OutOfSync
-from modeling import check_fits, load_model, load_tokenizer
+from modeling import check_fits, copy_trainable, load_model, load_tokenizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 from run_data import training_clients
 from streams import stream
@@ -146,7 +145,7 @@ class NodeRuntime:
     def load_theta0(self) -> SeededModel:
         """The base model at c = 0: a copy of the work model while it still is theta0, else read from --model."""
         if self.work_is_theta0 or self._work is None:
-            return self.seeded(copy.deepcopy(self.work.model))
+            return self.seeded(copy_trainable(self.work.model))
         return self.read_theta0()
 
     @property

@@ -3,7 +3,6 @@ theta0 - lr * sum_j c_j z_j, each round's Delta c recorded for catch-up, replay 
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from errors import FedKSeedError
 from measure import LocalCost
 from methods.base import ZO_STEP_FORWARDS, LocalReport, Method
 from methods.first_order import with_lora
+from modeling import copy_trainable
 from optimizers.seed_pool import SeededModel
 from server import Server, ServerConfig
 
@@ -119,7 +119,7 @@ class FedKSeed(Method):
             return self.server.seeded
         if self._work is None:
             seeded = self.server.seeded
-            self._work = SeededModel(copy.deepcopy(seeded.model), self.server.seed_pool, self.args.lr,
+            self._work = SeededModel(copy_trainable(seeded.model), self.server.seed_pool, self.args.lr,
                                      kind=self.args.perturbation, compile=False if self.args.no_compile else None,
                                      theta0=seeded.theta0)
             self._work.c = seeded.c.copy()  # the copy holds the server's weights, which c describes

@@ -9,7 +9,6 @@ server averages them by data size (or equally with --equal_weight)."""
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from client import Client, LocalTraining, client_rng
 from errors import FedKSeedError
 from measure import LocalCost
 from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport
-from modeling import lm_loss
+from modeling import copy_trainable, lm_loss
 from server import sample_clients
 from streams import stream
 
@@ -193,7 +192,7 @@ class FirstOrder(ArrayMethod):
 
     def client_side(self) -> FirstOrderClient:
         if self._client is None:
-            self._client = FirstOrderClient(self.args, copy.deepcopy(self.server_model), self.fingerprint)
+            self._client = FirstOrderClient(self.args, copy_trainable(self.server_model), self.fingerprint)
         return self._client
 
     def check_upload(self, upload: Tensors) -> str | None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import torch
 
 import main
 import modeling
 from conftest import tiny_flags
 from flower_app.node import node_weight_copies
 from methods import method_class
-from modeling import load_model, weight_bytes
+from modeling import copy_trainable, load_model, weight_bytes
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -49,3 +50,16 @@ def test_the_buffers_each_method_and_node_holds():
     assert node_weight_copies(args())[0] == 2 and node_weight_copies(args(flower_catchup="summed"))[0] == 1
     fedavg = args(method="fedavg")
     assert node_weight_copies(fedavg)[0] == method_class("fedavg").weight_copies(fedavg)[0] - 1 == 5
+
+
+def test_a_client_copy_of_a_lora_model_shares_the_frozen_base(tiny_model_dir):
+    from methods.first_order import with_lora
+
+    lora = argparse.Namespace(lora_r=2, lora_alpha=4, lora_dropout=0.0, lora_target_modules="q_proj,v_proj", seed=0)
+    model = with_lora(load_model(str(tiny_model_dir)), lora)
+    copied = copy_trainable(model)
+    pairs = list(zip(model.parameters(), copied.parameters(), strict=True))
+    assert {p.requires_grad for p, _ in pairs} == {True, False}
+    for p, q in pairs:
+        assert (p.data_ptr() == q.data_ptr()) == (not p.requires_grad)  # the base shared, the adapters its own
+        assert torch.equal(p, q)
