@@ -25,6 +25,9 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--model_dir", help="a model folder to load instead (e.g. scripts/make_model.py's shapes)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="--model_dir's dtype")
 
 
 KERNELS = {"native": None, "compiled": True, "eager": False}  # --kernels -> Perturbation(compile=...)
@@ -44,9 +47,16 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 
 def bench_model(args: argparse.Namespace) -> torch.nn.Module:
-    """A randomly initialised LlamaForCausalLM of the requested shape, float32, eval mode, on --device."""
+    """--model_dir's model in --dtype, or a randomly initialised LlamaForCausalLM of the requested shape, float32;
+    eval mode, on --device. args.vocab becomes the model's vocabulary."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if args.model_dir:
+        from modeling import load_model
+
+        model = load_model(args.model_dir, args.dtype, args.device)
+        args.vocab = model.config.vocab_size
+        return model
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,

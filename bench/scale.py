@@ -78,9 +78,10 @@ def children(pid: int) -> list[int]:
 
 
 def guarded(cmd: list[str], limit: int) -> dict:
-    """Run cmd; {"peak": bytes, "seconds"} or {"killed": the resident set that passed the limit}."""
+    """Run cmd; {"peak": bytes, "seconds", "stdout"}, {"killed": the resident set that passed the limit} or
+    {"refused": its last error line}."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed: list[int] = []
 
     def watch() -> None:
@@ -94,6 +95,7 @@ def guarded(cmd: list[str], limit: int) -> dict:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    stdout = proc.stdout.read()  # before waiting: a full pipe would block the child
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     watcher.join()
@@ -101,14 +103,14 @@ def guarded(cmd: list[str], limit: int) -> dict:
         return {"killed": killed[0]}
     if proc.returncode != 0:  # a refused configuration (one error line), or a failure to report
         return {"refused": (proc.stderr.read().strip().splitlines() or [f"exit status {proc.returncode}"])[-1]}
-    return {"peak": usage.ru_maxrss * 1024, "seconds": time.perf_counter() - start}
+    return {"peak": usage.ru_maxrss * 1024, "seconds": time.perf_counter() - start, "stdout": stdout}
 
 
 def method_run(folder: Path, dtype: str, method: str, steps: int, seq: int, out: Path) -> list[str]:
     return [sys.executable, "main.py", "--model", str(folder), "--dtype", dtype, "--dataset", "dolly",
             "--data_path", str(DATA), "--num_clients", "1", "-m", "1", "--rounds", "1", "--local_step", str(steps),
             "--max_length", str(seq), "--eval_examples", "2", "--eval_metric", "loss", "--no_eval_base",
-            "--quiet", "--output_dir", str(out), *METHODS[method]]
+            "--quiet", "--save", "--output_dir", str(out), *METHODS[method]]
 
 
 def measure(shape: str, dtype: str, args: argparse.Namespace, scratch: Path) -> dict:
@@ -119,6 +121,29 @@ def measure(shape: str, dtype: str, args: argparse.Namespace, scratch: Path) -> 
     for method in args.methods:
         row[method] = guarded(method_run(folder, dtype, method, args.steps, args.seq, scratch / method), limit)
     return row
+
+
+def timings(folder: Path, dtype: str, run: Path, limit: int) -> list[str]:
+    """The time figures, each from its own process: forward and step / (2 x forward) at seq 256 and 512
+    (bench/step_cost.py: the project's Gaussian and Rademacher steps, the authors' style beside them), the server's
+    replay of K = 4096 nonzero Delta c (bench/replay_cost.py: 64 seeds timed, scaled), and FedKSeed's checkpoint:
+    its size, and the export that restores the model from it."""
+    model = ["--model_dir", str(folder), "--dtype", dtype]
+    children = {f"step, seq {seq}": ["bench/step_cost.py", *model, "--skip-smollm2", "--seq", str(seq),
+                                     "--run-steps", "2", "--repeats", "2"] for seq in (256, 512)}
+    children["server replay"] = ["bench/replay_cost.py", *model, "-K", "4096", "--project-seeds", "64",
+                                 "--naive-seeds", "1", "--repeats", "1"]
+    lines = []
+    for name, cmd in children.items():
+        result = guarded([sys.executable, *cmd], limit)
+        head = f"-- {name}:" if "peak" in result else f"-- {name}: {cell(result, 1)}"
+        lines += [head, *result.get("stdout", "").strip().splitlines()]
+    if (run / "checkpoint.json").exists():
+        export = guarded([sys.executable, "main.py", "export", str(run), str(run.parent / "exported")], limit)
+        lines.append(f"-- FedKSeed's checkpoint: {(run / 'checkpoint.json').stat().st_size:,} bytes; export "
+                     f"(theta0 loaded, the rounds replayed, the model saved): "
+                     + (f"{export['seconds']:.1f} s" if "seconds" in export else cell(export, 1)))
+    return lines
 
 
 def cell(result: dict, inference: int) -> str:
@@ -139,6 +164,7 @@ def main() -> None:
     parser.add_argument("--limit_gb", type=float, default=22.0, help="the guard: a child above this is killed")
     parser.add_argument("--models", type=Path, default=ROOT / "models", help="where model folders are made")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--time", action="store_true", help="also the time figures (timings: run on a quiet machine)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -150,6 +176,11 @@ def main() -> None:
                 print(f"{shape} {dtype}: weights {row['weights'] / 2**30:.2f} GiB, inference "
                       f"{inference / 2**30:.2f} GiB; " + "; ".join(f"{m} {cell(row[m], inference)}"
                                                               for m in args.methods), flush=True)
+                if args.time:
+                    run = Path(scratch) / f"{shape}-{dtype}" / "fedkseed"
+                    row["time"] = timings(model_folder(shape, dtype, args.models), dtype, run,
+                                          int(args.limit_gb * 2**30))
+                    print("\n".join(row["time"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"\npeak resident memory of each process (x inference), {os.cpu_count()} CPUs; guard {args.limit_gb} GiB")

@@ -127,7 +127,8 @@ def main() -> None:
     add_kernel_flag(parser)
     args = parser.parse_args()
     apply_threads(args)
-    measure("LLaMA-shape bench model", bench_model(args), lm_batch(args.vocab, args.seq, args.batch, args.device),
+    measure(args.model_dir or "LLaMA-shape bench model", bench_model(args),
+            lm_batch(args.vocab, args.seq, args.batch, args.device),
             args)
     if args.skip_smollm2:
         return
