@@ -37,7 +37,16 @@ def test_table_rows_by_dataset_run_and_numeric_round(tmp_path):
     assert [r.split(" | ")[:5] for r in rows] == [["| dolly", "fedit-lr1e-3-s1", "5", "1", "1"],
                                                  ["| instruct", "fedkseed-lr1e-5-s2", "2", "2", "1"],
                                                  ["| instruct", "fedkseed-lr1e-5-s2", "10", "1", "0"]]
-    assert rows[0].split(" | ")[6] == "–" and rows[1].split(" | ")[6] == "1.0000"
+    assert rows[0].split(" | ")[7] == "–" and rows[1].split(" | ")[7] == "1.0000"
+    assert {r.split(" | ")[5] for r in rows} == {"–"}  # these runs did not record P(EOS first)
+
+
+def test_the_probability_of_eos_first_is_averaged_where_every_record_has_it():
+    rows = [{"reference": "yes", "prediction": "", "rouge_l": 0.0, "first_eos_prob": 0.9},
+            {"reference": "no", "prediction": "no", "rouge_l": 1.0, "first_eos_prob": 0.1}]
+    assert answers.answer_stats(rows)["first_eos_prob"] == 0.5
+    unrecorded = {"reference": "x", "prediction": "x", "rouge_l": 1.0}
+    assert answers.answer_stats([*rows, unrecorded])["first_eos_prob"] is None
 
 
 def test_no_generations_is_a_one_line_error(tmp_path, capsys):

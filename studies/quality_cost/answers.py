@@ -27,16 +27,19 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHIVE = "generations.tar.gz"
 GENERATIONS = re.compile(r"generations-(?P<round>\d+)\.jsonl$")
-HEADER = ["| dataset | run | round | records | empty | Rouge-L | Rouge-L of the non-empty | answer chars"
+HEADER = ["| dataset | run | round | records | empty | P(EOS first) | Rouge-L | Rouge-L of the non-empty | answer chars"
           " | reference chars |",
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
 
 
 def answer_stats(rows: list[dict]) -> dict:
-    """Counts and means over one evaluation's records; the non-empty Rouge-L is None when every answer is empty."""
+    """Counts and means over one evaluation's records; the non-empty Rouge-L is None when every answer is empty, the
+    mean probability of EOS as the first answer token None where the run did not record it (runs before it did)."""
     empty = [not r["prediction"].strip() for r in rows]
     kept = [r["rouge_l"] for r, e in zip(rows, empty, strict=True) if not e]
+    eos = [r.get("first_eos_prob") for r in rows]
     return {"records": len(rows), "empty": int(sum(empty)),
+            "first_eos_prob": None if None in eos else float(np.mean(eos)),
             "rouge_l": float(np.mean([r["rouge_l"] for r in rows])),
             "rouge_l_non_empty": float(np.mean(kept)) if kept else None,
             "answer_chars": float(np.mean([len(r["prediction"]) for r in rows])),
@@ -117,7 +120,8 @@ def table(out: Path, datasets: list[str]) -> list[str]:
         for run, round_idx, where, text in generations(out, dataset):
             s = read_answers(where, text)
             non_empty = "–" if s["rouge_l_non_empty"] is None else f"{s['rouge_l_non_empty']:.4f}"
-            lines.append(f"| {dataset} | {run} | {round_idx} | {s['records']} | {s['empty']} "
+            eos = "–" if s["first_eos_prob"] is None else f"{s['first_eos_prob']:.3f}"
+            lines.append(f"| {dataset} | {run} | {round_idx} | {s['records']} | {s['empty']} | {eos} "
                          f"| {s['rouge_l']:.4f} | {non_empty} | {s['answer_chars']:.0f} "
                          f"| {s['reference_chars']:.0f} |")
     return lines
