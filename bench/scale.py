@@ -7,9 +7,11 @@ shapes with random weights (scripts/make_model.py; neither time nor memory depen
 For each shape and dtype, each figure from its own process: the weights' bytes; inference (load the model, one
 forward of --seq tokens: what a user needs to run the model at all); and each method's `main.py` run of one round,
 one client, --steps local steps, its final evaluation on 2 records. Peak memory is the child's peak resident set
-(wait4's ru_maxrss). A run main.py refuses (one that cannot fit the machine: modeling.check_fits, before loading)
-is reported with its error line; a guard polls every child's resident set and kills it above --limit_gb, reported
-as "does not fit", so that the machine's OOM killer never has to act.
+(wait4's ru_maxrss); for Flower's simulation engine (the server and one SuperNode, each catch-up mode, 2 rounds)
+the largest summed resident set of its processes, polled every 0.1 s. A run main.py refuses (one that cannot fit
+the machine: modeling.check_fits, before loading) is reported with its error line; a guard polls every child's
+resident set and kills it above --limit_gb, reported as "does not fit", so that the machine's OOM killer never has
+to act. --time adds the time figures (see timings; run them on a quiet machine).
 """
 from __future__ import annotations
 
@@ -38,7 +40,13 @@ METHODS = {
     "fedit": ["--method", "fedit", "--lr", "1e-4"],
     "fedavg": ["--method", "fedavg", "--lr", "1e-6"],
     "ferret": ["--method", "ferret", "-K", "64", "--lr", "1e-4"],
+    # Flower's simulation engine, the server and one SuperNode (a Ray actor), 2 rounds so that the node catches up
+    "flower-exact": ["--method", "fedkseed", "-K", "64", "--lr", "1e-6", "--zo_eps", "1e-3", "--engine", "flower",
+                     "--flower_nodes", "1", "--flower_catchup", "exact", "--rounds", "2"],
+    "flower-summed": ["--method", "fedkseed", "-K", "64", "--lr", "1e-6", "--zo_eps", "1e-3", "--engine", "flower",
+                      "--flower_nodes", "1", "--flower_catchup", "summed", "--rounds", "2"],
 }
+TREE = ("flower-exact", "flower-summed")  # several processes: their summed resident set, polled, is the figure
 INFERENCE = """
 import sys, torch
 from modeling import load_model
@@ -46,6 +54,15 @@ model = load_model(sys.argv[1], sys.argv[2])
 with torch.inference_mode():
     model(input_ids=torch.randint(0, model.config.vocab_size, (1, int(sys.argv[3]))))
 """
+
+
+def guard_limit(limit_gb: float) -> int:
+    """--limit_gb, or less where other processes leave less: the memory available now, minus 1.5 GiB for the
+    guard's polling to act before the kernel's OOM killer does."""
+    available = next((int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemAvailable:")), None) if Path("/proc/meminfo").exists() else None
+    limit = int(limit_gb * 2**30)
+    return limit if available is None else min(limit, available - int(1.5 * 2**30))
 
 
 def model_folder(shape: str, dtype: str, models: Path) -> Path:
@@ -57,9 +74,9 @@ def model_folder(shape: str, dtype: str, models: Path) -> Path:
 
 
 def resident(pid: int) -> int:
-    """The resident set of a process and its children, in bytes (0 once it is gone)."""
+    """The resident set of a process and all its descendants, in bytes (0 once it is gone)."""
     total = 0
-    for task in [pid, *children(pid)]:
+    for task in [pid, *descendants(pid)]:
         try:
             for line in Path(f"/proc/{task}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -69,12 +86,14 @@ def resident(pid: int) -> int:
     return total
 
 
-def children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (Flower's simulation starts Ray, whose workers are the Ray daemons' children)."""
     try:
-        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
-                for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
+        children = [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                    for c in Path(f"/proc/{pid}/task/{t}/children").read_text().split()]
     except OSError:
         return []
+    return [*children, *(d for c in children for d in descendants(c))]
 
 
 def guarded(cmd: list[str], limit: int) -> dict:
@@ -83,10 +102,12 @@ def guarded(cmd: list[str], limit: int) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed: list[int] = []
+    tree = [0]  # the largest resident set of the process and its children seen by the polls
 
     def watch() -> None:
         while proc.poll() is None:
             rss = resident(proc.pid)
+            tree[0] = max(tree[0], rss)
             if rss > limit:
                 killed.append(rss)
                 proc.kill()
@@ -101,9 +122,12 @@ def guarded(cmd: list[str], limit: int) -> dict:
     watcher.join()
     if killed:
         return {"killed": killed[0]}
+    if proc.returncode < 0:  # killed by a signal it did not send itself: the kernel's OOM killer, most likely
+        return {"killed": tree[0], "signal": -proc.returncode}
     if proc.returncode != 0:  # a refused configuration (one error line), or a failure to report
         return {"refused": (proc.stderr.read().strip().splitlines() or [f"exit status {proc.returncode}"])[-1]}
-    return {"peak": usage.ru_maxrss * 1024, "seconds": time.perf_counter() - start, "stdout": stdout}
+    return {"peak": usage.ru_maxrss * 1024, "tree": tree[0], "seconds": time.perf_counter() - start,
+            "stdout": stdout}
 
 
 def method_run(folder: Path, dtype: str, method: str, steps: int, seq: int, out: Path) -> list[str]:
@@ -115,11 +139,13 @@ def method_run(folder: Path, dtype: str, method: str, steps: int, seq: int, out:
 
 def measure(shape: str, dtype: str, args: argparse.Namespace, scratch: Path) -> dict:
     folder = model_folder(shape, dtype, args.models)
-    weights, limit = weight_bytes(str(folder), dtype), int(args.limit_gb * 2**30)
+    weights, limit = weight_bytes(str(folder), dtype), guard_limit(args.limit_gb)
     row = {"shape": shape, "dtype": dtype, "weights": weights,
            "inference": guarded([sys.executable, "-c", INFERENCE, str(folder), dtype, str(args.seq)], limit)}
     for method in args.methods:
         row[method] = guarded(method_run(folder, dtype, method, args.steps, args.seq, scratch / method), limit)
+        if method in TREE and "tree" in row[method]:
+            row[method]["peak"] = row[method]["tree"]
     return row
 
 
@@ -148,7 +174,8 @@ def timings(folder: Path, dtype: str, run: Path, limit: int) -> list[str]:
 
 def cell(result: dict, inference: int) -> str:
     if "killed" in result:
-        return f"does not fit (passed {result['killed'] / 2**30:.1f} GiB)"
+        by = f", killed by signal {result['signal']}" if "signal" in result else ""
+        return f"does not fit (passed {result['killed'] / 2**30:.1f} GiB{by})"
     if "refused" in result:  # main.py's one line: a configuration it refuses, e.g. one that cannot fit
         return "refused: " + result["refused"].removeprefix("error: ")
     return f"{result['peak'] / 2**30:.2f} GiB ({result['peak'] / inference:.2f}x)"
@@ -179,7 +206,7 @@ def main() -> None:
                 if args.time:
                     run = Path(scratch) / f"{shape}-{dtype}" / "fedkseed"
                     row["time"] = timings(model_folder(shape, dtype, args.models), dtype, run,
-                                          int(args.limit_gb * 2**30))
+                                          guard_limit(args.limit_gb))
                     print("\n".join(row["time"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

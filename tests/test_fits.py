@@ -43,7 +43,8 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(tiny_model_
 
 def test_the_buffers_each_method_and_node_holds():
     def args(**flags):
-        return argparse.Namespace(**{"method": "fedkseed", "client_sync": "copy", "flower_catchup": "exact", **flags})
+        return argparse.Namespace(**{"method": "fedkseed", "client_sync": "copy", "flower_catchup": "exact",
+                                     "dtype": "float32", **flags})
 
     assert method_class("fedkseed").weight_copies(args())[0] == 2
     assert method_class("fedkseed").weight_copies(args(client_sync="replay"))[0] == 1
