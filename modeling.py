@@ -75,7 +75,10 @@ def physical_memory() -> int | None:
 def check_fits(spec: str, dtype: str, copies: float, holds: str) -> None:
     """Refuse (one line, before anything is loaded) a run whose `copies` x the weights exceed the machine's physical
     memory: it could only end in the OOM killer. `holds` says what the copies are, for the message."""
-    weights, memory = weight_bytes(spec, dtype), physical_memory()
+    try:
+        weights, memory = weight_bytes(spec, dtype), physical_memory()
+    except FedKSeedError:  # an unusable --model is reported where it is loaded, after the data's own errors
+        return
     if weights is None or memory is None or copies * weights <= memory:
         return
     raise FedKSeedError(f"--model {spec}: {holds} needs at least {copies * weights / 2**30:.1f} GiB ({copies:g} x "
