@@ -32,7 +32,7 @@ from flwr.app import RecordDict  # noqa: E402
 
 import config  # noqa: E402
 from client import LocalTraining  # noqa: E402
-from flower_app import fedkseed_messages, node
+from flower_app import fedkseed_messages, node, node_runtime
 from flower_app.node_store import NodeStore, state_key  # noqa: E402
 from flower_app.run_file import write_run_file  # noqa: E402
 
@@ -46,7 +46,7 @@ def run_args(opts: argparse.Namespace, out: Path) -> argparse.Namespace:
 
 def message(args, run_file: Path, state_dir: str, history, digest: bytes, base: int) -> tuple[dict, float, float]:
     """One train message for round len(history) + 1 in a 'fresh process': (reply, seconds, catch-up seconds)."""
-    node._RUNTIMES.clear()
+    node_runtime._RUNTIMES.clear()
     state = RecordDict()
     node.NodeState(synced=base, history=history[:base], c=np.zeros(args.K)).save(state, args.K, "exact")
     ctx = SimpleNamespace(run_id=1, node_config={"partition-id": 0, "num-partitions": 1, "state-dir": state_dir},
@@ -56,7 +56,7 @@ def message(args, run_file: Path, state_dir: str, history, digest: bytes, base: 
                                groups=history[base:], c_digest=digest)
     content = fedkseed_messages.encode_instruction(ins, args.K)
     catchup = []
-    original = node.NodeRuntime.catch_up
+    original = node_runtime.NodeRuntime.catch_up
 
     def timed_catch_up(self, *a):
         start = time.perf_counter()
@@ -65,13 +65,13 @@ def message(args, run_file: Path, state_dir: str, history, digest: bytes, base: 
         finally:
             catchup.append(time.perf_counter() - start)
 
-    node.NodeRuntime.catch_up = timed_catch_up
+    node_runtime.NodeRuntime.catch_up = timed_catch_up
     try:
         start = time.perf_counter()
         reply = node.handle_train(content, ctx)
         seconds = time.perf_counter() - start
     finally:
-        node.NodeRuntime.catch_up = original
+        node_runtime.NodeRuntime.catch_up = original
     rec = dict(reply[fedkseed_messages.REPLY_RECORD])
     if "error" in rec:
         raise SystemExit(f"error: the node replied {rec['error']}")
@@ -100,7 +100,7 @@ def main() -> None:
 
     # the state files of rounds R - 1 (what the node wrote when it last synced), and the server's c digests
     start = time.perf_counter()
-    rt = node.NodeRuntime(args)
+    rt = node_runtime.NodeRuntime(args)
     copy, digests = rt.load_theta0(), {}
     for r in range(max(rounds) + 1):
         if r + 1 in rounds:

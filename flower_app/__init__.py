@@ -8,7 +8,8 @@ client.Client run inside); FedIT and FedAvg exchange their tensors as ArrayRecor
     wire.py           what every method's messages share: message types, the set-up query, measured sizes
     fedkseed_messages.py  FedKSeed's wire records: encoding, decoding, validation of replies
     array_messages.py the array methods' wire records (ArrayRecord + round record)
-    node.py           what a SuperNode keeps and does: its synced state, catch-up, local training
+    node.py           what a SuperNode does with a message: the query's reply; a round's catch-up, training, reply
+    node_runtime.py   what a SuperNode process holds: base model, data, the copies it trains on and catches up
     run_file.py       the run's resolved flags, read by the ServerApp and every ClientApp
     node_store.py     the node's synced weights on disk, so a fresh ClientApp process need not replay from round 0
     faults.py         fault injection for tests: hostile replies and uploads

@@ -1,4 +1,4 @@
-"""The ClientApp: a SuperNode's side of FedKSeed, wrapping client.Client (see node.py for what it keeps).
+"""The ClientApp: a SuperNode's side of every method (node.py: what it does with a message; node_runtime.py: what it holds).
 
     query  -> which clients this node hosts, its base-model fingerprint and seed-pool digest
     train  -> catch up to the global c of round r-1, run the client's local MeZO steps, reply with

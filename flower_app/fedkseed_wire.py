@@ -3,7 +3,7 @@ aggregation, c, the record of every round's Delta c, Pro): what each SuperNode i
 synced to, the Pro probabilities), the instruction that sends a node only what it lacks, and the checks of a reply.
 
 The records are fedkseed_messages.py's compact ones (seed indices and scalars, sparse Delta c), not arrays: a node
-keeps its own state between rounds (node.py).
+keeps its own state between rounds (node.py, node_runtime.py).
 """
 from __future__ import annotations
 

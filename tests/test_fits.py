@@ -10,7 +10,7 @@ import torch
 import main
 import modeling
 from conftest import tiny_flags
-from flower_app.node import node_weight_copies
+from flower_app.node_runtime import node_weight_copies
 from methods import method_class
 from modeling import copy_trainable, load_model, weight_bytes
 

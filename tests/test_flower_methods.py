@@ -144,7 +144,7 @@ def weights_alive() -> dict[int, int]:
 @pytest.mark.parametrize("method", ["fedit", "fedavg"])
 def test_a_node_holds_one_copy_of_the_model(method, tiny_model_dir, data_file, tmp_path):
     """A node trains the client side alone: no server copy of the model beside its work copy."""
-    from flower_app.node import NodeRuntime
+    from flower_app.node_runtime import NodeRuntime
 
     argv = (fedavg_flags if method == "fedavg" else flags)(tiny_model_dir, data_file, tmp_path, "--method", method,
                                                           "--engine", "flower")

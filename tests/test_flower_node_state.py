@@ -24,7 +24,7 @@ from flwr.app import RecordDict  # noqa: E402
 import config  # noqa: E402
 from client import LocalTraining  # noqa: E402
 from conftest import dolly_records, write_tiny_model  # noqa: E402
-from flower_app import fedkseed_messages, node
+from flower_app import fedkseed_messages, node, node_runtime
 from flower_app.node_store import NodeStore, state_key  # noqa: E402
 from flower_app.run_file import write_run_file  # noqa: E402
 from modeling import load_model  # noqa: E402
@@ -71,7 +71,7 @@ def send(setup, ctx, round_idx: int, base: int = 0, fresh: bool = True) -> dict:
     """One train message for client 0 in round round_idx, with the rounds base+1 .. round_idx-1 of Delta c;
     fresh: clear this process's model cache first, as a new ClientApp process would start."""
     if fresh:
-        node._RUNTIMES.clear()
+        node_runtime._RUNTIMES.clear()
     ins = fedkseed_messages.Instruction(round=round_idx, client=0, local=LocalTraining(LR, 1e-3, STEPS),
                                         catchup="exact", base=base, groups=setup.history[base:round_idx - 1],
                                         c_digest=server_digest(setup.history[:round_idx - 1]))
@@ -84,13 +84,13 @@ def send(setup, ctx, round_idx: int, base: int = 0, fresh: bool = True) -> dict:
     return dict(reply[fedkseed_messages.REPLY_RECORD])
 
 
-def stored_round(state_dir, rt: node.NodeRuntime, history) -> int:
+def stored_round(state_dir, rt: node_runtime.NodeRuntime, history) -> int:
     """The round of the node's state file, if it loads for this record of Delta c (else 0)."""
     return NodeStore(state_dir, rt.store.key).load(history, rt.seeded)[1]
 
 
-def runtime() -> node.NodeRuntime:
-    (rt,) = node._RUNTIMES.values()
+def runtime() -> node_runtime.NodeRuntime:
+    (rt,) = node_runtime._RUNTIMES.values()
     return rt
 
 
@@ -103,7 +103,7 @@ def test_a_node_restarted_from_its_state_file_replies_as_one_that_replays_from_r
     send(setup, context(setup, tmp_path), 3)  # the node syncs to round 2 and writes its state
     assert runtime().stored_round == 2
     loads = []
-    monkeypatch.setattr(node, "load_model", lambda *a: loads.append(a) or load_model(*a))
+    monkeypatch.setattr(node_runtime, "load_model", lambda *a: loads.append(a) or load_model(*a))
     restarted = send(setup, context(setup, tmp_path), 6)  # a restarted SuperNode: no context.state, full record
     rt = runtime()
     assert rt.loaded_round == 2 and rt.stored_round == 5  # started from the file, replayed rounds 3 .. 5
@@ -118,17 +118,17 @@ def test_the_next_message_in_a_fresh_process_replays_only_the_rounds_since_the_s
     ctx = context(setup, tmp_path)
     send(setup, ctx, 4)
     calls = []
-    original = node.SeededModel.replay_rounds
+    original = node_runtime.SeededModel.replay_rounds
 
     def counting(self, deltas):
         calls.append(len(deltas))
         return original(self, deltas)
 
-    node.SeededModel.replay_rounds = counting
+    node_runtime.SeededModel.replay_rounds = counting
     try:
         send(setup, ctx, 6, base=3)  # the node's context.state says round 3; the round-6 message adds 4 and 5
     finally:
-        node.SeededModel.replay_rounds = original
+        node_runtime.SeededModel.replay_rounds = original
     assert calls == [2] and runtime().loaded_round == 3
 
 

@@ -26,7 +26,7 @@ import config  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from conftest import dolly_records, force_selections, one_thread_call, tiny_flags, train  # noqa: E402
 from errors import FedKSeedError  # noqa: E402
-from flower_app import collect, node, wire
+from flower_app import collect, node, node_runtime, wire
 from flower_app.run_file import write_run_file  # noqa: E402
 from flower_app.server_app import serve as serve_flower  # noqa: E402
 from run_records import read_metrics  # noqa: E402
@@ -66,7 +66,7 @@ class FakeGrid:
             if train and int(msg.metadata.group_id) == self.error.get(dst):
                 self.replies[msg.object_id] = Message(Error(code=0, reason="ClientApp crashed"), reply_to=msg)
                 continue
-            node._RUNTIMES.clear()
+            node_runtime._RUNTIMES.clear()
             ctx = self.nodes[dst]
             content = node.handle_train(msg.content, ctx) if train else node.handle_query(ctx)
             self.replies[msg.object_id] = Message(content, reply_to=msg)
@@ -187,13 +187,13 @@ def test_a_restarted_node_joins_under_a_new_id_and_catches_up_from_its_state_fil
     argv = flags(tiny_model_dir, data_file, tmp_path / "flower", "--rounds", "5", "--min_replies", "0")
     state_dir = tmp_path / "nodes"
     loaded = []
-    original = node.NodeRuntime.reset_pristine
+    original = node_runtime.NodeRuntime.reset_pristine
 
     def spy(self, history=None):
         original(self, history)
         loaded.append(self.loaded_round)
 
-    monkeypatch.setattr(node.NodeRuntime, "reset_pristine", spy)
+    monkeypatch.setattr(node_runtime.NodeRuntime, "reset_pristine", spy)
 
     def grid_of(run_file):
         nodes = contexts(run_file, state_dir)
@@ -216,13 +216,13 @@ def test_a_node_restarted_under_the_same_id_is_sent_the_whole_record_and_starts_
         tiny_model_dir, data_file, tmp_path, monkeypatch):
     argv = flags(tiny_model_dir, data_file, tmp_path / "flower", "--rounds", "5")
     loaded = []
-    original = node.NodeRuntime.reset_pristine
+    original = node_runtime.NodeRuntime.reset_pristine
 
     def spy(self, history=None):
         original(self, history)
         loaded.append((len(history or []), self.loaded_round))
 
-    monkeypatch.setattr(node.NodeRuntime, "reset_pristine", spy)
+    monkeypatch.setattr(node_runtime.NodeRuntime, "reset_pristine", spy)
     # node 12 (odd clients) trains in every round; before round 4 it restarts and forgets its context.state
     result, error = serve(parsed(argv), lambda rf: FakeGrid(contexts(rf, tmp_path / "nodes"), wipe={12: 4}))
     assert error is None
