@@ -1,10 +1,10 @@
 """Export a run's model: theta0 - lr * sum_j c_j z_j as a Hugging Face folder that from_pretrained loads."""
 from __future__ import annotations
 
-from argparse import Namespace
 from pathlib import Path
 
 from checkpoint import RunState, TensorState, load_checkpoint, model_fingerprint
+from config import recorded
 from errors import FedKSeedError
 from methods.first_order import with_lora
 from modeling import load_model, load_tokenizer
@@ -19,7 +19,7 @@ def rebuild_model(run_dir: Path, device: str = "cpu"):
     model = load_model(flags["model"], flags["dtype"], device)
     lora = flags.get("peft") == "lora" and isinstance(state, RunState)
     if lora:  # FedKSeed on LoRA: its theta0 is the base plus the initial adapters
-        model = with_lora(model, Namespace(**flags))
+        model = with_lora(model, recorded(flags))
     if model_fingerprint(model) != state.fingerprint:
         raise FedKSeedError(f"{run_dir}: the base model {flags['model']} differs from the one the run started from")
     if isinstance(state, TensorState):
@@ -27,7 +27,7 @@ def rebuild_model(run_dir: Path, device: str = "cpu"):
     if flags.get("method") == "ferret":  # theta0 + sum c_{k,l} z_{k,l}, replayed round by round as the run did
         from methods.ferret import Ferret
 
-        return Ferret(Namespace(**flags), model, [], state).global_model(), flags
+        return Ferret(recorded(flags), model, [], state).global_model(), flags
     compile_z = False if flags.get("no_compile") else None  # the path the run used: its floats, bit for bit
     seeded = SeededModel(model, state.seed_pool, flags["lr"], kind=flags["perturbation"], compile=compile_z)
     seeded.replay_rounds(state.deltas)
@@ -38,14 +38,14 @@ def merged_model(model, state: TensorState):
     """A first-order run's model: the trained tensors written in, LoRA adapters merged into the weights."""
     from methods.first_order import write_tensors
 
-    args = Namespace(**state.flags)
-    if args.method == "fedit":
-        model = with_lora(model, args)
+    cfg = recorded(state.flags)
+    if cfg.method.method == "fedit":
+        model = with_lora(model, cfg)
     else:
         for p in model.parameters():
             p.requires_grad_(True)
     write_tensors(model, state.tensors)
-    return model.merge_and_unload() if args.method == "fedit" else model
+    return model.merge_and_unload() if cfg.method.method == "fedit" else model
 
 
 def as_plain_weights(model) -> None:

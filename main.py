@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import config
-from checkpoint import load_checkpoint
 from errors import FedKSeedError
 from run_lock import RunLock
 from run_report import close_all
@@ -18,22 +17,16 @@ from simulation import run
 
 
 def train(argv: list[str]) -> dict:
-    parser = config.build_parser()
-    args = parser.parse_args(argv)
-    resume = None
-    if args.resume is not None:
-        resume = load_checkpoint(Path(args.resume))
-        args = config.merge_resume(args, resume.flags, parser)
-    args = config.validate(args)
+    cfg, resume = config.from_command_line(argv)
     try:
-        if args.engine == "flower":
+        if cfg.engine.engine == "flower":
             from flower_app.engine import run_flower
 
-            return run_flower(args, resume=resume)
-        return run(args, resume=resume)
+            return run_flower(cfg, resume=resume)
+        return run(cfg, resume=resume)
     finally:  # the run has ended: its reporter and (if this process held it) its directory go
         close_all()
-        RunLock(Path(args.output_dir)).release()
+        RunLock(Path(cfg.output.output_dir)).release()
 
 
 def export(argv: list[str]) -> Path:

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -22,6 +22,9 @@ from errors import FedKSeedError
 from methods.base import LocalReport, Method
 from run_evaluation import RoundEvaluator
 from run_records import MetricsFile
+
+if TYPE_CHECKING:
+    from config import RunConfig
 
 logger = logging.getLogger("fedkseed")
 
@@ -66,20 +69,20 @@ def cost_metrics(reports: list[LocalReport]) -> dict:
     }
 
 
-def run_rounds(args, method: Method, transport: Transport, evaluator: RoundEvaluator, out: Path,
+def run_rounds(cfg: RunConfig, method: Method, transport: Transport, evaluator: RoundEvaluator, out: Path,
                resumed: bool) -> dict:
-    """Rounds method.round + 1 .. args.rounds into the run directory `out`; returns the summary and the method."""
-    show = not args.quiet and sys.stderr.isatty()
+    """Rounds method.round + 1 .. --rounds into the run directory `out`; returns the summary and the method."""
+    show = not cfg.output.quiet and sys.stderr.isatty()
     metrics = MetricsFile(out / "metrics.jsonl", fresh=not resumed)
     if resumed:
         metrics.keep_rounds_up_to(method.round)
         logger.info("resumed %s at round %d", out, method.round)
-    if args.eval_base and not resumed:
-        method.base_eval = evaluator(method.global_model(), 0, args.eval_metric, progress=show)
+    if cfg.evaluation.eval_base and not resumed:
+        method.base_eval = evaluator(method.global_model(), 0, cfg.evaluation.eval_metric, progress=show)
         metrics.write({"round": 0, **method.base_eval})
 
     rows: list[dict] = []
-    for round_idx in tqdm(range(method.round + 1, args.rounds + 1), desc="rounds", disable=not show):
+    for round_idx in tqdm(range(method.round + 1, cfg.federation.rounds + 1), desc="rounds", disable=not show):
         start = time.time()
         work = transport.run_round(method, round_idx, method.select_clients(round_idx), show)
         row = {"round": round_idx, **cost_metrics(work.reports), **work.row}  # a transport's measured bytes win
@@ -99,11 +102,12 @@ def run_rounds(args, method: Method, transport: Transport, evaluator: RoundEvalu
                     "client", round_idx, row["train_loss"], len(row["clients"]), row.get("bytes_down_per_client", 0),
                     row.get("bytes_up_per_client", 0), row.get("forward_equivalents_per_client", 0))
         rows.append(row)
-        if round_idx == args.rounds or (args.save_every and round_idx % args.save_every == 0):
+        save_every = cfg.output.save_every
+        if round_idx == cfg.federation.rounds or (save_every and round_idx % save_every == 0):
             method.save(out)
 
     final = rows[-1] if rows else {}
     summary = {"base": method.base_eval, "final": {k: final[k] for k in ("eval_loss", "rouge_l") if k in final},
-               "rounds": args.rounds, **method.finish(out), **transport.summary(rows)}
+               "rounds": cfg.federation.rounds, **method.finish(out), **transport.summary(rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return {"summary": summary, "method": method}

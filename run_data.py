@@ -2,19 +2,23 @@
 the clients that keep at least one usable example, and one log line for the records that cannot fit."""
 from __future__ import annotations
 
-import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from client import Client
 from errors import FedKSeedError
 from utils_data.default_tokens import prompt_format
 from utils_data.llm_dataset import LLMDataset
 
+if TYPE_CHECKING:
+    from config import DataConfig, RunConfig
+    from utils_data.federate import FederatedData
+
 logger = logging.getLogger("fedkseed")
 
 
-def run_prompt_format(args: argparse.Namespace) -> str:
-    return prompt_format(args.dataset, args.use_prompts, args.prompt_format)
+def run_prompt_format(data: DataConfig) -> str:
+    return prompt_format(data.dataset, data.use_prompts, data.prompt_format)
 
 
 def report_dropped(kind: str, datasets: list[LLMDataset], max_length: int) -> None:
@@ -26,12 +30,12 @@ def report_dropped(kind: str, datasets: list[LLMDataset], max_length: int) -> No
                     dropped, total, kind, max_length)
 
 
-def training_clients(args, data, tokenizer) -> list[Client]:
+def training_clients(cfg: RunConfig, data: FederatedData, tokenizer) -> list[Client]:
     """The clients with at least one usable example (what a Flower node needs; no evaluation set)."""
-    datasets = [LLMDataset(records, tokenizer, run_prompt_format(args), args.max_length)
+    datasets = [LLMDataset(records, tokenizer, run_prompt_format(cfg.data), cfg.data.max_length)
                 for records in data.clients]
-    report_dropped("training", datasets, args.max_length)
-    clients = [Client(i, ds, tokenizer.pad_token_id, args.seed) for i, ds in enumerate(datasets)]
+    report_dropped("training", datasets, cfg.data.max_length)
+    clients = [Client(i, ds, tokenizer.pad_token_id, cfg.federation.seed) for i, ds in enumerate(datasets)]
     clients = [c for c in clients if len(c) > 0]
     if not clients:
         raise FedKSeedError("no usable training examples after tokenisation (check --max_length)")

@@ -8,12 +8,16 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from checkpoint import CHECKPOINT_FILE, RunState, TensorState
 from errors import FedKSeedError
 from run_lock import acquire_run_lock
+
+if TYPE_CHECKING:
+    from config import RunConfig
 
 PACKAGES = ("torch", "transformers", "numpy", "rouge-score", "gguf", "accelerate", "datasets", "peft")
 
@@ -52,10 +56,10 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def write_config(path: Path, args, resumed_at: int | None = None) -> None:
+def write_config(path: Path, flags: dict, resumed_at: int | None = None) -> None:
     """Every resolved flag, the git revision and the library versions. A run resumed at round N keeps those of
     the sittings before it, so that every commit that trained it stays on record."""
-    doc = {"flags": vars(args), "git_revision": git_revision(), "versions": versions()}
+    doc = {"flags": flags, "git_revision": git_revision(), "versions": versions()}
     if resumed_at is not None:
         doc["earlier_sittings"] = earlier_sittings(path, resumed_at)
     path.write_text(json.dumps(doc, indent=2) + "\n")
@@ -72,18 +76,18 @@ def earlier_sittings(path: Path, resumed_at: int) -> list[dict]:
     return [*before.get("earlier_sittings", []), last]
 
 
-def open_run_dir(args, resume: RunState | TensorState | None) -> Path:
+def open_run_dir(cfg: RunConfig, resume: RunState | TensorState | None) -> Path:
     """The run directory, ready for a run (either engine): a new run never overwrites a checkpoint; logging set
     up, config.json written, torch seeded."""
-    torch.manual_seed(args.seed)
-    out = Path(args.output_dir)
+    torch.manual_seed(cfg.federation.seed)
+    out = Path(cfg.output.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
         acquire_run_lock(out)  # one writer per run directory (run_lock.py), till the run or process ends
         if resume is None and (out / CHECKPOINT_FILE).exists():  # checked under the lock: a run just finished counts
             raise FedKSeedError(f"--output_dir {out}: already holds a run; continue it with --resume {out}")
-        write_config(out / "config.json", args, resumed_at=None if resume is None else resume.round)
+        write_config(out / "config.json", cfg.flags(), resumed_at=None if resume is None else resume.round)
     except OSError as exc:
         raise FedKSeedError(f"--output_dir {out}: cannot write the run directory ({exc.strerror or exc})") from None
-    setup_logging(out / "train.log" if args.log else None)
+    setup_logging(out / "train.log" if cfg.output.log else None)
     return out

@@ -3,6 +3,7 @@ model (the transport InProcessClients), in the round loop of rounds.py."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -15,6 +16,9 @@ from run_data import training_clients
 from run_evaluation import RoundEvaluator
 from run_files import open_run_dir
 from utils_data.load_data import load_for_run
+
+if TYPE_CHECKING:
+    from config import RunConfig
 
 logger = logging.getLogger("fedkseed")
 
@@ -37,16 +41,16 @@ class InProcessClients:
         return {}
 
 
-def run(args, resume: RunState | TensorState | None = None) -> dict:
-    """Train for args.rounds rounds (continuing `resume` when given); returns the summary and the method."""
-    check_fits(args.model, args.dtype, *method_class(args.method).weight_copies(args))
-    out = open_run_dir(args, resume)
-    data = load_for_run(args)
-    tokenizer = load_tokenizer(args.model)
-    clients = training_clients(args, data, tokenizer)
-    evaluator = RoundEvaluator(args, data.eval_records, tokenizer)
+def run(cfg: RunConfig, resume: RunState | TensorState | None = None) -> dict:
+    """Train for --rounds rounds (continuing `resume` when given); returns the summary and the method."""
+    check_fits(cfg.model.model, cfg.model.dtype, *method_class(cfg.method.method).weight_copies(cfg))
+    out = open_run_dir(cfg, resume)
+    data = load_for_run(cfg)
+    tokenizer = load_tokenizer(cfg.model.model)
+    clients = training_clients(cfg, data, tokenizer)
+    evaluator = RoundEvaluator(cfg, data.eval_records, tokenizer)
     logger.info("%d clients (%d training examples), %d evaluation examples, %s on %s (%s), %s",
-                len(clients), sum(len(c) for c in clients), len(evaluator), args.model, args.device, args.dtype,
-                args.method)
-    method = build_method(args, load_model(args.model, args.dtype, args.device), clients, resume)
-    return run_rounds(args, method, InProcessClients(clients), evaluator, out, resumed=resume is not None)
+                len(clients), sum(len(c) for c in clients), len(evaluator), cfg.model.model, cfg.model.device,
+                cfg.model.dtype, cfg.method.method)
+    method = build_method(cfg, load_model(cfg.model.model, cfg.model.dtype, cfg.model.device), clients, resume)
+    return run_rounds(cfg, method, InProcessClients(clients), evaluator, out, resumed=resume is not None)

@@ -4,7 +4,7 @@ bfloat16 and float16, side by side in one process (interleaved, best of --repeat
     python bench/dtype_speed.py                        # the 58.5M LLaMA-shape bench model, seq 256
     python bench/dtype_speed.py --hidden 1024 --layers 12
 
-`--dtype auto` picks the dtype this shows fastest on the device (config.py: float32 on CPU, float16 on CUDA as the
+`--dtype auto` picks the dtype this shows fastest on the device (config/model.py: float32 on CPU, float16 on CUDA as the
 paper's runs).
 """
 from __future__ import annotations

@@ -24,13 +24,14 @@ import torch
 from common import add_model_flags, apply_threads, bench_model, lm_batch
 from step_cost import naive_step
 
+import config
 from methods.first_order import local_train, with_lora
 from modeling import lm_loss
 from optimizers.mezo_optimizer import MeZOOptimizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 
 MODES = ("forward", "project-gaussian", "project-rademacher", "naive", "fedkseed-lora", "fedit", "fedavg")
-LORA = argparse.Namespace(lora_r=8, lora_alpha=16, lora_dropout=0.0, lora_target_modules="q_proj,v_proj", seed=0)
+LORA = config.recorded({"lora_dropout": 0.0, "seed": 0})
 LR, EPS = 1e-7, 1e-3
 
 

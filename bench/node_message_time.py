@@ -37,7 +37,7 @@ from flower_app.node_store import NodeStore, state_key  # noqa: E402
 from flower_app.run_file import write_run_file  # noqa: E402
 
 
-def run_args(opts: argparse.Namespace, out: Path) -> argparse.Namespace:
+def run_args(opts: argparse.Namespace, out: Path) -> config.RunConfig:
     argv = ["--model", opts.model, "--dataset", "dolly", "--data_path", str(ROOT / opts.data), "-K", str(opts.K),
             "--num_clients", "2", "--local_step", str(opts.local_step), "--max_length", "128", "--lr", "3e-7",
             "--output_dir", str(out)]
@@ -48,13 +48,15 @@ def message(args, run_file: Path, state_dir: str, history, digest: bytes, base: 
     """One train message for round len(history) + 1 in a 'fresh process': (reply, seconds, catch-up seconds)."""
     node_runtime._RUNTIMES.clear()
     state = RecordDict()
-    node.NodeState(synced=base, history=history[:base], c=np.zeros(args.K)).save(state, args.K, "exact")
+    k = args.method.K
+    node.NodeState(synced=base, history=history[:base], c=np.zeros(k)).save(state, k, "exact")
     ctx = SimpleNamespace(run_id=1, node_config={"partition-id": 0, "num-partitions": 1, "state-dir": state_dir},
                           run_config={"flags-file": str(run_file)}, state=state)
-    local = LocalTraining(lr=args.lr, eps=args.zo_eps, local_step=args.local_step, grad_clip=args.grad_clip)
+    local = LocalTraining(lr=args.method.lr, eps=args.method.zo_eps, local_step=args.federation.local_step,
+                          grad_clip=args.method.grad_clip)
     ins = fedkseed_messages.Instruction(round=len(history) + 1, client=0, local=local, catchup="exact", base=base,
                                groups=history[base:], c_digest=digest)
-    content = fedkseed_messages.encode_instruction(ins, args.K)
+    content = fedkseed_messages.encode_instruction(ins, k)
     catchup = []
     original = node_runtime.NodeRuntime.catch_up
 
@@ -95,7 +97,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     history = []
     for _ in range(max(rounds)):
-        idx = np.sort(rng.choice(args.K, opts.seeds_per_round, replace=False)).astype(np.int64)
+        idx = np.sort(rng.choice(args.method.K, opts.seeds_per_round, replace=False)).astype(np.int64)
         history.append((idx, rng.normal(0, 30, len(idx))))
 
     # the state files of rounds R - 1 (what the node wrote when it last synced), and the server's c digests
@@ -110,8 +112,9 @@ def main() -> None:
         if r < max(rounds):
             copy.replay_rounds(history[r:r + 1])
     del rt, copy
-    print(f"{args.model}: K = {args.K}, {opts.seeds_per_round} seeds a round of history, {opts.local_step} local "
-          f"steps a message, {torch.get_num_threads()} torch thread(s); set-up {time.perf_counter() - start:.0f} s")
+    print(f"{args.model.model}: K = {args.method.K}, {opts.seeds_per_round} seeds a round of history, "
+          f"{opts.local_step} local steps a message, {torch.get_num_threads()} torch thread(s); "
+          f"set-up {time.perf_counter() - start:.0f} s")
     print(f"{'rounds':>6} | {'before: s/message':>17} {'(catch-up)':>10} | {'after: s/message':>16} "
           f"{'(catch-up)':>10} | {'before/after':>12}")
     rows = []

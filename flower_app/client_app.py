@@ -1,4 +1,5 @@
-"""The ClientApp: a SuperNode's side of every method (node.py: what it does with a message; node_runtime.py: what it holds).
+"""The ClientApp: a SuperNode's side of every method (node.py: what it does with a message; node_runtime.py:
+what the process holds).
 
     query  -> which clients this node hosts, its base-model fingerprint and seed-pool digest
     train  -> catch up to the global c of round r-1, run the client's local MeZO steps, reply with

@@ -26,11 +26,11 @@ POLL_SECONDS = 0.2  # between pulls for replies
 
 
 def collect(owner, round_idx: int, selected: list) -> tuple[dict, list, list, list, list]:
-    """Run the round's messages for `owner` (the FlowerClients transport: grid, hosts, args, message(), accept(),
+    """Run the round's messages for `owner` (the FlowerClients transport: grid, hosts, cfg, message(), accept(),
     resync()). Returns the accepted reports by client id, the rejected and the lost clients (dicts with reasons),
     and the measured sizes of the messages down and up."""
-    args, grid = owner.args, owner.grid
-    timeout = args.round_timeout or args.flower_timeout
+    cfg, grid = owner.cfg, owner.grid
+    timeout = cfg.engine.round_timeout or cfg.engine.flower_timeout
     deadline = time.monotonic() + timeout
     late = f"no reply within --round_timeout ({timeout:g} s)"
     size = {c.client_id: len(c) for c in selected}

@@ -176,11 +176,11 @@ def deploy(nodes: int, port: int, timeout: float, secure: bool, flags: list[str]
 
     work = Path(tempfile.mkdtemp(prefix="fedkseed-flower."))
     try:
-        args = prepare(work / "app", work / "flower_run.json", nodes, flags)
+        cfg = prepare(work / "app", work / "flower_run.json", nodes, flags)
     except FedKSeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = Path(args.output_dir) / "summary.json"
+    summary = Path(cfg.output.output_dir) / "summary.json"
     with LocalDeployment(work, port, secure) as dep:
         try:
             dep.start_superlink()
@@ -201,7 +201,7 @@ def deploy(nodes: int, port: int, timeout: float, secure: bool, flags: list[str]
             return 1
     s = json.loads(summary.read_text())
     c = s.get("communication", {})
-    print(f"run finished: {args.output_dir}", file=sys.stderr)
+    print(f"run finished: {cfg.output.output_dir}", file=sys.stderr)
     print(f"per client per round: {c.get('bytes_down_per_client_round', 0):.0f} B down + "
           f"{c.get('bytes_up_per_client_round', 0):.0f} B up (serialized messages; paper: < 18 KB); final {s['final']}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from checkpoint import RunState
 from errors import FedKSeedError
@@ -17,19 +18,22 @@ from flower_app.run_file import RUN_ENV, write_run_file
 from run_lock import acquire_run_lock
 from utils_data.load_data import load_for_run
 
+if TYPE_CHECKING:
+    from config import RunConfig
+
 RUN_FILE = "flower_run.json"
 
 
-def node_count(args) -> int:
+def node_count(cfg: RunConfig) -> int:
     """--flower_nodes, or one SuperNode per client of the data split."""
-    if args.flower_nodes:
-        return args.flower_nodes
-    data = load_for_run(args)
+    if cfg.engine.flower_nodes:
+        return cfg.engine.flower_nodes
+    data = load_for_run(cfg)
     return len(data.clients)
 
 
-def run_flower(args, resume: RunState | None = None, faults: dict | None = None) -> dict:
-    """Run args.rounds rounds in the simulation engine; returns what simulation.run returns (summary, c, server)."""
+def run_flower(cfg: RunConfig, resume: RunState | None = None, faults: dict | None = None) -> dict:
+    """Run --rounds rounds in the simulation engine; returns what simulation.run returns (summary, method)."""
     import ray  # noqa: F401  (imported here, in the main thread: see below)
     import transformers
     from flwr.simulation import run_simulation
@@ -40,13 +44,13 @@ def run_flower(args, resume: RunState | None = None, faults: dict | None = None)
     # imports (transformers' lazy modules, Ray) before the two run side by side.
     _ = transformers.AutoModelForCausalLM, transformers.AutoTokenizer, transformers.PreTrainedTokenizerFast
 
-    out = Path(args.output_dir)
+    out = Path(cfg.output.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     acquire_run_lock(out)  # before the run file is written; the ServerApp's open_run_dir, in this process, re-enters it
-    nodes = node_count(args)
-    run_file = write_run_file(out / RUN_FILE, args, nodes, resume=args.resume if resume is not None else None,
+    nodes = node_count(cfg)
+    run_file = write_run_file(out / RUN_FILE, cfg, nodes, resume=cfg.output.resume if resume is not None else None,
                               faults=faults, node_state=False)  # the Ray actors keep their models
-    gpu = str(args.device).startswith("cuda")
+    gpu = str(cfg.model.device).startswith("cuda")
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.5 if gpu else 0.0},
         "init_args": {"num_cpus": os.cpu_count() or 1, "num_gpus": 1 if gpu else 0},
@@ -65,7 +69,7 @@ def run_flower(args, resume: RunState | None = None, faults: dict | None = None)
             os.environ[RUN_ENV] = previous
         root.handlers[:] = handlers  # the ServerApp set up the run's log handlers; give the caller's back
         root.setLevel(level)
-    result = server_app.RESULTS.pop(str(args.output_dir), None)
+    result = server_app.RESULTS.pop(str(cfg.output.output_dir), None)
     if result is None:
         raise FedKSeedError("the Flower simulation ended without finishing the run (see the log above)")
     if "error" in result:

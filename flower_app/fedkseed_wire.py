@@ -34,9 +34,9 @@ class FedKSeedWire:
         """The instruction: the Delta c the node lacks (exact: per round; summed: c where it changed), the round's
         local training, and the Pro probabilities if the node does not hold this round's."""
         method = self.method
-        args, c, deltas, config = method.args, method.c, method.state.deltas, method.train_config
+        cfg, c, deltas, config = method.cfg, method.c, method.state.deltas, method.train_config
         base = min(self.node_synced.get(node, 0), round_idx - 1)
-        if args.flower_catchup == "exact":
+        if cfg.engine.flower_catchup == "exact":
             groups = [(idx.astype(np.int64), val) for idx, val in deltas[base:round_idx - 1]]
         else:
             touched = [idx for idx, _ in deltas[base:round_idx - 1]]
@@ -44,17 +44,17 @@ class FedKSeedWire:
             groups = [(changed, c[changed])]
         probs = config.probabilities
         ins = fedkseed_messages.Instruction(
-            round=round_idx, client=client_id, local=config.local, catchup=args.flower_catchup,
+            round=round_idx, client=client_id, local=config.local, catchup=cfg.engine.flower_catchup,
             base=base, groups=groups, c_digest=fedkseed_messages.c_digest(c), pro=probs is not None, p_round=round_idx,
             probabilities=probs if probs is not None and self.node_p_round.get(node) != round_idx else None,
             name=name)
-        return fedkseed_messages.encode_instruction(ins, args.K)
+        return fedkseed_messages.encode_instruction(ins, cfg.method.K)
 
     def accept(self, content: RecordDict, round_idx: int, client_id: int, node: int,
                num_examples: int) -> tuple[LocalReport | None, str | None]:
         """Check one reply and note the node's sync state: (the client's report, None) or (None, why rejected)."""
         method = self.method
-        decoded, reason = check_reply(content, round_idx, client_id, method.args.K,
+        decoded, reason = check_reply(content, round_idx, client_id, method.cfg.method.K,
                                       method.server.max_pairs(num_examples))
         if decoded is not None and decoded.synced is not None:
             self.node_synced[node] = max(0, min(decoded.synced, round_idx - 1))

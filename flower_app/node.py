@@ -61,8 +61,8 @@ class NodeState:
 # --- the two handlers -------------------------------------------------------------------------------------------
 
 def handle_query(context) -> RecordDict:
-    args, doc = read_run_file(context)
-    rt = runtime(context, args, doc)
+    cfg, doc = read_run_file(context)
+    rt = runtime(context, cfg, doc)
     partition, partitions = partition_of(context)
     held = None if rt.held is None else {name: len(c) for name, c in rt.held.items()}
     return wire.encode_query_reply(partition, partitions, rt.hosted(partition, partitions), rt.fingerprint,
@@ -70,8 +70,8 @@ def handle_query(context) -> RecordDict:
 
 
 def handle_train(content: RecordDict, context) -> RecordDict:
-    args, doc = read_run_file(context)
-    rt = runtime(context, args, doc)
+    cfg, doc = read_run_file(context)
+    rt = runtime(context, cfg, doc)
     if array_messages.is_array_message(content):
         return train_arrays(rt, content, partition_of(context), doc.get("faults", {}))
     ins = fedkseed_messages.decode_instruction(content, rt.k)

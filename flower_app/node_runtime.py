@@ -20,7 +20,7 @@ a usable state file, from round 0. Bit-identical either way.
 """
 from __future__ import annotations
 
-import argparse
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,32 +39,35 @@ from run_data import training_clients
 from streams import stream
 from utils_data.load_data import load_for_run
 
+if TYPE_CHECKING:
+    from config import RunConfig
 
-def node_weight_copies(args: argparse.Namespace) -> tuple[float, str]:
+
+def node_weight_copies(cfg: RunConfig) -> tuple[float, str]:
     """The weight-sized buffers a SuperNode holds at its peak: FedKSeed's exact catch-up a pristine and a trained
     copy, summed one; an array method's client what its in-process run holds beside the server's model."""
-    if args.method == "fedkseed":
-        if args.flower_catchup == "exact":
+    if cfg.method.method == "fedkseed":
+        if cfg.engine.flower_catchup == "exact":
             return 2, "a SuperNode with --flower_catchup exact (a pristine and a trained copy; summed needs one)"
         return 1, "a SuperNode with --flower_catchup summed (one model)"
-    copies, holds = method_class(args.method).weight_copies(args)
+    copies, holds = method_class(cfg.method.method).weight_copies(cfg)
     return copies - 1, f"a SuperNode's client of {holds.split(' (')[0]}"
 
 
 class NodeRuntime:
     """The base model, seed pool and client data of a run, loaded once per process, and the node's store."""
 
-    def __init__(self, args: argparse.Namespace, store: NodeStore | None = None):
-        self.args = args
-        self.k = args.K
-        self.compile = False if args.no_compile else None
-        check_fits(args.model, args.dtype, *node_weight_copies(args))
-        data = load_for_run(args, evaluation=False)
-        clients = training_clients(args, data, load_tokenizer(args.model))
+    def __init__(self, cfg: RunConfig, store: NodeStore | None = None):
+        self.cfg = cfg
+        self.k = cfg.method.K
+        self.compile = cfg.model.compile
+        check_fits(cfg.model.model, cfg.model.dtype, *node_weight_copies(cfg))
+        data = load_for_run(cfg, evaluation=False)
+        clients = training_clients(cfg, data, load_tokenizer(cfg.model.model))
         self.clients = {c.client_id: c for c in clients}
         # --flower_data node: the clients of this node's own data, by name (their global ids come from the server)
-        self.held = {data.client_names[c.client_id]: c for c in clients} if args.flower_data == "node" else None
-        self.seed_pool = make_seed_pool(args.K, stream(args.seed, "server"))  # the server's first draw
+        self.held = {data.client_names[c.client_id]: c for c in clients} if cfg.engine.flower_data == "node" else None
+        self.seed_pool = make_seed_pool(cfg.method.K, stream(cfg.federation.seed, "server"))  # the server's first draw
         self._work: SeededModel | None = None  # the copy a client trains on; loaded on first use
         self.work_is_theta0 = False  # the work copy holds theta0 (not trained yet): a fresh copy is a deepcopy
         self._fingerprint: str | None = None
@@ -80,15 +83,16 @@ class NodeRuntime:
         """Whether the state file is used: not for half-precision weights, which every sync rebuilds from theta0
         (SeededModel), so a stored copy cannot replace theta0; not for LoRA (--peft lora), whose adapters the
         stored copy does not describe."""
-        return self.store is not None and self.args.dtype == "float32" and self.args.peft == "none"
+        return self.store is not None and self.cfg.model.dtype == "float32" and self.cfg.method.peft == "none"
 
     def seeded(self, model) -> SeededModel:
-        return SeededModel(model.to(self.args.device), self.seed_pool, self.args.lr, kind=self.args.perturbation,
-                           compile=self.compile)
+        return SeededModel(model.to(self.cfg.model.device), self.seed_pool, self.cfg.method.lr,
+                           kind=self.cfg.method.perturbation, compile=self.compile)
 
     def read_theta0(self) -> SeededModel:
         """theta0 read from --model: the model z perturbs (with --peft lora, the base plus its initial adapters)."""
-        return self.seeded(perturbed_model(load_model(self.args.model, self.args.dtype, self.args.device), self.args))
+        spec = self.cfg.model
+        return self.seeded(perturbed_model(load_model(spec.model, spec.dtype, spec.device), self.cfg))
 
     @property
     def work(self) -> SeededModel:
@@ -107,15 +111,16 @@ class NodeRuntime:
     def array_client(self) -> ArrayClient:
         """--method fedit / fedavg: the method's client side (one copy of the model), built on first use."""
         if self._array_client is None:
-            model = load_model(self.args.model, self.args.dtype, self.args.device)
-            self._array_client = build_array_client(self.args, model)
+            spec = self.cfg.model
+            model = load_model(spec.model, spec.dtype, spec.device)
+            self._array_client = build_array_client(self.cfg, model)
         return self._array_client
 
     @property
     def fingerprint(self) -> str:
         """theta0's fingerprint (checked by the server in the query), computed on first use."""
         if self._fingerprint is None:
-            if self.args.method != "fedkseed":
+            if self.cfg.method.method != "fedkseed":
                 self._fingerprint = self.array_client.fingerprint
             else:
                 model = self.work.model if self.work_is_theta0 else self.load_theta0().model
@@ -174,14 +179,14 @@ class NodeRuntime:
 _RUNTIMES: dict[tuple, NodeRuntime] = {}
 
 
-def runtime(context, args: argparse.Namespace, doc: dict | None = None) -> NodeRuntime:
+def runtime(context, cfg: RunConfig, doc: dict | None = None) -> NodeRuntime:
     """This process's runtime for the run (cached: ClientApp objects may be rebuilt per message)."""
     partition = int(context.node_config.get("partition-id", 0))
-    store = store_for(context.node_config, args, partition, bool((doc or {}).get("node_state", False)))
-    key = (context.run_id, flags_key(args), None if store is None else str(store.path))
+    store = store_for(context.node_config, cfg, partition, bool((doc or {}).get("node_state", False)))
+    key = (context.run_id, flags_key(cfg), None if store is None else str(store.path))
     if key not in _RUNTIMES:
         _RUNTIMES.clear()  # one run at a time per process: free the previous run's models
-        _RUNTIMES[key] = NodeRuntime(args, store)
+        _RUNTIMES[key] = NodeRuntime(cfg, store)
     return _RUNTIMES[key]
 
 

@@ -14,7 +14,6 @@ next save. Loaded memory-mapped (safetensors), checked, then copied into the mod
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -22,6 +21,7 @@ import os
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from safetensors.torch import save_file
 
 from modeling import resolve_model_path
 from optimizers.seed_pool import SeededModel
+
+if TYPE_CHECKING:
+    from config import RunConfig
 
 logger = logging.getLogger("fedkseed.flower")
 
@@ -53,10 +56,11 @@ def model_identity(spec: str) -> list:
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def state_key(args: argparse.Namespace, partition: int) -> str:
+def state_key(cfg: RunConfig, partition: int) -> str:
     """What the state depends on besides the record of Delta c: base model files, the seed pool's flags, lr,
     z kind, dtype, device, and the node's partition (nodes sharing a directory keep their own files)."""
-    doc = {"flags": {name: getattr(args, name) for name in STATE_FLAGS}, "model": model_identity(args.model),
+    flags = cfg.flags()
+    doc = {"flags": {name: flags[name] for name in STATE_FLAGS}, "model": model_identity(cfg.model.model),
            "partition": partition}
     return hashlib.blake2b(json.dumps(doc, sort_keys=True, default=str).encode(), digest_size=12).hexdigest()
 
@@ -169,10 +173,10 @@ def empty_model(config_json: str, dtype: torch.dtype) -> torch.nn.Module:
     return model.eval()
 
 
-def store_for(node_config, args: argparse.Namespace, partition: int, enabled: bool) -> NodeStore | None:
+def store_for(node_config, cfg: RunConfig, partition: int, enabled: bool) -> NodeStore | None:
     """The node's store: node config `state-dir` (off = none), else the default directory when `enabled`
     (deployments; the simulation engine keeps models in its actors and passes enabled=False)."""
     value = str(node_config.get("state-dir", "") or "")
     if value == OFF or (not value and not enabled):
         return None
-    return NodeStore(Path(value) if value else default_dir(), state_key(args, partition))
+    return NodeStore(Path(value) if value else default_dir(), state_key(cfg, partition))

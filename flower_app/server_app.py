@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
@@ -43,6 +44,9 @@ from run_files import open_run_dir
 from streams import stream
 from utils_data.load_data import load_eval_records, load_for_run
 
+if TYPE_CHECKING:
+    from config import RunConfig
+
 logger = logging.getLogger("fedkseed")
 
 RESULTS: dict[str, dict] = {}  # output_dir -> what run() returns (read back by engine.run_flower)
@@ -52,28 +56,28 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    args, doc = read_run_file(context)
+    cfg, doc = read_run_file(context)
     resume = load_checkpoint(Path(doc["resume"])) if doc.get("resume") else None
     try:
-        RESULTS[str(args.output_dir)] = serve(args, grid, int(doc.get("expected_nodes") or 1), resume)
+        RESULTS[str(cfg.output.output_dir)] = serve(cfg, grid, int(doc.get("expected_nodes") or 1), resume)
     except FedKSeedError as exc:
-        RESULTS[str(args.output_dir)] = {"error": str(exc)}
+        RESULTS[str(cfg.output.output_dir)] = {"error": str(exc)}
         logger.error("error: %s", exc)
         raise
 
 
-def serve(args, grid: Grid, expected_nodes: int, resume: RunState | TensorState | None = None) -> dict:
+def serve(cfg: RunConfig, grid: Grid, expected_nodes: int, resume: RunState | TensorState | None = None) -> dict:
     """The run with its clients on the Grid's SuperNodes; returns the summary and the method."""
-    out = open_run_dir(args, resume)
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, args.dtype, args.device)
-    transport = FlowerClients(args, grid, expected_nodes)
+    out = open_run_dir(cfg, resume)
+    tokenizer = load_tokenizer(cfg.model.model)
+    model = load_model(cfg.model.model, cfg.model.dtype, cfg.model.device)
+    transport = FlowerClients(cfg, grid, expected_nodes)
     clients, evaluator = transport.set_up(tokenizer)
-    method = build_method(args, model, clients, resume)
+    method = build_method(cfg, model, clients, resume)
     transport.admit(method)
     logger.info("Flower: %d clients on %d SuperNodes (%s), %d evaluation examples", len(clients),
-                len(set(transport.hosts.values())), args.method, len(evaluator))
-    return run_rounds(args, method, transport, evaluator, out, resumed=resume is not None)
+                len(set(transport.hosts.values())), cfg.method.method, len(evaluator))
+    return run_rounds(cfg, method, transport, evaluator, out, resumed=resume is not None)
 
 
 def wire_for(method: Method) -> FedKSeedWire | ArrayWire:
@@ -88,8 +92,8 @@ def wire_for(method: Method) -> FedKSeedWire | ArrayWire:
 class FlowerClients:
     """The transport of the Flower engine: clients on SuperNodes, reached through a Flower Grid."""
 
-    def __init__(self, args, grid: Grid, expected_nodes: int):
-        self.args = args
+    def __init__(self, cfg: RunConfig, grid: Grid, expected_nodes: int):
+        self.cfg = cfg
         self.grid = grid
         self.expected_nodes = expected_nodes
         self.known_nodes: set[int] = set()  # every node id queried so far
@@ -99,18 +103,18 @@ class FlowerClients:
     def set_up(self, tokenizer) -> tuple[list, RoundEvaluator]:
         """Discover the SuperNodes (discovery.discover) and the clients they host, and load the evaluation set:
         from the server's copy of the data (shared), or from --eval_path alone (node data)."""
-        args = self.args
-        self.found = found = discover(self.grid, self.expected_nodes, args.flower_timeout)
+        cfg = self.cfg
+        self.found = found = discover(self.grid, self.expected_nodes, cfg.engine.flower_timeout)
         self.known_nodes.update(found.nodes)
-        if args.flower_data == "node":
+        if cfg.engine.flower_data == "node":
             clients, self.hosts = found.remote_clients()
             self.names = {c.client_id: c.name for c in clients}
             self.name_ids = {c.name: c.client_id for c in clients}
             self.clients = {c.client_id: c for c in clients}
-            return clients, RoundEvaluator(args, load_eval_records(args), tokenizer)
+            return clients, RoundEvaluator(cfg, load_eval_records(cfg.data), tokenizer)
         self.hosts, self.names, self.name_ids = found.hosts, {}, {}
-        data = load_for_run(args)
-        clients, evaluator = training_clients(args, data, tokenizer), RoundEvaluator(args, data.eval_records, tokenizer)
+        data = load_for_run(cfg)
+        clients, evaluator = training_clients(cfg, data, tokenizer), RoundEvaluator(cfg, data.eval_records, tokenizer)
         missing = [c.client_id for c in clients if c.client_id not in self.hosts]
         if missing:
             raise FedKSeedError(f"Flower: no SuperNode hosts clients {missing[:10]} (check num-partitions)")
@@ -121,7 +125,8 @@ class FlowerClients:
         """Check that every node holds the method's base model and the seed pool; its messages go through its
         wire from now on."""
         self.fingerprint = method.fingerprint
-        self.pool_digest = wire.array_digest(make_seed_pool(self.args.K, stream(self.args.seed, "server")))
+        pool = make_seed_pool(self.cfg.method.K, stream(self.cfg.federation.seed, "server"))
+        self.pool_digest = wire.array_digest(pool)
         self.found.check(self.fingerprint, self.pool_digest)
         self.wire = wire_for(method)
         for node in self.found.nodes:
@@ -133,7 +138,7 @@ class FlowerClients:
         queries = [Message(RecordDict({wire.QUERY_RECORD: ConfigRecord({})}), node, wire.QUERY,
                            group_id="setup") for node in nodes]
         failed = {node: "did not answer the set-up query in time" for node in nodes}
-        for reply in self.grid.send_and_receive(queries, timeout=self.args.flower_timeout):
+        for reply in self.grid.send_and_receive(queries, timeout=self.cfg.engine.flower_timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 failed[node] = f"failed its set-up: {reply.error.reason}"
@@ -186,9 +191,9 @@ class FlowerClients:
         row = {"selected": selected, "rejected": rejected, "lost": lost,
                **traffic_row(down, up)}  # the measured messages, not the method's own count
         aborted = None
-        if len(accepted) < min(self.args.min_replies, len(selected)):
+        if len(accepted) < min(self.cfg.engine.min_replies, len(selected)):
             aborted = (f"{len(accepted)} of {len(selected)} replies accepted ({len(lost)} lost, {len(rejected)} "
-                       f"rejected), fewer than --min_replies {self.args.min_replies}")
+                       f"rejected), fewer than --min_replies {self.cfg.engine.min_replies}")
         logger.info("round %d: %d/%d clients accepted, %d rejected, %d lost (serialized messages)", round_idx,
                     len(accepted), len(selected), len(rejected), len(lost))
         return RoundWork(accepted, row, aborted)

@@ -22,9 +22,13 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("flower_app", "methods", "optimizers", "utils_data")
+PACKAGES = ("config", "flower_app", "methods", "optimizers", "utils_data")
 
 PYPROJECT = """\
 [build-system]
@@ -69,27 +73,24 @@ def stage_app(app_dir: Path) -> Path:
     return app_dir
 
 
-def prepare(app_dir: Path, run_file: Path, nodes: int, flags: list[str]) -> argparse.Namespace:
+def prepare(app_dir: Path, run_file: Path, nodes: int, flags: list[str]) -> RunConfig:
     """Check the flags as main.py does (a --resume run takes its checkpoint's flags), stage the app folder and
     write the run file; returns the run's flags. Raises FedKSeedError on bad input."""
     sys.path.insert(0, str(ROOT))
-    import config
-    from checkpoint import load_checkpoint
+    from config import RunConfig, from_command_line
     from flower_app.run_file import write_run_file
 
-    parser = config.build_parser()
-    args = parser.parse_args(flags + ["--engine", "flower"])
-    if args.resume is not None:
-        args = config.merge_resume(args, load_checkpoint(Path(args.resume)).flags, parser)
-    args = config.validate(args)
+    cfg, _ = from_command_line(flags + ["--engine", "flower"])
+    resolved = cfg.flags()
     for name in ("model", "data_path", "eval_path", "output_dir", "resume"):  # a data path may be a glob or
-        value = getattr(args, name)  # hold {node}; a model may be a builtin name
+        value = resolved[name]  # hold {node}; a model may be a builtin name
         if value is not None and (Path(value).exists() or name not in ("model", "resume")):
-            setattr(args, name, str(Path(value).resolve()))
+            resolved[name] = str(Path(value).resolve())
+    cfg = RunConfig.from_flags(resolved)
     stage_app(app_dir)
     run_file.parent.mkdir(parents=True, exist_ok=True)
-    write_run_file(run_file, args, nodes, resume=args.resume)
-    return args
+    write_run_file(run_file, cfg, nodes, resume=cfg.output.resume)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     from errors import FedKSeedError
 
     try:
-        args = prepare(opts.app_dir, opts.run_file, opts.nodes, flags)
+        cfg = prepare(opts.app_dir, opts.run_file, opts.nodes, flags)
     except FedKSeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(args.output_dir)
+    print(cfg.output.output_dir)
     return 0
 
 

@@ -2,14 +2,17 @@
 one place that names them (--method's choices)."""
 from __future__ import annotations
 
-import argparse
 import importlib
+from typing import TYPE_CHECKING
 
 import torch
 
 from checkpoint import RunState, TensorState
 from client import Client
 from methods.base import ArrayClient, LocalReport, Method
+
+if TYPE_CHECKING:
+    from config import RunConfig
 
 # --method name -> "module:class" of its home (imported only when the method runs)
 METHODS = {
@@ -28,13 +31,13 @@ def method_class(name: str) -> type[Method]:
     return getattr(importlib.import_module(module), cls)
 
 
-def build_method(args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
+def build_method(cfg: RunConfig, model: torch.nn.Module, clients: list[Client],
                  resume: RunState | TensorState | None = None) -> Method:
     """The method --method names, around the loaded base model."""
-    return method_class(args.method)(args, model, clients, resume)
+    return method_class(cfg.method.method)(cfg, model, clients, resume)
 
 
-def build_array_client(args: argparse.Namespace, model: torch.nn.Module) -> ArrayClient:
+def build_array_client(cfg: RunConfig, model: torch.nn.Module) -> ArrayClient:
     """The client side alone of an array-shipping --method, around the loaded base model: what a Flower node
     trains with (the server's copy of the model stays on the server)."""
-    return method_class(args.method).build_client(args, model)
+    return method_class(cfg.method.method).build_client(cfg, model)

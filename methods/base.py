@@ -8,11 +8,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from client import Client
+
+if TYPE_CHECKING:
+    from config import RunConfig
 
 ZO_STEP_FORWARDS = 2  # a zeroth-order step: two forward passes
 FO_STEP_FORWARDS = 3  # a first-order step: a forward and a backward, counted as two forwards
@@ -46,13 +50,13 @@ class Method(ABC):
     base_eval: dict | None = None
 
     @staticmethod
-    def weight_copies(args) -> tuple[float, str]:
+    def weight_copies(cfg: RunConfig) -> tuple[float, str]:
         """How many weight-sized buffers an in-process run holds at its peak, and what they are (for the refusal of
         a run that cannot fit, before loading: modeling.check_fits)."""
         return 2, "the server's model and the clients' copy"
 
     @staticmethod
-    def check_flags(args) -> None:
+    def check_flags(cfg: RunConfig) -> None:
         """Refuse (FedKSeedError, one line) a flag combination this method cannot run; config.validate calls it."""
         return None  # most methods run with any flags the parser accepts
 
@@ -108,7 +112,7 @@ class ArrayMethod(Method):
 
     @staticmethod
     @abstractmethod
-    def build_client(args, model: torch.nn.Module) -> ArrayClient:
+    def build_client(cfg: RunConfig, model: torch.nn.Module) -> ArrayClient:
         """The client side alone, around the loaded base model: what a Flower node trains with."""
 
     @abstractmethod

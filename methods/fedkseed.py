@@ -2,8 +2,8 @@
 theta0 - lr * sum_j c_j z_j, each round's Delta c recorded for catch-up, replay and exact resume."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,16 +18,20 @@ from modeling import copy_trainable
 from optimizers.seed_pool import SeededModel
 from server import Server, ServerConfig
 
+if TYPE_CHECKING:
+    from config import RunConfig
 
-def server_config(args: argparse.Namespace, num_clients: int) -> ServerConfig:
+
+def server_config(cfg: RunConfig, num_clients: int) -> ServerConfig:
+    method, fed = cfg.method, cfg.federation
     return ServerConfig(
-        num_clients=num_clients, client_fraction=args.m, k=args.K,
-        local=LocalTraining(lr=args.lr, eps=args.zo_eps, local_step=args.local_step,
-                            batch_or_epoch=args.batch_or_epoch, batch_size=args.batch_size, grad_clip=args.grad_clip),
-        equal_weight=args.equal_weight, bias_sampling=args.bias_sampling,
-        bias_loss_clip=args.bias_loss_clip, grad_initial=args.grad_initial, perturbation=args.perturbation,
-        seed=args.seed, aggregation=args.aggregation, max_abs_grad=args.max_abs_grad,
-        trim_fraction=args.trim_fraction,
+        num_clients=num_clients, client_fraction=fed.m, k=method.K,
+        local=LocalTraining(lr=method.lr, eps=method.zo_eps, local_step=fed.local_step,
+                            batch_or_epoch=fed.batch_or_epoch, batch_size=cfg.data.batch_size,
+                            grad_clip=method.grad_clip),
+        equal_weight=fed.equal_weight, bias_sampling=method.bias_sampling, bias_loss_clip=method.bias_loss_clip,
+        grad_initial=method.grad_initial, perturbation=method.perturbation, seed=fed.seed,
+        aggregation=fed.aggregation, max_abs_grad=fed.max_abs_grad, trim_fraction=fed.trim_fraction,
     )
 
 
@@ -48,15 +52,15 @@ def changed_since(deltas: list[tuple[np.ndarray, np.ndarray]], since_round: int)
     return len(np.unique(np.concatenate(touched))) if touched else 0
 
 
-def perturbed_model(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+def perturbed_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
     """The model z perturbs: the base model, or with --peft lora the base plus its initial adapters (seeded by
     --seed), z over the adapter tensors only."""
-    return with_lora(model, args) if args.peft == "lora" else model
+    return with_lora(model, cfg) if cfg.method.peft == "lora" else model
 
 
-def fresh_state(args: argparse.Namespace, server: Server, fingerprint: str, clients: list[Client]) -> RunState:
+def fresh_state(cfg: RunConfig, server: Server, fingerprint: str, clients: list[Client]) -> RunState:
     """The run's state before its first round."""
-    return RunState(round=0, fingerprint=fingerprint, flags=vars(args).copy(), seed_pool=server.seed_pool,
+    return RunState(round=0, fingerprint=fingerprint, flags=cfg.flags(), seed_pool=server.seed_pool,
                     c=server.c, deltas=[], server_rng=server.rng.bit_generator.state,
                     last_round={c.client_id: 0 for c in clients})
 
@@ -89,20 +93,27 @@ class FedKSeed(Method):
     """The server (seed pool, sampling, per-seed aggregation, c, Pro) and one in-process client model copy."""
 
     @staticmethod
-    def weight_copies(args: argparse.Namespace) -> tuple[float, str]:
-        if args.client_sync == "replay":
+    def weight_copies(cfg: RunConfig) -> tuple[float, str]:
+        if cfg.federation.client_sync == "replay":
             return 1, "FedKSeed with --client_sync replay (one model)"
         return 2, "FedKSeed with --client_sync copy (the server's model and the clients' copy; replay needs one)"
 
-    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
+    @staticmethod
+    def check_flags(cfg: RunConfig) -> None:
+        if cfg.method.weight_decay != 0:
+            raise FedKSeedError(f"--weight_decay {cfg.method.weight_decay}: not supported with fedkseed; decay would "
+                                "make the model differ from theta0 - lr*sum c_j z_j, which every client and the server "
+                                "rely on")
+
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, clients: list[Client],
                  resume: RunState | None = None):
-        self.args = args
-        self.name = "fedkseed-pro" if args.bias_sampling else "fedkseed"
-        model = perturbed_model(model, args)
+        self.cfg = cfg
+        self.name = cfg.method.run_name
+        model = perturbed_model(model, cfg)
         self.fingerprint = model_fingerprint(model)
-        self.server = Server(model, server_config(args, len(clients)), compile=False if args.no_compile else None)
+        self.server = Server(model, server_config(cfg, len(clients)), compile=cfg.model.compile)
         self._work: SeededModel | None = None  # the in-process clients' copy, made when one trains here
-        self.state = fresh_state(args, self.server, self.fingerprint, clients)
+        self.state = fresh_state(cfg, self.server, self.fingerprint, clients)
         if resume is not None:
             self.state = restore(self.server, resume, self.fingerprint)
         self.round, self.base_eval = self.state.round, self.state.base_eval
@@ -115,12 +126,12 @@ class FedKSeed(Method):
         (exact in the closed form, not bit for bit). With copy, a second copy that every client resets to the
         server's weights (bit-identical to a remote node's exact catch-up); a server whose clients are remote
         never makes it."""
-        if self.args.client_sync == "replay":
+        if self.cfg.federation.client_sync == "replay":
             return self.server.seeded
         if self._work is None:
             seeded = self.server.seeded
-            self._work = SeededModel(copy_trainable(seeded.model), self.server.seed_pool, self.args.lr,
-                                     kind=self.args.perturbation, compile=False if self.args.no_compile else None,
+            self._work = SeededModel(copy_trainable(seeded.model), self.server.seed_pool, self.cfg.method.lr,
+                                     kind=self.cfg.method.perturbation, compile=self.cfg.model.compile,
                                      theta0=seeded.theta0)
             self._work.c = seeded.c.copy()  # the copy holds the server's weights, which c describes
         return self._work
@@ -136,15 +147,15 @@ class FedKSeed(Method):
         return selected
 
     def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
-        args, state = self.args, self.state
+        cfg, state = self.cfg, self.state
         changed = changed_since(state.deltas, state.last_round[client.client_id])
-        with LocalCost(args.device) as cost:
-            if args.client_sync == "copy":
+        with LocalCost(cfg.model.device) as cost:
+            if cfg.federation.client_sync == "copy":
                 self.work.copy_from(self.server.seeded)
             update = client.train(self.work, self.server.c, self._train_config, progress=progress)
         steps = len(update.seed_indices) + sum(update.skipped.values())
-        return LocalReport(client_id=client.client_id, upload=update,
-                           bytes_down=bytes_down(changed, args.K, args.bias_sampling), bytes_up=bytes_up(update),
+        return LocalReport(client_id=client.client_id, upload=update, bytes_up=bytes_up(update),
+                           bytes_down=bytes_down(changed, cfg.method.K, cfg.method.bias_sampling),
                            forward_equivalents=ZO_STEP_FORWARDS * steps, train_loss=update.mean_loss,
                            seconds=cost.seconds, peak_bytes=cost.peak_bytes, skipped=update.skipped)
 
@@ -166,8 +177,8 @@ class FedKSeed(Method):
         checkpoint(out, self.state, self.server)
 
     def finish(self, out: Path) -> dict:
-        if self.args.save:  # c and the seed pool: the whole trained model beside theta0
-            np.savez(out / "coefficients.npz", c=self.server.c, seed_pool=self.server.seed_pool, lr=self.args.lr)
+        if self.cfg.output.save:  # c and the seed pool: the whole trained model beside theta0
+            np.savez(out / "coefficients.npz", c=self.server.c, seed_pool=self.server.seed_pool, lr=self.cfg.method.lr)
         return {"method": self.name}
 
     @property

@@ -16,17 +16,17 @@ from a pool of K shared seeds, block by block, so that a client uploads a few th
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkpoint
 from client import Client
-from errors import FedKSeedError
+from errors import FedKSeedError, require
 from measure import LocalCost
 from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport
 from methods.first_order import client_steps, tensors_bytes
@@ -34,6 +34,9 @@ from optimizers.perturbation import Perturbation
 from optimizers.seed_pool import make_seed_pool
 from server import sample_clients
 from streams import stream
+
+if TYPE_CHECKING:
+    from config import RunConfig
 
 REFERENCE_SERVER_LR = 10.0 / 3.0  # the reference's 10, acting on its reconstruction of Delta / 3
 REFERENCE_CLIP = 30.0  # the reference's norm 10 on a term a third of this suite's unbiased one
@@ -123,15 +126,16 @@ class FerretClient(ArrayClient):
     """A client's side of Ferret: a copy of the global model (caught up round by round from the Delta c it
     receives), a work copy trained with SGD, and the projection of the update."""
 
-    def __init__(self, args: argparse.Namespace, held: BlockSeededModel, fingerprint: str):
-        self.args, self.held, self.fingerprint = args, held, fingerprint
+    def __init__(self, cfg: RunConfig, held: BlockSeededModel, fingerprint: str):
+        self.cfg, self.held, self.fingerprint = cfg, held, fingerprint
         self.work: torch.nn.Module | None = None
 
     @classmethod
-    def around_base(cls, args: argparse.Namespace, model: torch.nn.Module) -> FerretClient:
+    def around_base(cls, cfg: RunConfig, model: torch.nn.Module) -> FerretClient:
         fingerprint = model_fingerprint(model)
-        return cls(args, BlockSeededModel(trainable_all(model), make_seed_pool(args.K, stream(args.seed, "server")),
-                                          args.perturbation, False if args.no_compile else None), fingerprint)
+        pool = make_seed_pool(cfg.method.K, stream(cfg.federation.seed, "server"))
+        return cls(cfg, BlockSeededModel(trainable_all(model), pool, cfg.method.perturbation, cfg.model.compile),
+                   fingerprint)
 
     def catch_up(self, received: dict[str, np.ndarray], round_idx: int) -> None:
         """Apply the received rounds this copy lacks, in order; they must reach round_idx - 1."""
@@ -145,19 +149,19 @@ class FerretClient(ArrayClient):
             self.held.apply(received["delta_index"][first:last], received["delta_value"][first:last])
 
     def local_work(self, client: Client, round_idx: int, received: dict[str, np.ndarray], progress=None) -> LocalReport:
-        args = self.args
-        with LocalCost(args.device) as cost:
+        cfg = self.cfg
+        with LocalCost(cfg.model.device) as cost:
             start = time.perf_counter()
             self.catch_up(received, round_idx)
             work = self.work_copy()
             trained = time.perf_counter()
-            losses, skipped = client_steps(args, client, round_idx, work, progress, optimizer="sgd")
+            losses, skipped = client_steps(cfg, client, round_idx, work, progress, optimizer="sgd")
             passes = time.perf_counter() - trained
             with torch.no_grad():
                 deltas = [p.detach() - q.detach() for (_, p), q in zip(self.held.pert.params, work.parameters(),
                                                                        strict=True)]
             seeds, blocks, gammas = project_update(self.held.pert, self.held.blocks, deltas, self.held.seed_pool,
-                                                   stream(args.seed, "ferret", round_idx, client.client_id))
+                                                   stream(cfg.federation.seed, "ferret", round_idx, client.client_id))
             overhead = time.perf_counter() - start - passes
         upload = {"seeds": seeds.astype(np.int32), "blocks": blocks.astype(np.int32),
                   "gammas": gammas.astype(np.float32), "synced": np.array([self.held.round], dtype=np.int64)}
@@ -216,17 +220,17 @@ class Ferret(ArrayMethod):
     name = "ferret"
 
     @staticmethod
-    def weight_copies(args: argparse.Namespace) -> tuple[float, str]:
+    def weight_copies(cfg: RunConfig) -> tuple[float, str]:
         return 4, "Ferret (the server's model, the client's copy, its gradients and the update it projects)"
 
-    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list, resume: RunState | None = None):
-        self.args = args
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, clients: list, resume: RunState | None = None):
+        self.cfg = cfg
         self.fingerprint = model_fingerprint(model)
-        self.rng = stream(args.seed, "server")
-        self.seeded = BlockSeededModel(trainable_all(model), make_seed_pool(args.K, self.rng), args.perturbation,
-                                       False if args.no_compile else None)
+        self.rng = stream(cfg.federation.seed, "server")
+        self.seeded = BlockSeededModel(trainable_all(model), make_seed_pool(cfg.method.K, self.rng),
+                                       cfg.method.perturbation, cfg.model.compile)
         self.sizes = {c.client_id: len(c) for c in clients}
-        self.state = RunState(round=0, fingerprint=self.fingerprint, flags=vars(args).copy(),
+        self.state = RunState(round=0, fingerprint=self.fingerprint, flags=cfg.flags(),
                               seed_pool=self.seeded.seed_pool, c=self.seeded.c, deltas=[],
                               server_rng=self.rng.bit_generator.state, last_round={cid: 0 for cid in self.sizes})
         self._client: FerretClient | None = None
@@ -235,24 +239,22 @@ class Ferret(ArrayMethod):
         self.round, self.base_eval = self.state.round, self.state.base_eval
 
     @staticmethod
-    def check_flags(args: argparse.Namespace) -> None:
-        checks = [
-            (args.dtype == "float32", f"--method ferret: needs --dtype float32 weights (got {args.dtype}): a "
-             "half-precision model would round the projected updates away"),
-            (args.peft == "none", "--method ferret: trains every weight; --peft lora is for fedkseed"),
-            (args.server_lr > 0, f"--server_lr {args.server_lr}: must be positive"),
-            (args.server_clip >= 0, f"--server_clip {args.server_clip}: must be >= 0 (0 = no clip)"),
-            (args.aggregation == "mean" and args.max_abs_grad == 0, "--aggregation / --max_abs_grad: robust "
+    def check_flags(cfg: RunConfig) -> None:
+        method, fed = cfg.method, cfg.federation
+        require([
+            (cfg.model.dtype == "float32", f"--method ferret: needs --dtype float32 weights (got {cfg.model.dtype}): "
+             "a half-precision model would round the projected updates away"),
+            (method.peft == "none", "--method ferret: trains every weight; --peft lora is for fedkseed"),
+            (method.server_lr > 0, f"--server_lr {method.server_lr}: must be positive"),
+            (method.server_clip >= 0, f"--server_clip {method.server_clip}: must be >= 0 (0 = no clip)"),
+            (fed.aggregation == "mean" and fed.max_abs_grad == 0, "--aggregation / --max_abs_grad: robust "
              "aggregation of scalar gradients is FedKSeed's; --method ferret averages gamma and clips with "
              "--server_clip"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise FedKSeedError(message)
+        ])
 
     @staticmethod
-    def build_client(args: argparse.Namespace, model: torch.nn.Module) -> FerretClient:
-        return FerretClient.around_base(args, model)
+    def build_client(cfg: RunConfig, model: torch.nn.Module) -> FerretClient:
+        return FerretClient.around_base(cfg, model)
 
     def restore(self, state: RunState) -> None:
         """Replay the checkpoint's rounds onto theta0: the same model, bit for bit, as the run that wrote it."""
@@ -272,7 +274,7 @@ class Ferret(ArrayMethod):
         return self.seeded.c
 
     def select_clients(self, round_idx: int) -> list[int]:
-        return sample_clients(self.rng, self.args.m, len(self.sizes))
+        return sample_clients(self.rng, self.cfg.federation.m, len(self.sizes))
 
     def download(self, client_id: int, round_idx: int, since: int | None = None) -> dict[str, np.ndarray]:
         """The rounds of Delta c after `since` (default: the round the client last synced to)."""
@@ -281,18 +283,18 @@ class Ferret(ArrayMethod):
 
     def client_side(self) -> FerretClient:
         if self._client is None:
-            self._client = FerretClient(self.args, self.seeded, self.fingerprint)
+            self._client = FerretClient(self.cfg, self.seeded, self.fingerprint)
         return self._client
 
     def check_upload(self, upload: dict[str, np.ndarray]) -> str | None:
-        return check_upload(upload, self.args.K, self.seeded.n_blocks)
+        return check_upload(upload, self.cfg.method.K, self.seeded.n_blocks)
 
     def finish_round(self, round_idx: int, reports: list[LocalReport]) -> dict:
         """Average the accepted uploads' gamma by data size (or equally), clip each (seed, block) term, scale by
         --server_lr, and move the global model by the round's Delta c."""
-        seeded, args = self.seeded, self.args
+        seeded, cfg = self.seeded, self.cfg
         kept = [r for r in reports if self.check_upload(r.upload) is None]
-        sizes = np.array([1.0 if args.equal_weight else self.sizes[r.client_id] for r in kept])
+        sizes = np.array([1.0 if cfg.federation.equal_weight else self.sizes[r.client_id] for r in kept])
         mean = np.zeros_like(seeded.c)
         for weight, r in zip(sizes / sizes.sum() if len(kept) else sizes, kept, strict=True):
             np.add.at(mean, (r.upload["seeds"], r.upload["blocks"]), weight * r.upload["gammas"].astype(np.float64))
@@ -300,10 +302,10 @@ class Ferret(ArrayMethod):
             self.state.last_round[r.client_id] = round_idx - 1
         changed = np.flatnonzero(mean)
         gamma = mean.reshape(-1)[changed]
-        if args.server_clip > 0:
+        if cfg.method.server_clip > 0:
             norms = np.abs(gamma) * np.sqrt(seeded.block_sizes[changed % seeded.n_blocks])
-            gamma = gamma * np.minimum(1.0, args.server_clip / (norms + 1e-8))
-        delta = -args.server_lr * gamma
+            gamma = gamma * np.minimum(1.0, cfg.method.server_clip / (norms + 1e-8))
+        delta = -cfg.method.server_lr * gamma
         seeded.apply(changed, delta)
         self.state.deltas.append((changed.astype(np.int32), delta))
         self.round = self.state.round = round_idx
@@ -318,7 +320,7 @@ class Ferret(ArrayMethod):
         save_checkpoint(out / CHECKPOINT_FILE, self.state)
 
     def finish(self, out: Path) -> dict:
-        if self.args.save:  # the K x L table and the seed pool: the whole trained model beside theta0
+        if self.cfg.output.save:  # the K x L table and the seed pool: the whole trained model beside theta0
             np.savez(out / "coefficients.npz", c=self.seeded.c, seed_pool=self.seeded.seed_pool,
                      blocks=self.seeded.blocks)
         return {"method": self.name, "blocks": self.seeded.n_blocks}

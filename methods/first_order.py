@@ -8,8 +8,8 @@ A round: each selected client loads the global tensors into the in-process work 
 server averages them by data size (or equally with --equal_weight)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,34 +23,38 @@ from modeling import copy_trainable, lm_loss
 from server import sample_clients
 from streams import stream
 
+if TYPE_CHECKING:
+    from config import RunConfig
+
 Tensors = dict[str, np.ndarray]
 
 
-def with_lora(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+def with_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
     """The base model wrapped with LoRA adapters on --lora_target_modules (only the adapters train), in eval mode.
     The adapters' initial values come from --seed alone, so every process that wraps the same base gets the same
     ones."""
     from peft import LoraConfig, get_peft_model
 
-    targets = [t.strip() for t in args.lora_target_modules.split(",") if t.strip()]
+    targets = [t.strip() for t in cfg.method.lora_target_modules.split(",") if t.strip()]
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in names]
     if missing:
         raise FedKSeedError(f"--lora_target_modules: the model has no module named {', '.join(missing)}")
-    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+    method = cfg.method
+    config = LoraConfig(r=method.lora_r, lora_alpha=method.lora_alpha, lora_dropout=method.lora_dropout,
                         target_modules=targets, bias="none", task_type="CAUSAL_LM")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
+        torch.manual_seed(cfg.federation.seed)
         wrapped = get_peft_model(model, config)
     # peft's new dropout modules start in training mode: on, a zeroth-order step's two losses and every evaluation
     # would draw their own masks. First-order training turns dropout on itself (local_train), with seeded masks.
     return wrapped.eval()
 
 
-def trainable_model(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+def trainable_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
     """The base model as --method trains it: wrapped with LoRA (fedit) or with every weight trainable (fedavg)."""
-    model = with_lora(model, args) if args.method == "fedit" else model
-    if args.method == "fedavg":
+    model = with_lora(model, cfg) if cfg.method.method == "fedit" else model
+    if cfg.method.method == "fedavg":
         for p in model.parameters():
             p.requires_grad_(True)
     return model.eval()
@@ -109,18 +113,19 @@ def local_train(model: torch.nn.Module, batches, lr: float, weight_decay: float,
     return losses
 
 
-def client_steps(args: argparse.Namespace, client: Client, round_idx: int, model: torch.nn.Module, progress=None,
+def client_steps(cfg: RunConfig, client: Client, round_idx: int, model: torch.nn.Module, progress=None,
                  optimizer: str = "adamw") -> tuple[list[float], dict[str, int]]:
     """A client's first-order local steps of a round on `model` (local_train over its batches, in the order
     FedKSeed's client would see them): the losses, and the batches skipped for a non-finite loss."""
-    local = LocalTraining(lr=args.lr, eps=0.0, local_step=args.local_step, batch_or_epoch=args.batch_or_epoch,
-                          batch_size=args.batch_size)
-    seed = int(stream(args.seed, "torch", round_idx, client.client_id).integers(2**62))
+    local = LocalTraining(lr=cfg.method.lr, eps=0.0, local_step=cfg.federation.local_step,
+                          batch_or_epoch=cfg.federation.batch_or_epoch, batch_size=cfg.data.batch_size)
+    seed = int(stream(cfg.federation.seed, "torch", round_idx, client.client_id).integers(2**62))
     skipped: dict[str, int] = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout: the same masks wherever and whenever (resume) the client runs
-        batches = client.batches(local, client_rng(args.seed, round_idx, client.client_id))
-        losses = local_train(model, counted(batches, progress), args.lr, args.weight_decay, optimizer, skipped)
+        batches = client.batches(local, client_rng(cfg.federation.seed, round_idx, client.client_id))
+        losses = local_train(model, counted(batches, progress), cfg.method.lr, cfg.method.weight_decay, optimizer,
+                             skipped)
     return losses, skipped
 
 
@@ -128,19 +133,19 @@ class FirstOrderClient(ArrayClient):
     """A client's side of FedIT / FedAvg: one trainable copy of the model (trainable_model), which each round loads
     the received tensors, trains them and uploads them."""
 
-    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, fingerprint: str):
-        self.args, self.work, self.fingerprint = args, model, fingerprint
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, fingerprint: str):
+        self.cfg, self.work, self.fingerprint = cfg, model, fingerprint
 
     @classmethod
-    def around_base(cls, args: argparse.Namespace, model: torch.nn.Module) -> FirstOrderClient:
+    def around_base(cls, cfg: RunConfig, model: torch.nn.Module) -> FirstOrderClient:
         """The client side alone, around the loaded base model (fingerprinted before the method wraps it)."""
         fingerprint = model_fingerprint(model)
-        return cls(args, trainable_model(model, args), fingerprint)
+        return cls(cfg, trainable_model(model, cfg), fingerprint)
 
     def local_work(self, client: Client, round_idx: int, received: Tensors, progress=None) -> LocalReport:
-        with LocalCost(self.args.device) as cost:
+        with LocalCost(self.cfg.model.device) as cost:
             write_tensors(self.work, received)
-            losses, skipped = client_steps(self.args, client, round_idx, self.work, progress)
+            losses, skipped = client_steps(self.cfg, client, round_idx, self.work, progress)
             upload = read_tensors(self.work)
         return LocalReport(client_id=client.client_id, upload=upload, bytes_down=tensors_bytes(received),
                            bytes_up=tensors_bytes(upload) + 8, forward_equivalents=FO_STEP_FORWARDS * len(losses),
@@ -152,20 +157,20 @@ class FirstOrder(ArrayMethod):
     """FedIT (--method fedit: LoRA) or full-parameter FedAvg (--method fedavg)."""
 
     @staticmethod
-    def weight_copies(args: argparse.Namespace) -> tuple[float, str]:
-        if args.method == "fedavg":  # in half precision AdamW's float32 temporaries add about two (measured at 1.43B)
-            return 6 if args.dtype == "float32" else 8, ("FedAvg (the server's model and its tensors, the client's "
-                                                         "copy, gradients, AdamW's two moments)")
+    def weight_copies(cfg: RunConfig) -> tuple[float, str]:
+        if cfg.method.method == "fedavg":  # half precision: AdamW's float32 temporaries add about two (at 1.43B)
+            return 6 if cfg.model.dtype == "float32" else 8, ("FedAvg (the server's model and its tensors, the "
+                                                              "client's copy, gradients, AdamW's two moments)")
         return 2, "FedIT (the server's and the client's copies of the base model)"
 
-    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, clients: list[Client],
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, clients: list[Client],
                  resume: TensorState | None = None):
-        self.args, self.name = args, args.method
+        self.cfg, self.name = cfg, cfg.method.method
         self.fingerprint = model_fingerprint(model)
-        self.server_model = trainable_model(model, args)
+        self.server_model = trainable_model(model, cfg)
         self._client: FirstOrderClient | None = None  # built when a client trains in this process
         self.global_tensors = read_tensors(self.server_model)
-        self.rng = stream(args.seed, "server")
+        self.rng = stream(cfg.federation.seed, "server")
         self.sizes = {c.client_id: len(c) for c in clients}
         if resume is not None:
             self.restore(resume)
@@ -182,18 +187,18 @@ class FirstOrder(ArrayMethod):
         self.round, self.base_eval = state.round, state.base_eval
 
     def select_clients(self, round_idx: int) -> list[int]:
-        return sample_clients(self.rng, self.args.m, len(self.sizes))
+        return sample_clients(self.rng, self.cfg.federation.m, len(self.sizes))
 
     def download(self, client_id: int, round_idx: int, since: int | None = None) -> Tensors:
         return self.global_tensors  # the tensors whole: a client needs no state of its own
 
     @staticmethod
-    def build_client(args: argparse.Namespace, model: torch.nn.Module) -> FirstOrderClient:
-        return FirstOrderClient.around_base(args, model)
+    def build_client(cfg: RunConfig, model: torch.nn.Module) -> FirstOrderClient:
+        return FirstOrderClient.around_base(cfg, model)
 
     def client_side(self) -> FirstOrderClient:
         if self._client is None:
-            self._client = FirstOrderClient(self.args, copy_trainable(self.server_model), self.fingerprint)
+            self._client = FirstOrderClient(self.cfg, copy_trainable(self.server_model), self.fingerprint)
         return self._client
 
     def check_upload(self, upload: Tensors) -> str | None:
@@ -208,7 +213,7 @@ class FirstOrder(ArrayMethod):
         return None
 
     def finish_round(self, round_idx: int, reports: list[LocalReport]) -> dict:
-        sizes = np.array([1.0 if self.args.equal_weight else self.sizes[r.client_id] for r in reports])
+        sizes = np.array([1.0 if self.cfg.federation.equal_weight else self.sizes[r.client_id] for r in reports])
         self.global_tensors = fedavg([r.upload for r in reports], sizes / sizes.sum())
         write_tensors(self.server_model, self.global_tensors)
         self.round = round_idx
@@ -219,7 +224,7 @@ class FirstOrder(ArrayMethod):
 
     def save(self, out: Path) -> None:
         save_checkpoint(out / CHECKPOINT_FILE, TensorState(
-            round=self.round, fingerprint=self.fingerprint, flags=vars(self.args).copy(),
+            round=self.round, fingerprint=self.fingerprint, flags=self.cfg.flags(),
             server_rng=self.rng.bit_generator.state, tensors=self.global_tensors, base_eval=self.base_eval))
 
     def finish(self, out: Path) -> dict:

@@ -36,9 +36,9 @@ def inprocess_c(argv: list[str], selections: list[list[int]] | None = None, monk
 def started(tmp_path: Path, port: int, argv: list[str], nodes: int = 2, **kw) -> tuple[LocalDeployment, Path]:
     dep = LocalDeployment(tmp_path / "work", port, **kw)
     dep.env["OMP_NUM_THREADS"] = "1"  # the SuperNodes' torch sums then match the in-process reference's
-    args = prepare(dep.work / "app", dep.work / "run.json", nodes, argv)
+    cfg = prepare(dep.work / "app", dep.work / "run.json", nodes, argv)
     dep.start_superlink()
     for i in range(nodes):
         dep.start_supernode(i, nodes)
     assert dep.submit(dep.work / "app", dep.work / "run.json").returncode == 0
-    return dep, Path(args.output_dir)
+    return dep, Path(cfg.output.output_dir)

@@ -160,5 +160,5 @@ def test_readme_command_lines_parse_as_written(command):
     assert args.local_step == 200 and args.zo_eps == 0.0005 and args.grad_clip == -100.0
     assert args.bias_loss_clip == 1000.0 and args.grad_initial == 0.0 and args.weight_decay == 0.0
     assert args.batch_size == 1 and args.max_length == 1024 and args.zerotask == 7 and args.seed == 42
-    args = config.validate(args)  # and they pass validation
-    assert config.method_name(args) == ("fedkseed-pro" if pro else "fedkseed")
+    cfg = config.validate(args)  # and they pass validation
+    assert cfg.method.run_name == ("fedkseed-pro" if pro else "fedkseed")

@@ -182,9 +182,9 @@ def test_the_readme_command_runs_on_the_file_the_readme_makes(tmp_path):
     code = shlex.split(make)[2].replace("'data/", f"'{ROOT}/data/")  # the README runs it in the project folder
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
     argv = shlex.split(run)[2:] + ["--output_dir", str(tmp_path / "run")]
-    args = config.validate(config.build_parser().parse_args(argv))
-    args.data_path = str(tmp_path / args.data_path)
-    data = load_for_run(args)
+    cfg = config.validate(config.build_parser().parse_args(argv))
+    cfg.data.data_path = str(tmp_path / cfg.data.data_path)
+    data = load_for_run(cfg)
     assert data.client_names == ["team-0", "team-1", "team-2", "team-3"]
     assert {r["category"] for r in data.eval_records} == {"summarization"} and len(data.eval_records) == 40
-    assert args.prompt_format == "chat"
+    assert cfg.data.prompt_format == "chat"

@@ -2,11 +2,10 @@
 weights' size comes from the safetensors headers, each method says how many weight-sized buffers it holds."""
 from __future__ import annotations
 
-import argparse
-
 import pytest
 import torch
 
+import config
 import main
 import modeling
 from conftest import tiny_flags
@@ -43,8 +42,8 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(tiny_model_
 
 def test_the_buffers_each_method_and_node_holds():
     def args(**flags):
-        return argparse.Namespace(**{"method": "fedkseed", "client_sync": "copy", "flower_catchup": "exact",
-                                     "dtype": "float32", **flags})
+        return config.recorded({"method": "fedkseed", "client_sync": "copy", "flower_catchup": "exact",
+                                "dtype": "float32", **flags})
 
     assert method_class("fedkseed").weight_copies(args())[0] == 2
     assert method_class("fedkseed").weight_copies(args(client_sync="replay"))[0] == 1
@@ -56,7 +55,7 @@ def test_the_buffers_each_method_and_node_holds():
 def test_a_client_copy_of_a_lora_model_shares_the_frozen_base(tiny_model_dir):
     from methods.first_order import with_lora
 
-    lora = argparse.Namespace(lora_r=2, lora_alpha=4, lora_dropout=0.0, lora_target_modules="q_proj,v_proj", seed=0)
+    lora = config.recorded({"lora_r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "seed": 0})
     model = with_lora(load_model(str(tiny_model_dir)), lora)
     copied = copy_trainable(model)
     pairs = list(zip(model.parameters(), copied.parameters(), strict=True))

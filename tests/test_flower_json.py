@@ -80,9 +80,9 @@ def test_a_node_reads_its_node_config_data_path_or_its_partition_file(tmp_path):
     args = config.validate(config.build_parser().parse_args(argv))
     run_file = write_run_file(tmp_path / "run.json", args, 2)
     own, _ = read_run_file(context({"partition-id": 1, "num-partitions": 2, "data-path": "/data/mine.csv"}, run_file))
-    assert own.data_path == "/data/mine.csv"
+    assert own.data.data_path == "/data/mine.csv"
     by_partition, _ = read_run_file(context({"partition-id": 1, "num-partitions": 2}, run_file))
-    assert by_partition.data_path == "/srv/site-1.parquet"
+    assert by_partition.data.data_path == "/srv/site-1.parquet"
 
 
 def fake_grid(held_by_node: dict[int, dict[str, int]], fingerprint="f", pool="p"):

@@ -41,14 +41,14 @@ def setup(tiny_model_dir, tmp_path_factory):
     argv = ["--model", str(tiny_model_dir), "--dataset", "dolly", "--data_path", str(data), "-K", str(K),
             "--num_clients", "2", "--lr", str(LR), "--local_step", str(STEPS), "--no_compile",
             "--output_dir", str(work / "out")]
-    args = config.validate(config.build_parser().parse_args(argv))
-    run_file = write_run_file(work / "run.json", args, 1)
+    cfg = config.validate(config.build_parser().parse_args(argv))
+    run_file = write_run_file(work / "run.json", cfg, 1)
     rng = np.random.default_rng(0)
     history = []
     for _ in range(6):
         idx = np.unique(rng.integers(0, K, 5)).astype(np.int64)
         history.append((idx, rng.normal(0, 30, len(idx))))
-    return SimpleNamespace(args=args, run_file=run_file, history=history, work=work)
+    return SimpleNamespace(cfg=cfg, run_file=run_file, history=history, work=work)
 
 
 def context(setup, state_dir, state: RecordDict | None = None, run_id: int = 7):
@@ -154,16 +154,17 @@ def test_a_torn_or_corrupt_state_file_is_ignored_rebuilt_and_never_loaded(setup,
 
 
 def test_the_state_is_keyed_by_model_flags_and_partition_and_checked_against_the_trajectory(setup, tmp_path):
-    args = setup.args
-    key = state_key(args, 0)
+    cfg = setup.cfg
+    key = state_key(cfg, 0)
     other_model = write_tiny_model(tmp_path / "other_model", seed=1)
     copied = tmp_path / "copied_model"
-    shutil.copytree(args.model, copied)
+    shutil.copytree(cfg.model.model, copied)
     for change in ({"lr": 2e-3}, {"K": 128}, {"seed": 1}, {"model": str(other_model)}, {"model": str(copied)},
                    {"perturbation": "rademacher"}):
-        assert state_key(SimpleNamespace(**{**vars(args), **change}), 0) != key, change
-    assert state_key(args, 1) != key
-    assert state_key(SimpleNamespace(**{**vars(args), "eval_examples": 9}), 0) == key  # not part of the state
+        assert state_key(config.RunConfig.from_flags({**cfg.flags(), **change}), 0) != key, change
+    assert state_key(cfg, 1) != key
+    not_state = config.RunConfig.from_flags({**cfg.flags(), "eval_examples": 9})
+    assert state_key(not_state, 0) == key  # evaluation is not part of the state
 
     send(setup, context(setup, tmp_path), 4)
     rt = runtime()

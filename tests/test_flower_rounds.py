@@ -123,11 +123,11 @@ def parsed(argv: list[str]):
     return config.validate(config.build_parser().parse_args(argv + ["--engine", "flower"]))
 
 
-def serve(args, grid_of, resume=None) -> tuple[dict | None, str | None]:
+def serve(cfg, grid_of, resume=None) -> tuple[dict | None, str | None]:
     """A Flower server's run over the grid grid_of(run_file) builds: (result, None) or (None, its one-line error)."""
-    run_file = write_run_file(Path(f"{args.output_dir}.{resume is not None}.json"), args, 2)
+    run_file = write_run_file(Path(f"{cfg.output.output_dir}.{resume is not None}.json"), cfg, 2)
     try:
-        return one_thread_call(serve_flower, args, grid_of(run_file), 2, resume), None
+        return one_thread_call(serve_flower, cfg, grid_of(run_file), 2, resume), None
     except FedKSeedError as exc:
         return None, str(exc)
 
@@ -173,10 +173,8 @@ def test_below_min_replies_the_run_stops_with_c_unchanged_and_resume_reaches_the
     saved = load_checkpoint(tmp_path / "cut")
     assert saved.round == 1 and len(saved.deltas) == 1  # c as after round 1
     # a new ServerApp (new run: new node ids, empty node states) resumes from the checkpoint
-    parser = config.build_parser()
-    args = config.validate(config.merge_resume(parser.parse_args(["--resume", str(tmp_path / "cut")]), saved.flags,
-                                               parser))
-    again, error = serve(args, lambda rf: FakeGrid(contexts(rf, "off", run_id=2, ids=(21, 22))), resume=saved)
+    cfg, saved = config.from_command_line(["--resume", str(tmp_path / "cut")])
+    again, error = serve(cfg, lambda rf: FakeGrid(contexts(rf, "off", run_id=2, ids=(21, 22))), resume=saved)
     assert error is None and np.array_equal(again["method"].c, whole["method"].c)
     assert [r["round"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3]
 

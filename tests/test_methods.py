@@ -188,7 +188,7 @@ def test_fedkseed_on_lora_moves_only_the_adapters_and_replays_bit_identically(ti
     # a client that replays the rounds' Delta c onto base + initial adapters holds the server's adapters exactly
     args = parse(*argv)
     state = load_checkpoint(out)
-    replayed = SeededModel(with_lora(modeling.load_model(str(tiny_model_dir)), args), state.seed_pool, args.lr)
+    replayed = SeededModel(with_lora(modeling.load_model(str(tiny_model_dir)), args), state.seed_pool, args.method.lr)
     replayed.replay_rounds(state.deltas)
     for (_, p), (_, q) in zip(model.named_parameters(), replayed.model.named_parameters(), strict=True):
         assert torch.equal(p, q)

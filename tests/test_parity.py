@@ -212,12 +212,12 @@ def test_round_zero_evaluates_the_base_model_unless_switched_off(tiny_model_dir,
 # --- inputs that crashed ---------------------------------------------------------------------------------------
 
 def test_a_k_whose_state_cannot_fit_is_refused_before_allocating(monkeypatch, capsys):
-    monkeypatch.setattr(config, "available_memory", lambda: 2**30)  # 1 GiB free: K = 4M needs ~1 GiB
+    monkeypatch.setattr(config, "memory_info", lambda field: 2**30)  # 1 GiB free: K = 4M needs ~1 GiB
     assert main.main(["--dataset", "dolly", "-K", "4000000"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: -K 4000000: the seed state") and err.count("\n") == 1
-    monkeypatch.setattr(config, "available_memory", lambda: 2**40)
-    assert config.validate(config.build_parser().parse_args(["-K", "4000000"])).K == 4000000
+    monkeypatch.setattr(config, "memory_info", lambda field: 2**40)
+    assert config.validate(config.build_parser().parse_args(["-K", "4000000"])).method.K == 4000000
 
 
 def test_an_unwritable_output_dir_is_one_line(tiny_model_dir, dolly_file, capsys):

@@ -108,16 +108,14 @@ def test_smollm2_chat_template():
 
 
 def test_rows_that_cannot_fit_are_reported_once(tokenizer, caplog):
-    import argparse
-
+    import config
     from run_data import training_clients
     from run_evaluation import RoundEvaluator
 
     long = {**NO_INPUT, "instruction": "what is the river ? " * 20}
     data = FederatedData(clients=[[NO_INPUT, long, long]] * 5, client_names=[str(i) for i in range(5)],
                          eval_records=[NO_INPUT, long])
-    args = argparse.Namespace(dataset="json", use_prompts=True, prompt_format="none", max_length=32, seed=0,
-                              eval_examples=0, val_examples=0)
+    args = config.recorded({"dataset": "json", "prompt_format": "none", "max_length": 32, "seed": 0})
     with caplog.at_level(logging.INFO, logger="fedkseed"):
         clients = training_clients(args, data, tokenizer)
         eval_set = RoundEvaluator(args, data.eval_records, tokenizer)

@@ -5,6 +5,7 @@ import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from utils_data.federate import FederatedData, HoldOut, federate
 from utils_data.json_loader import DOLLY_FIELDS, Fields, load_records
 from utils_data.natural_instruction_loader import load_natural_instructions
 from utils_data.partition_data import CLIENT_SPLIT, parse_iid
+
+if TYPE_CHECKING:
+    from config import DataConfig, RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -131,22 +135,23 @@ def _load_instruct(path: Path, num_clients: int, subsample: float, max_length: i
     return FederatedData(clients=clients, client_names=names, eval_records=eval_records)
 
 
-def fields_of(args) -> Fields:
+def fields_of(data: DataConfig) -> Fields:
     """The column names of a run's --*_field flags (Dolly's by default)."""
-    return Fields(instruction=args.instruction_field or "instruction", input=args.input_field,
-                  response=args.response_field or "response", category=args.category_field, client=args.client_field)
+    return Fields(instruction=data.instruction_field or "instruction", input=data.input_field,
+                  response=data.response_field or "response", category=data.category_field, client=data.client_field)
 
 
-def load_for_run(args, evaluation: bool = True) -> FederatedData:
-    """load_federated_data with a run's flags (main.py's argparse namespace); evaluation=False skips reading
-    --eval_path (a Flower node holds the training data only)."""
-    held_out = EvalOptions(category=args.eval_category, fraction=args.eval_fraction, path=args.eval_path,
+def load_for_run(cfg: RunConfig, evaluation: bool = True) -> FederatedData:
+    """load_federated_data with a run's flags; evaluation=False skips reading --eval_path (a Flower node holds the
+    training data only)."""
+    data = cfg.data
+    held_out = EvalOptions(category=data.eval_category, fraction=data.eval_fraction, path=data.eval_path,
                            read_path=evaluation)
-    return load_federated_data(args.dataset, args.data_path, args.num_clients, args.iid, args.zerotask,
-                               args.dataset_subsample, args.max_length, args.seed, fields_of(args), held_out)
+    return load_federated_data(data.dataset, data.data_path, cfg.federation.num_clients, data.iid, data.zerotask,
+                               data.dataset_subsample, data.max_length, cfg.federation.seed, fields_of(data), held_out)
 
 
-def load_eval_records(args) -> list[dict]:
+def load_eval_records(data: DataConfig) -> list[dict]:
     """The --eval_path records alone (the Flower server with --flower_data node holds no training data)."""
-    records, _ = load_records(args.eval_path, replace(fields_of(args), client=None))
+    records, _ = load_records(data.eval_path, replace(fields_of(data), client=None))
     return records

@@ -1,0 +1,78 @@
+"""The engine flags: in process or in Flower, and a Flower run's nodes, catch-up, data placement and deadlines."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from config.data import DataConfig
+from config.federation import FederationConfig
+from config.flag_group import FlagGroup
+from errors import require
+from server import clients_per_round
+
+
+@dataclass
+class EngineConfig(FlagGroup):
+    engine: str
+    flower_nodes: int
+    flower_catchup: str
+    flower_data: str
+    flower_timeout: float
+    round_timeout: float
+    min_replies: int
+
+    @staticmethod
+    def add_flags(parser: argparse.ArgumentParser) -> None:
+        eng = parser.add_argument_group("engine")
+        eng.add_argument("--engine", choices=["inprocess", "flower"], default="inprocess",
+                         help="run every client in this process, or as Flower ClientApps in Flower's simulation "
+                         "engine (same c bit for bit; see flower_app/)")
+        eng.add_argument("--flower_nodes", type=int, default=0,
+                         help="Flower: virtual SuperNodes; client i lives on node i mod N; 0 = one node per client")
+        eng.add_argument("--flower_catchup", choices=["exact", "summed"], default="exact",
+                         help="Flower: a node catches up by replaying each missed round's Delta c onto a pristine "
+                         "copy (bit-identical, two model copies), or the paper's single summed change onto its "
+                         "trained copy (one copy, exact only in closed form)")
+        eng.add_argument("--flower_data", choices=["shared", "node"], default="shared",
+                         help="Flower: every SuperNode reads the whole --data_path and hosts clients i mod N "
+                         "(shared), or each reads only its own data (node: its node-config data-path, else "
+                         "--data_path with {node} replaced by its partition id; needs --dataset json --iid client "
+                         "--eval_path and --flower_nodes; the clients are the client-column values the nodes hold)")
+        eng.add_argument("--flower_timeout", type=float, default=3600.0,
+                         help="Flower: seconds the server waits for the SuperNodes at set-up, and for a round's "
+                         "replies unless --round_timeout is given")
+        eng.add_argument("--round_timeout", type=float, default=0.0,
+                         help="Flower: the round's deadline, in seconds from its start: a client whose reply has not "
+                         "arrived by then is lost for the round (metrics.jsonl: lost); 0 = --flower_timeout")
+        eng.add_argument("--min_replies", type=int, default=1,
+                         help="Flower: accepted replies a round needs to count; with fewer the run stops with an "
+                         "error before changing c (continue with --resume from the last checkpoint); 0 = every "
+                         "round counts, even one without replies (c unchanged)")
+
+    def check(self) -> None:
+        require([
+            (self.flower_nodes >= 0, f"--flower_nodes {self.flower_nodes}: must be >= 0"),
+            (self.flower_timeout > 0, f"--flower_timeout {self.flower_timeout}: must be positive"),
+            (self.round_timeout >= 0, f"--round_timeout {self.round_timeout}: must be >= 0 (0 = --flower_timeout)"),
+        ])
+
+    def check_run(self, federation: FederationConfig, data: DataConfig, method: str) -> None:
+        """The engine's flags against the run's clients, data and method."""
+        sampled = clients_per_round(federation.m, federation.num_clients)
+        require([
+            (0 <= self.min_replies <= sampled, f"--min_replies {self.min_replies}: must be in [0, {sampled}], the "
+             "clients sampled a round"),
+            (self.flower_catchup == "exact" or method == "fedkseed", f"--flower_catchup {self.flower_catchup}: "
+             f"a catch-up of Delta c; --method {method} sends its tensors whole every round"),
+        ])
+        if self.flower_data == "node":
+            self.check_node_data(data)
+
+    def check_node_data(self, data: DataConfig) -> None:
+        """--flower_data node: the nodes hold the training data, split by client column; the server the eval file."""
+        needs = [(self.engine == "flower", "--engine flower"), (data.dataset == "json", "--dataset json"),
+                 (data.iid == "client", "--iid client"), (data.eval_path is not None, "--eval_path FILE"),
+                 (self.flower_nodes > 0, "--flower_nodes N")]
+        missing = [flag for ok, flag in needs if not ok]
+        require([(not missing, f"--flower_data node: needs {', '.join(missing)} (the nodes hold the training data, "
+                  "one client per client-column value; the server holds only the evaluation file)")])

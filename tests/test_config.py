@@ -1,0 +1,60 @@
+"""The typed flag groups: every flag in exactly one group, a run's recorded flags read back unchanged, each group's
+checks where the group is defined, and the trajectory flags a resumed run must keep."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import config
+from config.flag_group import group_defaults
+from errors import FedKSeedError
+
+
+def test_every_flag_belongs_to_exactly_one_group():
+    dests = set(vars(config.build_parser().parse_args([])))
+    groups = [set(group.names()) for group in config.GROUPS.values()]
+    assert sum(len(g) for g in groups) == len(set().union(*groups)), "a flag in two groups"
+    assert set().union(*groups) == dests
+    assert [f.name for f in dataclasses.fields(config.RunConfig)] == list(config.GROUPS)
+
+
+def test_each_group_declares_only_its_own_flags():
+    for group in config.GROUPS.values():
+        assert set(group_defaults(group)) == set(group.names()), group.__name__
+
+
+def test_recorded_flags_read_back_as_the_same_config():
+    cfg = config.validate(config.build_parser().parse_args(["--method", "ferret", "-K", "16", "--lr", "1e-4",
+                                                            "--output_dir", "/tmp/unused"]))
+    again = config.RunConfig.from_flags(cfg.flags())
+    assert again == cfg and again.method.K == 16 and again.federation.seed == 42
+    older = {k: v for k, v in cfg.flags().items() if k != "server_clip"}  # a run that predates --server_clip
+    assert config.recorded(older).method.server_clip == group_defaults(config.MethodConfig)["server_clip"]
+
+
+@pytest.mark.parametrize("group, flags, message", [
+    (config.FederationConfig, {"m": 0.0}, "-m 0.0"),
+    (config.DataConfig, {"max_length": 4}, "--max_length 4"),
+    (config.MethodConfig, {"lora_r": 4}, "--lora_r: LoRA flags need"),
+    (config.EvalConfig, {"val_examples": 5}, "--val_examples 5: needs --eval_examples"),
+    (config.EngineConfig, {"flower_timeout": 0.0}, "--flower_timeout 0.0"),
+])
+def test_a_group_checks_its_own_flags(group, flags, message):
+    values = group.from_flags({**group_defaults(group), **flags})
+    with pytest.raises(FedKSeedError, match=message):
+        values.check()
+    group.from_flags(group_defaults(group)).check()  # its defaults pass
+
+
+def test_a_rule_joining_two_groups_is_checked_by_the_run():
+    args = config.build_parser().parse_args(["--method", "fedit", "--flower_catchup", "summed"])
+    with pytest.raises(FedKSeedError, match="--flower_catchup summed: a catch-up of Delta c"):
+        config.validate(args)
+
+
+def test_a_resumed_run_keeps_what_defines_its_trajectory_and_may_change_the_rest():
+    trajectory = set(config.TRAJECTORY_FLAGS)
+    assert set(config.MethodConfig.names()) | set(config.DataConfig.names()) <= trajectory
+    assert {"model", "dtype", "seed", "m", "local_step"} <= trajectory
+    assert not trajectory & {"rounds", "device", "no_compile", "engine", "eval_every", "save_every", "quiet"}
