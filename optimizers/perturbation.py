@@ -13,8 +13,9 @@
     z_for(seed, name, numel, kind)                the reference values, for tests and tools
 
 z is defined in optimizers/zstream.py. Which code applies it (compile=None picks the fastest there is):
-    native    optimizers/z_native_source.py, float32 CPU parameters, every parameter in one call (compile=None)
-    compiled  the torch.compile kernels of optimizers/z_kernels.py (compile=True; CUDA and other dtypes)
+    native    optimizers/z_native_source.py, float32 and bfloat16 CPU parameters, every parameter in one call
+              (compile=None)
+    compiled  the torch.compile kernels of optimizers/z_kernels.py (compile=True; CUDA and float16)
     eager     plain torch ops in cache-sized blocks (compile=False; no build or compile time)
 All three give the same z (integer stream bit for bit, floats within a few ulps).
 """
@@ -146,7 +147,7 @@ class Perturbation:
         name, p = self.params[index]
         lib = library() if self.native else None
         values = values.detach()
-        if lib is not None and supports(values):
+        if lib is not None and supports(values) and values.dtype == torch.float32:
             return native_dot(lib, values, key_array([(int(s), name) for s in seeds]), self.kind)
         flat = values.to("cpu", torch.float64).reshape(-1).numpy()
         buf = torch.empty(p.shape, dtype=torch.float32, device=p.device)

@@ -1,9 +1,10 @@
 """The native CPU kernel (the C++ in optimizers/z_native_source.py): built with the machine's C++ compiler on
-first use, cached, and called through ctypes. It applies theta += sum_s coef_s * z(seed_s) to every float32
-CPU parameter of a model in one call: hash, Box-Muller (or signs) and update fused in one vectorised loop
-over cache-sized blocks, the blocks split across threads by work; and <w, z(seed)> for many seeds of one tensor
-(a projection onto seeded bases) in one pass over it. Where it cannot be built or loaded, the
-project falls back to the torch.compile kernels of optimizers/z_kernels.py (same stream) with a warning.
+first use, cached, and called through ctypes. It applies theta += sum_s coef_s * z(seed_s) to every float32 or
+bfloat16 CPU parameter of a model in one call (a bfloat16 weight widened, updated and rounded back in registers):
+hash, Box-Muller (or signs) and update fused in one vectorised loop over cache-sized blocks, the blocks split
+across threads by work; and <w, z(seed)> for many seeds of one float32 tensor (a projection onto seeded bases) in
+one pass over it. Where it cannot be built or loaded, the project falls back to the torch.compile kernels of
+optimizers/z_kernels.py (same stream) with a warning.
 
     FEDKSEED_NATIVE=0     do not build or use it
     FEDKSEED_CACHE=DIR    where the built library is kept (default ~/.cache/fedkseed)
@@ -30,6 +31,7 @@ from optimizers.z_native_source import SOURCE
 FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fopenmp-simd", "-std=c++17",
          "-shared", "-fPIC", "-pthread"]
 KIND_CODES = {"gaussian": 0, "rademacher": 1}
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 
 
 def native_enabled() -> bool:
@@ -62,14 +64,14 @@ def library() -> ctypes.CDLL | None:
         return None
     lib.z_apply.restype = None
     lib.z_apply.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.POINTER(ctypes.c_void_p),
-                            ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                            ctypes.c_int64]
+                            ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p,
+                            ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     lib.z_dot.restype = None
     lib.z_dot.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                           ctypes.c_void_p, ctypes.c_int64]
     lib.z_rows.restype = None
-    lib.z_rows.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                           ctypes.c_void_p, ctypes.c_float]
+    lib.z_rows.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_float]
     return lib
 
 
@@ -88,28 +90,29 @@ def _build(compiler: str, built: Path) -> None:
 
 
 def supports(p: torch.Tensor) -> bool:
-    """Whether the native kernel can update this parameter in place: float32, contiguous, on the CPU."""
-    return p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous()
+    """Whether the native kernel can update this parameter in place: float32 or bfloat16, contiguous, on the CPU."""
+    return p.device.type == "cpu" and p.dtype in DTYPE_CODES and p.is_contiguous()
 
 
 def apply_rows(lib: ctypes.CDLL, weight: torch.Tensor, rows: torch.Tensor, key: np.ndarray, coef: float,
                kind: str) -> None:
-    """weight[rows] += coef * z(key) on those rows of a 2-D float32 parameter only, each element by its own
-    index: bitwise what a whole-tensor pass with one seed gives those rows."""
+    """weight[rows] += coef * z(key) on those rows of a 2-D float32 or bfloat16 parameter only, each element by its
+    own index: bitwise what a whole-tensor pass with one seed gives those rows."""
     if not supports(weight) or weight.dim() != 2:
-        raise ValueError(f"native rows need a contiguous 2-D float32 CPU tensor, not {weight.dtype} {weight.shape}")
+        raise ValueError(f"native rows need a contiguous 2-D float32 or bfloat16 CPU tensor, not {weight.dtype} "
+                         f"{tuple(weight.shape)}")
     rows = rows.to(device="cpu", dtype=torch.int64).contiguous()
     if rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < weight.shape[0]:
         raise ValueError(f"row ids must lie in [0, {weight.shape[0]})")
     key = np.ascontiguousarray(key, dtype=np.int32).reshape(3)
-    lib.z_rows(KIND_CODES[kind], weight.data_ptr(), weight.shape[1], rows.data_ptr(), rows.numel(), key.ctypes.data,
-               coef)
+    lib.z_rows(KIND_CODES[kind], DTYPE_CODES[weight.dtype], weight.data_ptr(), weight.shape[1], rows.data_ptr(),
+               rows.numel(), key.ctypes.data, coef)
 
 
 def dot(lib: ctypes.CDLL, values: torch.Tensor, keys: np.ndarray, kind: str) -> np.ndarray:
     """<values, z(key)> for each key (int32 [seeds, 3]) of a float32 CPU tensor, in float64, the same for any
     thread count."""
-    if not supports(values):
+    if not supports(values) or values.dtype != torch.float32:
         raise ValueError(f"native dot needs a contiguous float32 CPU tensor, not {values.dtype} on {values.device}")
     keys = np.ascontiguousarray(keys, dtype=np.int32).reshape(-1, 3)
     out = np.zeros(len(keys), dtype=np.float64)
@@ -125,6 +128,7 @@ class NativePass:
         self.lib, self.kind = lib, KIND_CODES[kind]
         self.tensors = list(tensors)
         self.data = (ctypes.c_void_p * len(self.tensors))(*[t.data_ptr() for t in self.tensors])
+        self.dtypes = (ctypes.c_int32 * len(self.tensors))(*[DTYPE_CODES[t.dtype] for t in self.tensors])
         self.numel = (ctypes.c_int64 * len(self.tensors))(*[t.numel() for t in self.tensors])
 
     def __call__(self, keys: np.ndarray, coefs: np.ndarray) -> None:
@@ -133,5 +137,5 @@ class NativePass:
         coefs = np.ascontiguousarray(coefs, dtype=np.float32)
         if keys.shape != (len(self.tensors), coefs.shape[1], 3) or coefs.shape[0] != len(self.tensors):
             raise ValueError(f"keys {keys.shape} and coefs {coefs.shape} do not match {len(self.tensors)} tensors")
-        self.lib.z_apply(self.kind, len(self.tensors), self.data, self.numel, keys.ctypes.data, coefs.ctypes.data,
-                         coefs.shape[1], torch.get_num_threads())
+        self.lib.z_apply(self.kind, len(self.tensors), self.data, self.dtypes, self.numel, keys.ctypes.data,
+                         coefs.ctypes.data, coefs.shape[1], torch.get_num_threads())

@@ -1,10 +1,12 @@
 """The C++ source of the native z kernel, compiled by optimizers/z_native.py."""
 
 SOURCE = r"""
-// theta += sum_s coef_s * z(seed_s) over many float32 CPU tensors in one call: the stream of
+// theta += sum_s coef_s * z(seed_s) over many float32 or bfloat16 CPU tensors in one call: the stream of
 // optimizers/zstream.py, written in C++ so that the compiler fuses hash, transform and update into one
 // vectorised loop over cache-sized blocks. Every operation mirrors zstream.py's float32 arithmetic in the
-// same order; only contraction into fused multiply-adds may move a value by an ulp.
+// same order; only contraction into fused multiply-adds may move a value by an ulp. A bfloat16 weight is
+// widened to float32, takes the float32 update and is rounded back once (to nearest, ties to even), as a torch
+// add on a bfloat16 tensor rounds: no float32 copy of a tensor is ever made.
 //
 // Built on first use by optimizers/z_native.py (g++ -O3 -march=native) and called through ctypes. The source
 // lives in this Python string so that it travels wherever the Python code goes (a Flower app bundle carries
@@ -40,6 +42,19 @@ inline uint32_t float_to_bits(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof bits);
   return bits;
+}
+
+// A weight's storage: float32 as it is, bfloat16 widened to float32 and rounded back to nearest even.
+inline float load(const float& w) { return w; }
+inline void store(float& w, float v) { w = v; }
+inline float load(const uint16_t& w) { return bits_to_float(static_cast<uint32_t>(w) << 16); }
+inline void store(uint16_t& w, float v) {
+  const uint32_t bits = float_to_bits(v);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) {  // NaN stays a (quiet) NaN
+    w = static_cast<uint16_t>((bits >> 16) | 0x40u);
+    return;
+  }
+  w = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
 
 // sqrt(-2 ln u1), u1 = k * 2**-24 for the odd 24-bit k of w1: see zstream._radius.
@@ -107,11 +122,12 @@ struct Seeds {  // the seeds with a nonzero coefficient for one tensor
 
 // Pairs [p0, p1) of w (numel elements). One or two seeds write the weights directly; more accumulate the
 // block in L1 first, so the weights are read and written once whatever the number of seeds.
-void gaussian_block(float* w, int64_t numel, int64_t p0, int64_t p1, const Seeds& seeds) {
+template <typename W>
+void gaussian_block(W* w, int64_t numel, int64_t p0, int64_t p1, const Seeds& seeds) {
   const int64_t full = std::min(p1, numel / 2);  // pairs with both elements present
   const int64_t n = full - p0;
   const uint32_t first = static_cast<uint32_t>(p0);  // pair counters in uint32 lanes (counters are 31-bit)
-  float* out = w + 2 * p0;
+  W* out = w + 2 * p0;
   if (seeds.count == 1) {
     const Key k(seeds.keys[0]);
     const float c = seeds.coefs[0];
@@ -119,8 +135,8 @@ void gaussian_block(float* w, int64_t numel, int64_t p0, int64_t p1, const Seeds
     for (int64_t j = 0; j < n; ++j) {
       float x, y;
       gaussian_pair(first + static_cast<uint32_t>(j), k, x, y);
-      out[2 * j] += c * x;
-      out[2 * j + 1] += c * y;
+      store(out[2 * j], load(out[2 * j]) + c * x);
+      store(out[2 * j + 1], load(out[2 * j + 1]) + c * y);
     }
   } else if (seeds.count == 2) {
     const Key k0(seeds.keys[0]), k1(seeds.keys[1]);
@@ -130,8 +146,8 @@ void gaussian_block(float* w, int64_t numel, int64_t p0, int64_t p1, const Seeds
       float x0, y0, x1, y1;
       gaussian_pair(first + static_cast<uint32_t>(j), k0, x0, y0);
       gaussian_pair(first + static_cast<uint32_t>(j), k1, x1, y1);
-      out[2 * j] += c0 * x0 + c1 * x1;
-      out[2 * j + 1] += c0 * y0 + c1 * y1;
+      store(out[2 * j], load(out[2 * j]) + (c0 * x0 + c1 * x1));
+      store(out[2 * j + 1], load(out[2 * j + 1]) + (c0 * y0 + c1 * y1));
     }
   } else {
     float ax[GAUSSIAN_BLOCK], ay[GAUSSIAN_BLOCK];
@@ -150,8 +166,8 @@ void gaussian_block(float* w, int64_t numel, int64_t p0, int64_t p1, const Seeds
     }
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
-      out[2 * j] += ax[j];
-      out[2 * j + 1] += ay[j];
+      store(out[2 * j], load(out[2 * j]) + ax[j]);
+      store(out[2 * j + 1], load(out[2 * j + 1]) + ay[j]);
     }
   }
   if (full < p1) {  // odd numel: the last pair has only its first element
@@ -161,12 +177,13 @@ void gaussian_block(float* w, int64_t numel, int64_t p0, int64_t p1, const Seeds
       gaussian_pair(static_cast<uint32_t>(full), Key(seeds.keys[s]), x, y);
       update += seeds.coefs[s] * x;
     }
-    w[numel - 1] += update;
+    store(w[numel - 1], load(w[numel - 1]) + update);
   }
 }
 
 // Words [q0, q1) of w: element 32 q + b gets bit b of word q as -1 or +1.
-void rademacher_block(float* w, int64_t numel, int64_t q0, int64_t q1, const Seeds& seeds) {
+template <typename W>
+void rademacher_block(W* w, int64_t numel, int64_t q0, int64_t q1, const Seeds& seeds) {
   float acc[RADEMACHER_BLOCK * WORD_BITS];
   uint32_t words[RADEMACHER_BLOCK];
   const int64_t base = q0 * WORD_BITS;
@@ -190,11 +207,14 @@ void rademacher_block(float* w, int64_t numel, int64_t q0, int64_t q1, const See
     }
   }
 #pragma omp simd
-  for (int64_t i = 0; i < n; ++i) w[base + i] += acc[i];
+  for (int64_t i = 0; i < n; ++i) store(w[base + i], load(w[base + i]) + acc[i]);
 }
 
+constexpr int FLOAT32 = 0, BFLOAT16 = 1;  // a tensor's storage type
+
 struct Tensor {
-  float* data;
+  void* data;
+  int dtype;
   int64_t numel;
   int64_t blocks;
   Seeds seeds;
@@ -211,8 +231,15 @@ void run(int kind, const std::vector<Tensor>& tensors, int64_t first, int64_t la
     const int64_t units = kind == 0 ? (t.numel + 1) / 2 : (t.numel + WORD_BITS - 1) / WORD_BITS;
     for (int64_t b = lo; b < hi; ++b) {
       const int64_t u0 = b * block, u1 = std::min(units, u0 + block);
-      if (kind == 0) gaussian_block(t.data, t.numel, u0, u1, t.seeds);
-      else rademacher_block(t.data, t.numel, u0, u1, t.seeds);
+      if (t.dtype == BFLOAT16) {
+        uint16_t* w = static_cast<uint16_t*>(t.data);
+        if (kind == 0) gaussian_block(w, t.numel, u0, u1, t.seeds);
+        else rademacher_block(w, t.numel, u0, u1, t.seeds);
+      } else {
+        float* w = static_cast<float*>(t.data);
+        if (kind == 0) gaussian_block(w, t.numel, u0, u1, t.seeds);
+        else rademacher_block(w, t.numel, u0, u1, t.seeds);
+      }
     }
   }
 }
@@ -292,6 +319,29 @@ void dot_groups(int kind, const float* w, int64_t numel, const std::vector<Key>&
   }
 }
 
+// Only rows `rows` of a row-major [*, width] tensor: w[i] += coef * z(i) for the elements i of those rows, by
+// the same arithmetic as z_apply with one seed (a loss that reads only these rows sees the same weights).
+template <typename W>
+void rows_of(int kind, W* w, int64_t width, const int64_t* rows, int64_t count, const int32_t* key, float coef) {
+  const Key k(key);
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t i0 = rows[r] * width, i1 = i0 + width;
+    if (kind == 0) {
+      for (int64_t p = i0 / 2; 2 * p < i1; ++p) {
+        float x, y;
+        gaussian_pair(static_cast<uint32_t>(p), k, x, y);
+        if (2 * p >= i0) store(w[2 * p], load(w[2 * p]) + coef * x);
+        if (2 * p + 1 < i1) store(w[2 * p + 1], load(w[2 * p + 1]) + coef * y);
+      }
+    } else {
+      for (int64_t i = i0; i < i1; ++i) {
+        const uint32_t word = rademacher_word(static_cast<uint32_t>(i / WORD_BITS), k);
+        store(w[i], load(w[i]) + coef * sign_of(word, static_cast<uint32_t>(i % WORD_BITS)));
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -320,33 +370,17 @@ void z_dot(int kind, const float* w, int64_t numel, const int32_t* keys, int64_t
   }
 }
 
-// Only rows `rows` of a row-major [*, width] tensor: w[i] += coef * z(i) for the elements i of those rows, by
-// the same arithmetic as z_apply with one seed (a loss that reads only these rows sees the same weights).
-void z_rows(int kind, float* w, int64_t width, const int64_t* rows, int64_t count, const int32_t* key,
+// rows_of on a FLOAT32 or BFLOAT16 tensor.
+void z_rows(int kind, int dtype, void* w, int64_t width, const int64_t* rows, int64_t count, const int32_t* key,
             float coef) {
-  const Key k(key);
-  for (int64_t r = 0; r < count; ++r) {
-    const int64_t i0 = rows[r] * width, i1 = i0 + width;
-    if (kind == 0) {
-      for (int64_t p = i0 / 2; 2 * p < i1; ++p) {
-        float x, y;
-        gaussian_pair(static_cast<uint32_t>(p), k, x, y);
-        if (2 * p >= i0) w[2 * p] += coef * x;
-        if (2 * p + 1 < i1) w[2 * p + 1] += coef * y;
-      }
-    } else {
-      for (int64_t i = i0; i < i1; ++i) {
-        const uint32_t word = rademacher_word(static_cast<uint32_t>(i / WORD_BITS), k);
-        w[i] += coef * sign_of(word, static_cast<uint32_t>(i % WORD_BITS));
-      }
-    }
-  }
+  if (dtype == BFLOAT16) rows_of(kind, static_cast<uint16_t*>(w), width, rows, count, key, coef);
+  else rows_of(kind, static_cast<float*>(w), width, rows, count, key, coef);
 }
 
-// kind 0 = gaussian, 1 = rademacher. keys: int32 [tensors][seeds][3]; coefs: float32 [tensors][seeds]
-// (a zero coefficient skips that seed on that tensor).
-void z_apply(int kind, int64_t count, float** data, const int64_t* numel, const int32_t* keys, const float* coefs,
-             int64_t seeds, int64_t threads) {
+// kind 0 = gaussian, 1 = rademacher. dtypes: FLOAT32 or BFLOAT16 per tensor; keys: int32 [tensors][seeds][3];
+// coefs: float32 [tensors][seeds] (a zero coefficient skips that seed on that tensor).
+void z_apply(int kind, int64_t count, void** data, const int32_t* dtypes, const int64_t* numel, const int32_t* keys,
+             const float* coefs, int64_t seeds, int64_t threads) {
   const int64_t unit = kind == 0 ? 2 : WORD_BITS;
   const int64_t block = kind == 0 ? GAUSSIAN_BLOCK : RADEMACHER_BLOCK;
   std::vector<const int32_t*> active_keys(count * seeds);
@@ -361,7 +395,7 @@ void z_apply(int kind, int64_t count, float** data, const int64_t* numel, const 
       active_coefs[first + active++] = coefs[first + s];
     }
     const int64_t units = (numel[i] + unit - 1) / unit;
-    tensors[i] = Tensor{data[i], numel[i], (units + block - 1) / block,
+    tensors[i] = Tensor{data[i], dtypes[i], numel[i], (units + block - 1) / block,
                         Seeds{active, active_keys.data() + first, active_coefs.data() + first}};
   }
   const std::vector<int64_t> bounds = split(tensors, threads);

@@ -99,13 +99,34 @@ def test_a_replaced_storage_is_followed():
 
 def test_parameters_the_kernel_cannot_take_go_the_other_way():
     model = zeros(1001, 1002)
-    model.p1.data = torch.zeros(1002, dtype=torch.bfloat16)
+    model.p1.data = torch.zeros(1002, dtype=torch.float16)
     perturbation = Perturbation(model)
     native, covered = perturbation._native()
     assert native is not None and covered == [0]
     perturbation.perturb_(8, 1.0)
     torch.testing.assert_close(model.p0.detach(), z_for(8, "p0", 1001), **ULPS)
-    assert torch.equal(model.p1.detach(), z_for(8, "p1", 1002).bfloat16())
+    assert torch.equal(model.p1.detach(), z_for(8, "p1", 1002).half())
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("count", [1, 2, 3])  # direct loops (1, 2 seeds), block accumulators (3+)
+def test_a_bfloat16_weight_takes_the_float32_update_rounded_once(kind, count):
+    """In place on bfloat16 storage: widened, the float32 update added, rounded to nearest even; what the float32
+    pass gives the same weights, then cast (and so no float32 copy of the tensor is needed)."""
+    rng = np.random.default_rng(count)
+    sizes = (2048 + 33, 5, 70001)
+    start = [torch.from_numpy(rng.normal(size=n).astype(np.float32)).bfloat16() for n in sizes]
+    half, wide = zeros(*sizes), zeros(*sizes)
+    for i, t in enumerate(start):
+        half.get_parameter(f"p{i}").data = t.clone()
+        wide.get_parameter(f"p{i}").data = t.float()
+    seeds, coefs = rng.choice(2**31, size=count, replace=False).tolist(), rng.normal(size=count).tolist()
+    perturbation = Perturbation(half, kind=kind)
+    assert perturbation._native()[1] == [2, 1, 0]  # every bfloat16 tensor goes the native way
+    perturbation.replay_(seeds, coefs)
+    Perturbation(wide, kind=kind).replay_(seeds, coefs)
+    for (name, got), want in zip(half.named_parameters(), wide.parameters(), strict=True):
+        assert got.dtype == torch.bfloat16 and torch.equal(got.detach(), want.detach().bfloat16()), name
 
 
 def test_fedkseed_native_0_turns_it_off(monkeypatch):
@@ -149,14 +170,15 @@ def test_rows_reject_ids_outside_the_table_and_wrong_tensors():
     lib, key = z_native.library(), key_tensor([(1, "w")]).numpy()[0]
     with pytest.raises(ValueError, match="row ids"):
         z_native.apply_rows(lib, torch.zeros(4, 3), torch.tensor([4]), key, 1.0, "gaussian")
-    with pytest.raises(ValueError, match="2-D float32"):
+    with pytest.raises(ValueError, match="2-D float32 or bfloat16"):
         z_native.apply_rows(lib, torch.zeros(4, 3, dtype=torch.float64), torch.tensor([0]), key, 1.0, "gaussian")
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
-def test_rows_are_bitwise_the_whole_tensor_pass_on_those_rows(kind):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_are_bitwise_the_whole_tensor_pass_on_those_rows(kind, dtype):
     width, rows = 37, torch.tensor([0, 5, 6, 40])  # odd width: rows start mid-pair and mid-word
-    dense, sparse = torch.zeros(41, width), torch.zeros(41, width)
+    dense, sparse = torch.zeros(41, width, dtype=dtype), torch.zeros(41, width, dtype=dtype)
     key = key_tensor([(77, "e")]).numpy()
     z_native.NativePass(z_native.library(), [dense], kind)(key[None], np.array([[0.3]], dtype=np.float32))
     z_native.apply_rows(z_native.library(), sparse, rows, key[0], 0.3, kind)
