@@ -165,9 +165,18 @@ class Perturbation:
         """theta = theta0 + sum_j coefs[j] * z(seeds[j]), summed per element in float32 and rounded once to each
         parameter's dtype. A half-precision model then holds the closed form to within an ulp, where adding each
         round's change to its weights would round small changes away. theta0 maps parameter names to their base
-        values (any device); one parameter's float32 buffer is alive at a time."""
+        values (any device). A parameter the native kernel takes is rebuilt in place (theta0 copied in, then every
+        seed in one call: the kernel sums them per element in float32 and rounds once); any other goes through a
+        float32 buffer of its size, one alive at a time."""
         pairs = [(int(s), float(c)) for s, c in zip(seeds, coefs, strict=True) if c != 0.0]
+        lib = library() if self.native else None
         for name, p in reversed(self.params):
+            if lib is not None and supports(p):
+                p.detach().copy_(theta0[name].view_as(p))
+                if pairs:
+                    keys = key_array([(s, name) for s, _ in pairs])[None]
+                    NativePass(lib, [p.detach()], self.kind)(keys, np.array([[c for _, c in pairs]], dtype=np.float32))
+                continue
             buf = theta0[name].to(device=p.device, dtype=torch.float32, copy=True).contiguous()
             for start in range(0, len(pairs), REPLAY_CHUNK):
                 chunk = pairs[start : start + REPLAY_CHUNK]
