@@ -123,11 +123,3 @@ class SeededModel:
         for (_, mine), (_, theirs) in zip(self.perturbation.params, other.perturbation.params, strict=True):
             mine.copy_(theirs)
         self.c = other.c.copy()
-
-
-def materialise(model: torch.nn.Module, seed_pool: np.ndarray, c: np.ndarray, lr: float,
-                kind: str = "gaussian") -> torch.nn.Module:
-    """theta0 - lr * sum_j c_j z_j applied from scratch onto a model holding theta0."""
-    fresh = SeededModel(model, seed_pool, lr, kind=kind)
-    fresh.move_to(c)
-    return model

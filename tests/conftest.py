@@ -50,6 +50,14 @@ def write_tiny_model(path: Path, vocab_words=WORDS, hidden: int = 32, layers: in
     return path
 
 
+def materialise(model, seed_pool, c, lr: float, kind: str = "gaussian"):
+    """theta0 - lr * sum_j c_j z_j applied from scratch onto a model holding theta0 (what a run's c describes)."""
+    from optimizers.seed_pool import SeededModel
+
+    SeededModel(model, seed_pool, lr, kind=kind).move_to(c)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny_model"))

@@ -107,8 +107,8 @@ def test_flower_summed_catchup_is_exact_in_closed_form_and_close_in_c(tiny_model
     """The paper's catch-up: the same round 1 (everyone starts at theta0), then c close but not bitwise equal (the
     nodes' weights differ from the server's by rounding, and so do their g; at K = 1024 / 200 steps / lr 1e-3 the
     tiny model's MeZO trajectory amplifies that, as the in-process --client_sync replay does, hence K = 64 here)."""
+    from conftest import materialise
     from modeling import load_model
-    from optimizers.seed_pool import materialise
 
     small = ["-K", "64", "--local_step", "30"]
     exact = train(flags(tiny_model_dir, data_file, tmp_path / "e", *small, "--engine", "flower"))

@@ -13,11 +13,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
-from conftest import dolly_records  # noqa: E402
+from conftest import (
+    dolly_records,  # noqa: E402
+    materialise,  # noqa: E402
+)
 from modeling import lm_loss, load_model, load_tokenizer  # noqa: E402
 from optimizers.mezo_optimizer import MeZOOptimizer  # noqa: E402
 from optimizers.perturbation import z_for  # noqa: E402
-from optimizers.seed_pool import SeededModel, make_seed_pool, materialise  # noqa: E402
+from optimizers.seed_pool import SeededModel, make_seed_pool  # noqa: E402
 from utils_data.llm_dataset import LLMDataset, collate_right_pad  # noqa: E402
 
 K = 8

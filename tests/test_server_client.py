@@ -11,10 +11,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from client import Client, ClientUpdate, LocalTraining  # noqa: E402
-from conftest import dolly_records, tiny_flags, train  # noqa: E402
+from conftest import (  # noqa: E402
+    dolly_records,
+    materialise,  # noqa: E402
+    tiny_flags,
+    train,
+)
 from modeling import load_model, load_tokenizer  # noqa: E402
 from optimizers.mezo_bias_optimizer import pro_probabilities  # noqa: E402
-from optimizers.seed_pool import SeededModel, materialise  # noqa: E402
+from optimizers.seed_pool import SeededModel  # noqa: E402
 from server import Server, ServerConfig, aggregate  # noqa: E402
 from utils_data.llm_dataset import LLMDataset  # noqa: E402
 
