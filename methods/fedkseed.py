@@ -96,6 +96,8 @@ class FedKSeed(Method):
     def weight_copies(cfg: RunConfig) -> tuple[float, str]:
         if cfg.federation.client_sync == "replay":
             return 1, "FedKSeed with --client_sync replay (one model)"
+        if cfg.method.peft == "lora":
+            return 1, "FedKSeed + LoRA (one base model: the clients' copy shares its frozen weights)"
         return 2, "FedKSeed with --client_sync copy (the server's model and the clients' copy; replay needs one)"
 
     @staticmethod

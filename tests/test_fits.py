@@ -47,6 +47,7 @@ def test_the_buffers_each_method_and_node_holds():
 
     assert method_class("fedkseed").weight_copies(args())[0] == 2
     assert method_class("fedkseed").weight_copies(args(client_sync="replay"))[0] == 1
+    assert method_class("fedkseed").weight_copies(args(peft="lora"))[0] == 1  # the copy shares the frozen base
     assert node_weight_copies(args())[0] == 2 and node_weight_copies(args(flower_catchup="summed"))[0] == 1
     fedavg = args(method="fedavg")
     assert node_weight_copies(fedavg)[0] == method_class("fedavg").weight_copies(fedavg)[0] - 1 == 5
