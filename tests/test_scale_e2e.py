@@ -1,7 +1,8 @@
 """At the paper's scale (slow): main.py on a 1.43B-parameter LLaMA-shape model (DataJuicer-1.3B's config, random
 weights, float32), 2 rounds x 2 clients x 2 steps, in process and in Flower's simulation engine (2 SuperNodes, the
 paper's summed catch-up: one copy a node), each killed after round 1 and resumed: the same c and metrics as the
-uninterrupted run. Skipped where the machine has too little memory for the run."""
+uninterrupted run (in process bit for bit; in Flower, whose summed catch-up is exact only in closed form, within
+float rounding). Skipped where the machine has too little memory for the run."""
 from __future__ import annotations
 
 import importlib.util
@@ -54,8 +55,21 @@ def test_a_billion_parameter_run_killed_and_resumed_ends_as_the_uninterrupted_on
     resumed = subprocess.run([sys.executable, "main.py", "--resume", str(cut)], cwd=ROOT, env=ENV,
                              capture_output=True, text=True, timeout=7200)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = np.load(whole / "coefficients.npz"), np.load(cut / "coefficients.npz")
-    assert np.count_nonzero(a["c"]) > 0 and np.array_equal(a["c"], b["c"])
+    a, b = np.load(whole / "coefficients.npz")["c"], np.load(cut / "coefficients.npz")["c"]
     keep = [[{k: v for k, v in r.items() if k not in MEASURED and not k.startswith("bytes_")}
              for r in read_metrics(d / "metrics.jsonl")] for d in (whole, cut)]
-    assert keep[0] == keep[1] and [r["round"] for r in keep[0]] == [0, 1, 2]
+    assert np.count_nonzero(a) > 0 and [r["round"] for r in keep[0]] == [0, 1, 2]
+    if engine == "inprocess":  # the client trains on a copy of the server's model: bit for bit
+        assert np.array_equal(a, b) and keep[0] == keep[1]
+        return
+    # The paper's summed catch-up is exact in closed form, not bit for bit: a node restarted with the resumed run
+    # rebuilds its copy from theta0, where the uninterrupted node moved its trained copy by target c - its c, so
+    # the weights differ by float rounding and a step's g by about 1e-5 of itself (measured: 57.95810 / 57.95764).
+    # The same seeds are drawn either way; a lost or repeated round would move c by whole steps.
+    assert np.array_equal(np.flatnonzero(a), np.flatnonzero(b))
+    np.testing.assert_allclose(b, a, rtol=1e-3)
+    for x, y in zip(keep[0], keep[1], strict=True):
+        assert x.keys() == y.keys() and x.get("clients") == y.get("clients")
+        for key in ("eval_loss", "train_loss"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-4), (x["round"], key)
