@@ -1,6 +1,7 @@
 """Every flag of a run: the paper's main.py flags with their defaults, plus this suite's own, in typed groups built
-once from argparse. Each group (a module here) declares its flags and checks its own values; RunConfig holds them
-and checks the rules that join two groups; a method checks how the flags fit it (Method.check_flags)."""
+once from argparse. Each group (a module here, or a method's own flags in its home: Method.flags) declares its
+flags and checks its own values; RunConfig holds them and checks the rules that join two groups; a method checks
+how the flags fit it (Method.check_flags)."""
 from __future__ import annotations
 
 import argparse
@@ -14,18 +15,19 @@ from config.data import DataConfig
 from config.engine import EngineConfig
 from config.evaluation import EvalConfig
 from config.federation import FederationConfig
-from config.flag_group import OneLineParser
+from config.flag_group import FlagGroup, OneLineParser
 from config.method import MethodConfig
 from config.model import ModelConfig
 from config.output import OutputConfig
 from errors import FedKSeedError
-from methods import method_class
+from methods import method_class, method_flag_groups
 from modeling import memory_info
 from server import state_bytes
 
-# RunConfig's fields, in --help's order
+# RunConfig's fields, in --help's order (each method's own flags follow the method group's)
 GROUPS = {"method": MethodConfig, "federation": FederationConfig, "data": DataConfig, "model": ModelConfig,
           "evaluation": EvalConfig, "output": OutputConfig, "engine": EngineConfig}
+METHOD_GROUPS = method_flag_groups()  # --method name -> its own flags (RunConfig.own)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         "zeroth-order steps drawn from K seeds (arXiv 2312.06353).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for group in GROUPS.values():
+    for name, group in GROUPS.items():
         group.add_flags(parser)
+        if name == "method":
+            for own in METHOD_GROUPS.values():
+                own.add_flags(parser)
     return parser
 
 
@@ -50,23 +55,26 @@ class RunConfig:
     evaluation: EvalConfig
     output: OutputConfig
     engine: EngineConfig
+    own: dict[str, FlagGroup]  # each method's own flags, by --method name (METHOD_GROUPS)
 
     @classmethod
     def from_flags(cls, flags: Mapping | argparse.Namespace) -> RunConfig:
         """The groups out of every flag by name (parsed flags, or those a config.json, checkpoint or run file
         recorded); a recorded flag this version no longer has is ignored."""
         flags = vars(flags) if isinstance(flags, argparse.Namespace) else flags
-        return cls(**{name: group.from_flags(flags) for name, group in GROUPS.items()})
+        return cls(**{name: group.from_flags(flags) for name, group in GROUPS.items()},
+                   own={name: group.from_flags(flags) for name, group in METHOD_GROUPS.items()})
 
     def flags(self) -> dict:
         """Every flag by name: what config.json, the checkpoint and the Flower run file record."""
-        return {flag: value for name in GROUPS for flag, value in asdict(getattr(self, name)).items()}
+        groups = [*(getattr(self, name) for name in GROUPS), *self.own.values()]
+        return {flag: value for group in groups for flag, value in asdict(group).items()}
 
     def check(self) -> None:
         """Each group's own checks, then those that join groups; resolves --device/--dtype auto and the default
         --output_dir."""
-        for name in GROUPS:
-            getattr(self, name).check()
+        for group in [*(getattr(self, name) for name in GROUPS), *self.own.values()]:
+            group.check()
         self.engine.check_run(self.federation, self.data, self.method.method)
         check_seed_state_fits(self.method, self.federation)
         method_class(self.method.method).check_flags(self)
@@ -112,7 +120,8 @@ def check_seed_state_fits(method: MethodConfig, federation: FederationConfig) ->
 
 # Flags that define the trajectory of a run: a resumed run must keep them (it may add rounds, and run on another
 # device, engine or evaluation schedule).
-TRAJECTORY_FLAGS = (*MethodConfig.names(), *DataConfig.names(), "model", "dtype",
+TRAJECTORY_FLAGS = (*MethodConfig.names(), *(n for group in METHOD_GROUPS.values() for n in group.names()),
+                    *DataConfig.names(), "model", "dtype",
                     *(name for name in FederationConfig.names() if name != "rounds"))
 
 

@@ -1,5 +1,6 @@
 """The method flags: which method, its learning rate and seeds, FedKSeed's perturbation and Pro sampling, LoRA's
-adapters, Ferret's server step. A method checks how these fit the other groups (Method.check_flags)."""
+adapters. A method checks how these fit the other groups (Method.check_flags); flags that only one method reads are
+declared in that method's home (Method.flags)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,6 @@ from dataclasses import dataclass
 from config.flag_group import FlagGroup, group_defaults
 from errors import require
 from methods import METHODS
-from methods.ferret import REFERENCE_CLIP, REFERENCE_SERVER_LR
 from optimizers.perturbation import KINDS
 from optimizers.seed_pool import SEED_RANGE
 
@@ -32,8 +32,6 @@ class MethodConfig(FlagGroup):
     lora_alpha: int
     lora_dropout: float
     lora_target_modules: str
-    server_lr: float
-    server_clip: float
 
     @staticmethod
     def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -64,13 +62,6 @@ class MethodConfig(FlagGroup):
         lora.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA input")
         lora.add_argument("--lora_target_modules", default="q_proj,v_proj",
                           help="comma-separated module names that get adapters (LLaMA-family attention projections)")
-        ferret = parser.add_argument_group("Ferret (--method ferret)")
-        ferret.add_argument("--server_lr", type=float, default=REFERENCE_SERVER_LR,
-                            help="server step on the averaged reconstruction (the reference's 10 acts on a "
-                            "reconstruction a third of the update, so 10/3 here)")
-        ferret.add_argument("--server_clip", type=float, default=REFERENCE_CLIP,
-                            help="largest norm of one (seed, block) term of the averaged reconstruction; 0 = no clip "
-                            "(the reference's 10 on a term a third of this suite's)")
 
     def check(self) -> None:
         require([

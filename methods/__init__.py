@@ -9,6 +9,7 @@ import torch
 
 from checkpoint import RunState, TensorState
 from client import Client
+from config.flag_group import FlagGroup
 from methods.base import ArrayClient, LocalReport, Method
 
 if TYPE_CHECKING:
@@ -22,13 +23,19 @@ METHODS = {
     "ferret": "methods.ferret:Ferret",
 }
 
-__all__ = ["METHODS", "LocalReport", "Method", "build_array_client", "build_method", "method_class"]
+__all__ = ["METHODS", "LocalReport", "Method", "build_array_client", "build_method", "method_class",
+           "method_flag_groups"]
 
 
 def method_class(name: str) -> type[Method]:
     """The class of the method --method names."""
     module, cls = METHODS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def method_flag_groups() -> dict[str, type[FlagGroup]]:
+    """Each method's own flags (Method.flags) by --method name, for the methods that declare some."""
+    return {name: method_class(name).flags for name in METHODS if method_class(name).flags is not None}
 
 
 def build_method(cfg: RunConfig, model: torch.nn.Module, clients: list[Client],

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from client import Client
+from config.flag_group import FlagGroup
 
 if TYPE_CHECKING:
     from config import RunConfig
@@ -48,6 +49,7 @@ class Method(ABC):
     fingerprint: str  # of the base model (as the method wraps it): every remote client must hold the same
     round: int = 0  # the last finished round
     base_eval: dict | None = None
+    flags: type[FlagGroup] | None = None  # the method's own flags, declared in its home (config builds them)
 
     @staticmethod
     def weight_copies(cfg: RunConfig) -> tuple[float, str]:

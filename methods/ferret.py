@@ -16,8 +16,10 @@ from a pool of K shared seeds, block by block, so that a client uploads a few th
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,7 @@ import torch
 
 from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkpoint
 from client import Client
+from config.flag_group import FlagGroup
 from errors import FedKSeedError, require
 from measure import LocalCost
 from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport
@@ -40,6 +43,30 @@ if TYPE_CHECKING:
 
 REFERENCE_SERVER_LR = 10.0 / 3.0  # the reference's 10, acting on its reconstruction of Delta / 3
 REFERENCE_CLIP = 30.0  # the reference's norm 10 on a term a third of this suite's unbiased one
+
+
+@dataclass
+class FerretFlags(FlagGroup):
+    """Ferret's own flags: the server's step on the averaged reconstruction (cfg.own["ferret"])."""
+
+    server_lr: float
+    server_clip: float
+
+    @staticmethod
+    def add_flags(parser: argparse.ArgumentParser) -> None:
+        p = parser.add_argument_group("Ferret (--method ferret)")
+        p.add_argument("--server_lr", type=float, default=REFERENCE_SERVER_LR,
+                       help="server step on the averaged reconstruction (the reference's 10 acts on a reconstruction "
+                       "a third of the update, so 10/3 here)")
+        p.add_argument("--server_clip", type=float, default=REFERENCE_CLIP,
+                       help="largest norm of one (seed, block) term of the averaged reconstruction; 0 = no clip (the "
+                       "reference's 10 on a term a third of this suite's)")
+
+    def check(self) -> None:
+        require([
+            (self.server_lr > 0, f"--server_lr {self.server_lr}: must be positive"),
+            (self.server_clip >= 0, f"--server_clip {self.server_clip}: must be >= 0 (0 = no clip)"),
+        ])
 
 
 def ferret_blocks(sizes: list[int]) -> np.ndarray:
@@ -218,6 +245,7 @@ class Ferret(ArrayMethod):
     clients train on one FerretClient whose held copy is the server's own model (always current)."""
 
     name = "ferret"
+    flags = FerretFlags
 
     @staticmethod
     def weight_copies(cfg: RunConfig) -> tuple[float, str]:
@@ -245,8 +273,6 @@ class Ferret(ArrayMethod):
             (cfg.model.dtype == "float32", f"--method ferret: needs --dtype float32 weights (got {cfg.model.dtype}): "
              "a half-precision model would round the projected updates away"),
             (method.peft == "none", "--method ferret: trains every weight; --peft lora is for fedkseed"),
-            (method.server_lr > 0, f"--server_lr {method.server_lr}: must be positive"),
-            (method.server_clip >= 0, f"--server_clip {method.server_clip}: must be >= 0 (0 = no clip)"),
             (fed.aggregation == "mean" and fed.max_abs_grad == 0, "--aggregation / --max_abs_grad: robust "
              "aggregation of scalar gradients is FedKSeed's; --method ferret averages gamma and clips with "
              "--server_clip"),
@@ -302,10 +328,11 @@ class Ferret(ArrayMethod):
             self.state.last_round[r.client_id] = round_idx - 1
         changed = np.flatnonzero(mean)
         gamma = mean.reshape(-1)[changed]
-        if cfg.method.server_clip > 0:
+        step = cfg.own["ferret"]
+        if step.server_clip > 0:
             norms = np.abs(gamma) * np.sqrt(seeded.block_sizes[changed % seeded.n_blocks])
-            gamma = gamma * np.minimum(1.0, cfg.method.server_clip / (norms + 1e-8))
-        delta = -cfg.method.server_lr * gamma
+            gamma = gamma * np.minimum(1.0, step.server_clip / (norms + 1e-8))
+        delta = -step.server_lr * gamma
         seeded.apply(changed, delta)
         self.state.deltas.append((changed.astype(np.int32), delta))
         self.round = self.state.round = round_idx

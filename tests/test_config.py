@@ -9,19 +9,32 @@ import pytest
 import config
 from config.flag_group import group_defaults
 from errors import FedKSeedError
+from methods.ferret import FerretFlags
+
+ALL_GROUPS = [*config.GROUPS.values(), *config.METHOD_GROUPS.values()]
 
 
 def test_every_flag_belongs_to_exactly_one_group():
     dests = set(vars(config.build_parser().parse_args([])))
-    groups = [set(group.names()) for group in config.GROUPS.values()]
+    groups = [set(group.names()) for group in ALL_GROUPS]
     assert sum(len(g) for g in groups) == len(set().union(*groups)), "a flag in two groups"
     assert set().union(*groups) == dests
-    assert [f.name for f in dataclasses.fields(config.RunConfig)] == list(config.GROUPS)
+    assert [f.name for f in dataclasses.fields(config.RunConfig)] == [*config.GROUPS, "own"]
 
 
 def test_each_group_declares_only_its_own_flags():
-    for group in config.GROUPS.values():
+    for group in ALL_GROUPS:
         assert set(group_defaults(group)) == set(group.names()), group.__name__
+
+
+def test_a_methods_own_flags_are_declared_in_its_home():
+    from methods.ferret import Ferret, FerretFlags
+
+    assert config.METHOD_GROUPS == {"ferret": FerretFlags} and Ferret.flags is FerretFlags
+    assert not set(FerretFlags.names()) & set(config.MethodConfig.names())
+    cfg = config.validate(config.build_parser().parse_args(["--method", "ferret", "--server_lr", "2",
+                                                            "--output_dir", "/tmp/unused"]))
+    assert cfg.own["ferret"].server_lr == 2.0 and cfg.flags()["server_lr"] == 2.0
 
 
 def test_recorded_flags_read_back_as_the_same_config():
@@ -30,7 +43,7 @@ def test_recorded_flags_read_back_as_the_same_config():
     again = config.RunConfig.from_flags(cfg.flags())
     assert again == cfg and again.method.K == 16 and again.federation.seed == 42
     older = {k: v for k, v in cfg.flags().items() if k != "server_clip"}  # a run that predates --server_clip
-    assert config.recorded(older).method.server_clip == group_defaults(config.MethodConfig)["server_clip"]
+    assert config.recorded(older).own["ferret"].server_clip == group_defaults(FerretFlags)["server_clip"]
 
 
 @pytest.mark.parametrize("group, flags, message", [
@@ -39,6 +52,7 @@ def test_recorded_flags_read_back_as_the_same_config():
     (config.MethodConfig, {"lora_r": 4}, "--lora_r: LoRA flags need"),
     (config.EvalConfig, {"val_examples": 5}, "--val_examples 5: needs --eval_examples"),
     (config.EngineConfig, {"flower_timeout": 0.0}, "--flower_timeout 0.0"),
+    (FerretFlags, {"server_clip": -1.0}, "--server_clip -1.0: must be >= 0"),
 ])
 def test_a_group_checks_its_own_flags(group, flags, message):
     values = group.from_flags({**group_defaults(group), **flags})
@@ -55,6 +69,6 @@ def test_a_rule_joining_two_groups_is_checked_by_the_run():
 
 def test_a_resumed_run_keeps_what_defines_its_trajectory_and_may_change_the_rest():
     trajectory = set(config.TRAJECTORY_FLAGS)
-    assert set(config.MethodConfig.names()) | set(config.DataConfig.names()) <= trajectory
+    assert set(config.MethodConfig.names()) | set(FerretFlags.names()) | set(config.DataConfig.names()) <= trajectory
     assert {"model", "dtype", "seed", "m", "local_step"} <= trajectory
     assert not trajectory & {"rounds", "device", "no_compile", "engine", "eval_every", "save_every", "quiet"}
