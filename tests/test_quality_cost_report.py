@@ -318,3 +318,26 @@ def test_the_committed_runs_give_the_committed_numbers(tmp_path):
     """docs/quality_cost_results.json, which docs/results.md quotes, is the report on the committed runs to the byte."""
     report.report(report.RESULTS, tmp_path / "results.json", None)
     assert (tmp_path / "results.json").read_bytes() == (ROOT / "docs" / "quality_cost_results.json").read_bytes()
+
+
+def test_the_long_horizon_reports_when_each_run_reaches_seed_0s_target_and_its_answers(study):
+    from studies.quality_cost.long import long_report
+
+    long = study / "long" / "dolly"
+    # seed 0's target: FedIT (chosen lr 1e-4) from 2.0 to 1.6 in the 10-round study, half-way is 1.8
+    write_run(long / "fedkseed-lr1e-6-s0", [2.0, 1.95, 1.85, 1.8, 1.7], None, 400, 100, 20)
+    write_run(long / "fedit-lr1e-4-s0", [2.0, 1.7, 1.5], None, 1000, 1000, 30)
+    (long / "fedit-lr1e-4-s0" / "summary.json").unlink()  # still running
+    rows = [json.loads(line) for line in (long / "fedkseed-lr1e-6-s0" / "metrics.jsonl").read_text().splitlines()]
+    rows[2].update(rouge_l=0.1, empty_answers=0.4, first_eos_prob=0.35)
+    (long / "fedkseed-lr1e-6-s0" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines, doc = long_report(study, "dolly")
+    assert doc["target_loss"] == pytest.approx(1.8)
+    fedkseed, fedit = doc["runs"]["fedkseed"], doc["runs"]["fedit"]
+    assert fedkseed["target_round"] == 3 and fedit["target_round"] == 1
+    assert fedkseed["finished"] and not fedit["finished"] and fedit["rounds"] == 2
+    assert fedkseed["answers"][2] == {"rouge_l": 0.1, "empty_answers": 0.4, "first_eos_prob": 0.35}
+    row = next(line for line in lines if line.startswith("| FedKSeed | 4 |"))
+    assert row.endswith("| 3 | 3 KB |")  # 3 rounds x 2 clients x (400 + 100) B
+    assert any(line.startswith("| FedIT (LoRA, AdamW) | 2 (running) |") for line in lines)
+    assert report.main(["report", str(study)]) == 0

@@ -268,6 +268,12 @@ def report(out: Path, json_path: Path | None, plots: Path | None) -> str:
         doc[dataset] = {"runs": numbers, "paired_to_fedkseed": paired, "cost_to_target": target}
         if plots is not None:
             lines += ["", *(f"![{p.stem}]({p.name})" for p in plot(out, dataset, numbers, plots))]
+    from studies.quality_cost.long import long_report  # it builds on this module's functions
+
+    for dataset, title in DATASETS.items():
+        long_lines, doc[f"long_{dataset}"] = long_report(out, dataset, plots)
+        if long_lines:
+            lines += ["", f"## {title}: 50 rounds, seed 0", "", *long_lines]
     doc["rerun"] = rerun_record(out)
     if json_path is not None:
         json_path.write_text(json.dumps(doc, indent=2) + "\n")
