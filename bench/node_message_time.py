@@ -1,6 +1,8 @@
 """A deployed SuperNode's time per train message after R rounds of history: before (no state file: the fresh
 ClientApp process replays every round from theta0) and after (it starts from the node's state file, written
-when it last synced, round R - 1, and replays round R only).
+when it last synced, round R - 1, and replays round R only), both with exact catch-up; and with summed catch-up
+(--flower_catchup summed: the fresh process loads theta0 and moves it to the server's c in one replay of every
+nonzero coefficient; it keeps no state file).
 
     python bench/node_message_time.py                            # SmolLM2-135M-Instruct, R = 1, 10, 40
     python bench/node_message_time.py --model PATH --rounds 1,5 --seeds-per-round 4
@@ -35,6 +37,7 @@ from client import LocalTraining  # noqa: E402
 from flower_app import fedkseed_messages, node, node_runtime
 from flower_app.node_store import NodeStore, state_key  # noqa: E402
 from flower_app.run_file import write_run_file  # noqa: E402
+from optimizers.seed_pool import SeededModel  # noqa: E402
 
 
 def run_args(opts: argparse.Namespace, out: Path) -> config.RunConfig:
@@ -44,21 +47,30 @@ def run_args(opts: argparse.Namespace, out: Path) -> config.RunConfig:
     return config.validate(config.build_parser().parse_args(argv))
 
 
-def message(args, run_file: Path, state_dir: str, history, digest: bytes, base: int) -> tuple[dict, float, float]:
-    """One train message for round len(history) + 1 in a 'fresh process': (reply, seconds, catch-up seconds)."""
+def message(args, run_file: Path, state_dir: str, history, cs: list[np.ndarray], base: int,
+            catchup_mode: str = "exact") -> tuple[dict, float, float]:
+    """One train message for round len(history) + 1 in a 'fresh process': (reply, seconds, catch-up seconds).
+    cs[r] is the global c after round r; a summed node last synced at `base` holds cs[base] and is sent c where it
+    changed since."""
     node_runtime._RUNTIMES.clear()
     state = RecordDict()
-    k = args.method.K
-    node.NodeState(synced=base, history=history[:base], c=np.zeros(k)).save(state, k, "exact")
+    k, r = args.method.K, len(history)
+    node.NodeState(synced=base, history=history[:base], c=cs[base].copy()).save(state, k, catchup_mode)
     ctx = SimpleNamespace(run_id=1, node_config={"partition-id": 0, "num-partitions": 1, "state-dir": state_dir},
                           run_config={"flags-file": str(run_file)}, state=state)
     local = LocalTraining(lr=args.method.lr, eps=args.method.zo_eps, local_step=args.federation.local_step,
                           grad_clip=args.method.grad_clip)
-    ins = fedkseed_messages.Instruction(round=len(history) + 1, client=0, local=local, catchup="exact", base=base,
-                               groups=history[base:], c_digest=digest)
+    if catchup_mode == "exact":
+        groups = history[base:]
+    else:
+        changed = np.unique(np.concatenate([idx for idx, _ in history[base:]])).astype(np.int64)
+        groups = [(changed, cs[r][changed])]
+    ins = fedkseed_messages.Instruction(round=r + 1, client=0, local=local, catchup=catchup_mode, base=base,
+                                        groups=groups, c_digest=fedkseed_messages.c_digest(cs[r]))
     content = fedkseed_messages.encode_instruction(ins, k)
     catchup = []
-    original = node_runtime.NodeRuntime.catch_up
+    # exact: the pristine copy's set-up and replay; summed: the trained copy's move to the server's c
+    original = node_runtime.NodeRuntime.catch_up if catchup_mode == "exact" else SeededModel.move_to
 
     def timed_catch_up(self, *a):
         start = time.perf_counter()
@@ -67,13 +79,14 @@ def message(args, run_file: Path, state_dir: str, history, digest: bytes, base: 
         finally:
             catchup.append(time.perf_counter() - start)
 
-    node_runtime.NodeRuntime.catch_up = timed_catch_up
+    owner, name = (node_runtime.NodeRuntime, "catch_up") if catchup_mode == "exact" else (SeededModel, "move_to")
+    setattr(owner, name, timed_catch_up)
     try:
         start = time.perf_counter()
         reply = node.handle_train(content, ctx)
         seconds = time.perf_counter() - start
     finally:
-        node_runtime.NodeRuntime.catch_up = original
+        setattr(owner, name, original)
     rec = dict(reply[fedkseed_messages.REPLY_RECORD])
     if "error" in rec:
         raise SystemExit(f"error: the node replied {rec['error']}")
@@ -103,12 +116,11 @@ def main() -> None:
     # the state files of rounds R - 1 (what the node wrote when it last synced), and the server's c digests
     start = time.perf_counter()
     rt = node_runtime.NodeRuntime(args)
-    copy, digests = rt.load_theta0(), {}
+    copy, cs = rt.load_theta0(), []
     for r in range(max(rounds) + 1):
         if r + 1 in rounds:
             NodeStore(work / f"state-{r + 1}", state_key(args, 0)).save(copy, r, history)
-        if r in rounds:
-            digests[r] = fedkseed_messages.c_digest(copy.c)
+        cs.append(copy.c.copy())
         if r < max(rounds):
             copy.replay_rounds(history[r:r + 1])
     del rt, copy
@@ -116,27 +128,28 @@ def main() -> None:
           f"{opts.local_step} local steps a message, {torch.get_num_threads()} torch thread(s); "
           f"set-up {time.perf_counter() - start:.0f} s")
     print(f"{'rounds':>6} | {'before: s/message':>17} {'(catch-up)':>10} | {'after: s/message':>16} "
-          f"{'(catch-up)':>10} | {'before/after':>12}")
+          f"{'(catch-up)':>10} | {'before/after':>12} | {'summed: s/message':>17} {'(catch-up)':>10}")
     rows = []
     try:
-        measure_all(args, run_file, work, rounds, history, digests, rows)
+        measure_all(args, run_file, work, rounds, history, cs, rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # the state files: about the model's size each
     print(json.dumps(rows))
 
 
-def measure_all(args, run_file: Path, work: Path, rounds: list[int], history, digests: dict, rows: list) -> None:
-    """Before and after, side by side, for each number of rounds."""
+def measure_all(args, run_file: Path, work: Path, rounds: list[int], history, cs: list, rows: list) -> None:
+    """Before, after and summed, side by side, for each number of rounds."""
     for r in rounds:
-        before, t_before, c_before = message(args, run_file, "off", history[:r], digests[r], base=0)
-        after, t_after, c_after = message(args, run_file, str(work / f"state-{r}"), history[:r], digests[r],
-                                          base=r - 1)
+        before, t_before, c_before = message(args, run_file, "off", history[:r], cs, base=0)
+        after, t_after, c_after = message(args, run_file, str(work / f"state-{r}"), history[:r], cs, base=r - 1)
         if before != after:
             raise SystemExit(f"error: the replies after {r} rounds differ")
+        _, t_summed, c_summed = message(args, run_file, "off", history[:r], cs, base=r - 1, catchup_mode="summed")
         rows.append({"rounds": r, "before": t_before, "before_catchup": c_before, "after": t_after,
-                     "after_catchup": c_after, "ratio": t_before / t_after})
+                     "after_catchup": c_after, "ratio": t_before / t_after, "summed": t_summed,
+                     "summed_catchup": c_summed})
         print(f"{r:>6} | {t_before:>17.2f} {c_before:>10.2f} | {t_after:>16.2f} {c_after:>10.2f} | "
-              f"{t_before / t_after:>11.2f}x")
+              f"{t_before / t_after:>11.2f}x | {t_summed:>17.2f} {c_summed:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Naive: for every seed, reseed torch's generator and add an out-of-place torch.no
 full z pass per seed). Project: Perturbation.replay_, which folds up to 64 seeds into one pass over each
 cache-sized block. Both cost time linear in the number of seeds, so by default each is timed on a subset
 of the K seeds and scaled to K (printed); pass --naive-seeds K --project-seeds K to time all of them.
+FedKSeed-Pro's server replays the same way; what it adds (its gradient history updated with a round's uploaded
+pairs, the next round's probabilities) is timed apart and printed against the replay.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from common import (
     timed,
 )
 
+from optimizers.mezo_bias_optimizer import GradientHistory
 from optimizers.perturbation import Perturbation
 from optimizers.seed_pool import make_seed_pool
 
@@ -40,6 +43,8 @@ def main() -> None:
     parser.add_argument("--project-seeds", type=int, default=128, help="seeds timed for the project's replay")
     parser.add_argument("--repeats", type=int, default=2, help="rounds; each figure is the min over them")
     parser.add_argument("--kind", default="gaussian", choices=("gaussian", "rademacher"))
+    parser.add_argument("--pro-pairs", type=int, default=2000,
+                        help="a round's uploaded (seed, g) pairs for Pro's history (the paper's: 10 clients x 200)")
     add_kernel_flag(parser)
     args = parser.parse_args()
     apply_threads(args)
@@ -77,6 +82,23 @@ def main() -> None:
     print(f"project: {project_k} seeds in {best_project:.2f} s -> K={args.K}: {project_total:.1f} s{scaled}"
           f"  ({best_project / project_k / n * 1e9:.2f} ns per element and seed)")
     print(f"naive/project: {naive_total / project_total:.2f}x")
+    pro = pro_extras(args.K, args.pro_pairs)
+    print(f"FedKSeed-Pro's server extras (history + {args.pro_pairs} pairs, probabilities at K={args.K}): "
+          f"{pro * 1e3:.2f} ms, {pro / project_total:.1e} of the replay")
+
+
+def pro_extras(k: int, pairs: int) -> float:
+    """Seconds (best of 5) for what Pro's server adds to a round: the history takes the round's pairs, then the
+    next round's probabilities."""
+    rng = np.random.default_rng(2)
+    indices, grads = rng.integers(0, k, pairs), rng.normal(size=pairs)
+    history = GradientHistory(k, 0.0, 1000.0)
+
+    def extras() -> None:
+        history.add(indices, grads)
+        history.probabilities()
+
+    return min(timed(extras, "cpu") for _ in range(5))
 
 
 if __name__ == "__main__":
