@@ -15,11 +15,11 @@ from config.data import DataConfig
 from config.engine import EngineConfig
 from config.evaluation import EvalConfig
 from config.federation import FederationConfig
-from config.flag_group import FlagGroup, OneLineParser
 from config.method import MethodConfig
 from config.model import ModelConfig
 from config.output import OutputConfig
 from errors import FedKSeedError
+from flag_group import FlagGroup, OneLineParser
 from methods import method_class, method_flag_groups
 from modeling import memory_info
 from server import state_bytes

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from config.flag_group import FlagGroup, parse_bool
 from errors import FedKSeedError, require
+from flag_group import FlagGroup, parse_bool
 from utils_data.default_tokens import PROMPT_FORMATS as TEMPLATES
 from utils_data.partition_data import parse_iid
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from config.data import DataConfig
 from config.federation import FederationConfig
-from config.flag_group import FlagGroup
 from errors import require
+from flag_group import FlagGroup
 from server import clients_per_round
 
 

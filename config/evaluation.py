@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from config.flag_group import FlagGroup, parse_bool
 from errors import require
+from flag_group import FlagGroup, parse_bool
 
 
 @dataclass

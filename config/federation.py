@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from config.flag_group import FlagGroup
 from errors import require
+from flag_group import FlagGroup
 
 
 @dataclass

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from config.flag_group import FlagGroup, group_defaults
 from errors import require
+from flag_group import FlagGroup, group_defaults
 from methods import METHODS
 from optimizers.perturbation import KINDS
 from optimizers.seed_pool import SEED_RANGE

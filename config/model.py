@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from config.flag_group import FlagGroup
 from errors import FedKSeedError
+from flag_group import FlagGroup
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from config.flag_group import FlagGroup
 from errors import require
+from flag_group import FlagGroup
 from run_report import CHOICES, check_report_to
 
 

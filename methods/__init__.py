@@ -9,7 +9,7 @@ import torch
 
 from checkpoint import RunState, TensorState
 from client import Client
-from config.flag_group import FlagGroup
+from flag_group import FlagGroup
 from methods.base import ArrayClient, LocalReport, Method
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from client import Client
-from config.flag_group import FlagGroup
+from flag_group import FlagGroup
 
 if TYPE_CHECKING:
     from config import RunConfig

@@ -28,8 +28,8 @@ import torch
 
 from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkpoint
 from client import Client
-from config.flag_group import FlagGroup
 from errors import FedKSeedError, require
+from flag_group import FlagGroup
 from measure import LocalCost
 from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport
 from methods.first_order import client_steps, tensors_bytes

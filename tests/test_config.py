@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 import config
-from config.flag_group import group_defaults
 from errors import FedKSeedError
+from flag_group import group_defaults
 from methods.ferret import FerretFlags
 
 ALL_GROUPS = [*config.GROUPS.values(), *config.METHOD_GROUPS.values()]
@@ -72,3 +72,17 @@ def test_a_resumed_run_keeps_what_defines_its_trajectory_and_may_change_the_rest
     assert set(config.MethodConfig.names()) | set(FerretFlags.names()) | set(config.DataConfig.names()) <= trajectory
     assert {"model", "dtype", "seed", "m", "local_step"} <= trajectory
     assert not trajectory & {"rounds", "device", "no_compile", "engine", "eval_every", "save_every", "quiet"}
+
+
+@pytest.mark.parametrize("first", ["methods", "methods.ferret", "flower_app.client_app", "config"])
+def test_any_of_the_modules_a_process_starts_from_imports_first(first):
+    """A Flower actor imports the methods before config: config builds the methods' flag groups when it is imported,
+    so a method's home must not need config's package to declare its flags (a cycle there broke every actor)."""
+    import subprocess
+    import sys
+
+    from conftest import ENV, ROOT
+
+    done = subprocess.run([sys.executable, "-c", f"import {first}; import config; print(sorted(config.METHOD_GROUPS))"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ferret" in done.stdout, done.stderr[-500:]
