@@ -99,3 +99,15 @@ def test_a_malformed_packed_record_names_the_archive_member(tmp_path, capsys):
     assert answers.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "generations.tar.gz:instruct/fedkseed-lr1e-5-s0/generations-5.jsonl" in err
+
+
+def test_the_long_runs_generations_are_read_and_packed_under_their_own_dataset(tmp_path):
+    write_generations(tmp_path / "dolly" / "fedkseed-lr1e-5-s0", 10, [("a", "", 0.0)])
+    write_generations(tmp_path / "long" / "dolly" / "fedkseed-lr1e-5-s0", 10, [("a", "a", 1.0), ("b", "b", 1.0)])
+    short, long = (answers.table(tmp_path, [d])[len(answers.HEADER):] for d in ("dolly", "long/dolly"))
+    assert [r.split(" | ")[:5] for r in short] == [["| dolly", "fedkseed-lr1e-5-s0", "10", "1", "1"]]
+    assert [r.split(" | ")[:5] for r in long] == [["| long/dolly", "fedkseed-lr1e-5-s0", "10", "2", "0"]]
+    answers.pack(tmp_path)
+    assert not list(tmp_path.rglob("generations-*.jsonl"))
+    assert answers.table(tmp_path, ["long/dolly"])[len(answers.HEADER):] == long
+    assert answers.table(tmp_path, ["dolly"])[len(answers.HEADER):] == short

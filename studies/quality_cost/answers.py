@@ -1,12 +1,14 @@
 """What the study's greedy answers look like, from the runs' generations-<round>.jsonl files.
 
     python studies/quality_cost/answers.py [OUT] [--dataset instruct]   # a markdown table, a row per run and round
+    python studies/quality_cost/answers.py --dataset long/dolly          # the 50-round runs (OUT/long/dolly/<run>)
     python studies/quality_cost/answers.py [OUT] --pack                 # the loose files into OUT/generations.tar.gz
 
 A Rouge-L that drops can mean worse answers or no answers: a row counts the empty ones (nothing but whitespace
 once decoded) and scores the rest apart. Round 0 is the base model, written by the run that evaluated it.
 
-OUT (default: the committed results, studies/quality_cost/results) holds <dataset>/<run>/ folders. A run writes its
+OUT (default: the committed results, studies/quality_cost/results) holds <dataset>/<run>/ folders (the longer
+horizon's under long/<dataset>/). A run writes its
 generations next to its metrics; the committed study keeps them all in one compressed file, OUT/generations.tar.gz
 (members <dataset>/<run>/generations-<round>.jsonl, byte for byte the files the runs wrote), which --pack makes.
 Both are read, a loose file before the packed one of the same run and round.
@@ -53,9 +55,8 @@ def generation_files(run: Path) -> list[tuple[int, Path]]:
 
 
 def loose_files(out: Path) -> list[Path]:
-    """Every generations file under OUT/<dataset>/<run>/."""
-    return [path for dataset in sorted(p for p in out.iterdir() if p.is_dir())
-            for run in sorted(p for p in dataset.iterdir() if p.is_dir()) for _, path in generation_files(run)]
+    """Every generations file under OUT/<dataset>/<run>/ and OUT/long/<dataset>/<run>/."""
+    return sorted(path for path in out.rglob("generations-*.jsonl") if GENERATIONS.search(path.name))
 
 
 def packed(out: Path) -> dict[str, bytes]:
@@ -105,9 +106,9 @@ def generations(out: Path, dataset: str) -> list[tuple[str, int, str, str]]:
     """(run, round, where it was read, text) of the dataset's generations files, by run and numeric round."""
     found = {}
     for name, data in packed(out).items():
-        parts, m = name.split("/"), GENERATIONS.search(name)
-        if len(parts) == 3 and parts[0] == dataset and m:
-            found[parts[1], int(m["round"])] = (f"{out / ARCHIVE}:{name}", data.decode())
+        parts, m = name[len(dataset) + 1:].split("/"), GENERATIONS.search(name)
+        if name.startswith(dataset + "/") and len(parts) == 2 and m:
+            found[parts[0], int(m["round"])] = (f"{out / ARCHIVE}:{name}", data.decode())
     for run in sorted(p for p in (out / dataset).glob("*") if p.is_dir()):
         for round_idx, path in generation_files(run):
             found[run.name, round_idx] = (str(path), path.read_text())
@@ -130,7 +131,7 @@ def table(out: Path, datasets: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, nargs="?", default=RESULTS)
-    p.add_argument("--dataset", choices=["dolly", "instruct"], action="append")
+    p.add_argument("--dataset", choices=["dolly", "instruct", "long/dolly", "long/instruct"], action="append")
     p.add_argument("--pack", action="store_true", help="move the loose generations files into OUT/" + ARCHIVE)
     args = p.parse_args(argv)
     if not args.out.is_dir():
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print(pack(args.out))
         return 0
     try:
-        lines = table(args.out, args.dataset or ["dolly", "instruct"])
+        lines = table(args.out, args.dataset or ["dolly", "instruct", "long/dolly", "long/instruct"])
     except AnswersError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
