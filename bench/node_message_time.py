@@ -41,9 +41,9 @@ from optimizers.seed_pool import SeededModel  # noqa: E402
 
 
 def run_args(opts: argparse.Namespace, out: Path) -> config.RunConfig:
-    argv = ["--model", opts.model, "--dataset", "dolly", "--data_path", str(ROOT / opts.data), "-K", str(opts.K),
-            "--num_clients", "2", "--local_step", str(opts.local_step), "--max_length", "128", "--lr", "3e-7",
-            "--output_dir", str(out)]
+    argv = ["--model", opts.model, "--dtype", opts.dtype, "--dataset", "dolly", "--data_path", str(ROOT / opts.data),
+            "-K", str(opts.K), "--num_clients", "2", "--local_step", str(opts.local_step), "--max_length", "128",
+            "--lr", "3e-7", "--output_dir", str(out)]
     return config.validate(config.build_parser().parse_args(argv))
 
 
@@ -96,6 +96,7 @@ def message(args, run_file: Path, state_dir: str, history, cs: list[np.ndarray],
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--dtype", default="auto", help="the node's weight dtype (main.py's --dtype)")
     p.add_argument("--data", default="data/databricks-dolly-15k-sample.jsonl")
     p.add_argument("--rounds", default="1,10,40", help="rounds of history before the timed message")
     p.add_argument("--seeds-per-round", type=int, default=8, help="distinct seeds in each round's Delta c")

@@ -150,13 +150,16 @@ def measure(shape: str, dtype: str, args: argparse.Namespace, scratch: Path) -> 
 def timings(folder: Path, dtype: str, run: Path, limit: int) -> list[str]:
     """The time figures, each from its own process: forward and step / (2 x forward) at seq 256 and 512
     (bench/step_cost.py: the project's Gaussian and Rademacher steps, the authors' style beside them), the server's
-    replay of K = 4096 nonzero Delta c (bench/replay_cost.py: 64 seeds timed, scaled), and FedKSeed's checkpoint:
-    its size, and the export that restores the model from it."""
+    replay of K = 4096 nonzero Delta c (bench/replay_cost.py: 64 seeds timed, scaled; Pro's extras), a deployed
+    SuperNode's train message after 1 and 10 rounds under each catch-up mode (bench/node_message_time.py), and
+    FedKSeed's checkpoint: its size, and the export that restores the model from it."""
     model = ["--model_dir", str(folder), "--dtype", dtype]
     children = {f"step, seq {seq}": ["bench/step_cost.py", *model, "--skip-smollm2", "--seq", str(seq),
                                      "--run-steps", "2", "--repeats", "2"] for seq in (256, 512)}
     children["server replay"] = ["bench/replay_cost.py", *model, "-K", "4096", "--project-seeds", "64",
                                  "--naive-seeds", "1", "--repeats", "1"]
+    children["a deployed SuperNode's train message"] = ["bench/node_message_time.py", "--model", str(folder),
+                                                        "--dtype", dtype, "--rounds", "1,10"]
     lines = []
     for name, cmd in children.items():
         result = guarded([sys.executable, *cmd], limit)
