@@ -65,15 +65,18 @@ class RunConfig:
         return cls(**{name: group.from_flags(flags) for name, group in GROUPS.items()},
                    own={name: group.from_flags(flags) for name, group in METHOD_GROUPS.items()})
 
+    def groups(self) -> list[FlagGroup]:
+        """Every group of the run's flags: the fixed ones, then each method's own."""
+        return [*(getattr(self, name) for name in GROUPS), *self.own.values()]
+
     def flags(self) -> dict:
         """Every flag by name: what config.json, the checkpoint and the Flower run file record."""
-        groups = [*(getattr(self, name) for name in GROUPS), *self.own.values()]
-        return {flag: value for group in groups for flag, value in asdict(group).items()}
+        return {flag: value for group in self.groups() for flag, value in asdict(group).items()}
 
     def check(self) -> None:
         """Each group's own checks, then those that join groups; resolves --device/--dtype auto and the default
         --output_dir."""
-        for group in [*(getattr(self, name) for name in GROUPS), *self.own.values()]:
+        for group in self.groups():
             group.check()
         self.engine.check_run(self.federation, self.data, self.method.method)
         check_seed_state_fits(self.method, self.federation)

@@ -35,7 +35,8 @@ def method_class(name: str) -> type[Method]:
 
 def method_flag_groups() -> dict[str, type[FlagGroup]]:
     """Each method's own flags (Method.flags) by --method name, for the methods that declare some."""
-    return {name: method_class(name).flags for name in METHODS if method_class(name).flags is not None}
+    flags = {name: method_class(name).flags for name in METHODS}
+    return {name: group for name, group in flags.items() if group is not None}
 
 
 def build_method(cfg: RunConfig, model: torch.nn.Module, clients: list[Client],

@@ -77,4 +77,3 @@ def long_report(out: Path, dataset: str, plots: Path | None = None) -> tuple[lis
                             plots / f"quality_cost_long_{dataset}")
         lines += ["", *(f"![{p.stem}]({p.name})" for p in paths)]
     return lines, {"target_loss": target, "runs": numbers}
-
