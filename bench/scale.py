@@ -10,8 +10,9 @@ one client, --steps local steps, its final evaluation on 2 records. Peak memory 
 (wait4's ru_maxrss); for Flower's simulation engine (the server and one SuperNode, each catch-up mode, 2 rounds)
 the largest summed resident set of its processes, polled every 0.1 s. A run main.py refuses (one that cannot fit
 the machine: modeling.check_fits, before loading) is reported with its error line; a guard polls every child's
-resident set and kills it above --limit_gb, reported as "does not fit", so that the machine's OOM killer never has
-to act. --time adds the time figures (see timings; run them on a quiet machine).
+resident set and kills it above --limit_gb, or when the machine's available memory falls below 1 GiB (another
+process may grow meanwhile), reported as "does not fit", so that the machine's OOM killer never has to act. --time
+adds the time figures (see timings; run them on a quiet machine).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from modeling import memory_info, weight_bytes
 from scripts.make_model import SHAPES, make_model
 
 DATA = ROOT / "data" / "databricks-dolly-15k-sample.jsonl"
+RESERVE = 2**30  # the guard kills its child when the machine's available memory falls below this
 # flags of each method's run: one round, one client, K 64 where it applies
 METHODS = {
     "fedkseed": ["--method", "fedkseed", "-K", "64", "--lr", "1e-6", "--zo_eps", "1e-3"],
@@ -95,8 +97,8 @@ def descendants(pid: int) -> list[int]:
 
 
 def guarded(cmd: list[str], limit: int) -> dict:
-    """Run cmd; {"peak": bytes, "seconds", "stdout"}, {"killed": the resident set that passed the limit} or
-    {"refused": its last error line}."""
+    """Run cmd; {"peak": bytes, "seconds", "stdout"}, {"killed": the resident set that passed the limit, or that it
+    had when the machine ran low} or {"refused": its last error line}."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed: list[int] = []
@@ -104,9 +106,9 @@ def guarded(cmd: list[str], limit: int) -> dict:
 
     def watch() -> None:
         while proc.poll() is None:
-            rss = resident(proc.pid)
+            rss, available = resident(proc.pid), memory_info("MemAvailable")
             tree[0] = max(tree[0], rss)
-            if rss > limit:
+            if rss > limit or (available is not None and available < RESERVE):
                 killed.append(rss)
                 proc.kill()
                 return
