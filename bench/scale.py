@@ -10,8 +10,8 @@ one client, --steps local steps, its final evaluation on 2 records. Peak memory 
 (wait4's ru_maxrss); for Flower's simulation engine (the server and one SuperNode, each catch-up mode, 2 rounds)
 the largest summed resident set of its processes, polled every 0.1 s. A run main.py refuses (one that cannot fit
 the machine: modeling.check_fits, before loading) is reported with its error line; a guard polls every child's
-resident set and kills it above --limit_gb, or when the machine's available memory falls below 1 GiB (another
-process may grow meanwhile), reported as "does not fit", so that the machine's OOM killer never has to act. --time
+resident set and kills it above --limit_gb, or when the machine's available memory falls below 1.5 GiB (whatever
+grows meanwhile), reported as "does not fit", so that the machine's OOM killer never has to act. --time
 adds the time figures (see timings; run them on a quiet machine).
 """
 from __future__ import annotations
@@ -32,7 +32,9 @@ from modeling import memory_info, weight_bytes
 from scripts.make_model import SHAPES, make_model
 
 DATA = ROOT / "data" / "databricks-dolly-15k-sample.jsonl"
-RESERVE = 2**30  # the guard kills its child when the machine's available memory falls below this
+# the guard kills its child when the machine's available memory falls below this: room for its 0.1 s polling to act
+# before the kernel's OOM killer does
+RESERVE = int(1.5 * 2**30)
 # flags of each method's run: one round, one client, K 64 where it applies
 METHODS = {
     "fedkseed": ["--method", "fedkseed", "-K", "64", "--lr", "1e-6", "--zo_eps", "1e-3"],
@@ -56,13 +58,6 @@ model = load_model(sys.argv[1], sys.argv[2])
 with torch.inference_mode():
     model(input_ids=torch.randint(0, model.config.vocab_size, (1, int(sys.argv[3]))))
 """
-
-
-def guard_limit(limit_gb: float) -> int:
-    """--limit_gb, or less where other processes leave less: the memory available now, minus 1.5 GiB for the
-    guard's polling to act before the kernel's OOM killer does."""
-    available, limit = memory_info("MemAvailable"), int(limit_gb * 2**30)
-    return limit if available is None else min(limit, available - int(1.5 * 2**30))
 
 
 def model_folder(shape: str, dtype: str, models: Path) -> Path:
@@ -139,7 +134,7 @@ def method_run(folder: Path, dtype: str, method: str, steps: int, seq: int, out:
 
 def measure(shape: str, dtype: str, args: argparse.Namespace, scratch: Path) -> dict:
     folder = model_folder(shape, dtype, args.models)
-    weights, limit = weight_bytes(str(folder), dtype), guard_limit(args.limit_gb)
+    weights, limit = weight_bytes(str(folder), dtype), int(args.limit_gb * 2**30)
     row = {"shape": shape, "dtype": dtype, "weights": weights,
            "inference": guarded([sys.executable, "-c", INFERENCE, str(folder), dtype, str(args.seq)], limit)}
     for method in args.methods:
@@ -209,7 +204,7 @@ def main() -> None:
                 if args.time:
                     run = Path(scratch) / f"{shape}-{dtype}" / "fedkseed"
                     row["time"] = timings(model_folder(shape, dtype, args.models), dtype, run,
-                                          guard_limit(args.limit_gb))
+                                          int(args.limit_gb * 2**30))
                     print("\n".join(row["time"]), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

@@ -158,8 +158,8 @@ class FirstOrder(ArrayMethod):
 
     @staticmethod
     def weight_copies(cfg: RunConfig) -> tuple[float, str]:
-        if cfg.method.method == "fedavg":  # half precision: AdamW's temporaries add about three; at 1.43B in
-            # bfloat16 the run passed 8 weight-sized buffers (21.4 GiB) and was still growing when it was stopped
+        if cfg.method.method == "fedavg":  # half precision, measured: at 1.43B in bfloat16 the run passed 8
+            # weight-sized buffers (21.4 GiB) and was still growing when it was stopped
             return 6 if cfg.model.dtype == "float32" else 9, ("FedAvg (the server's model and its tensors, the "
                                                               "client's copy, gradients, AdamW's two moments)")
         return 2, "FedIT (the server's and the client's copies of the base model)"
