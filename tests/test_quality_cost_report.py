@@ -264,6 +264,22 @@ def test_a_method_without_a_finished_sweep_run_waits_and_the_others_go_on(tmp_pa
         "ferret-lr1e-4-s0", "ferret-lr3e-4-s0"}
 
 
+def test_a_long_run_continues_its_10_round_run_while_that_runs_checkpoint_is_on_disk(tmp_path):
+    """A long run not started yet continues the 10-round run of its method, lr and seed when that run finished and
+    kept its checkpoint (10 rounds fewer); without the checkpoint, or once the long run has begun, it stands alone."""
+    study = tmp_path / "study"
+    settled_sweep(study)
+    (study / "dolly" / "ferret-lr1e-4-s0" / "checkpoint.json").write_text("")
+    (study / "dolly" / "fedit-lr1e-4-s0" / "checkpoint.json").write_text("")
+    (study / "long" / "dolly" / "fedit-lr1e-4-s0").mkdir(parents=True)  # begun: its own checkpoint resumes it
+    env = {**os.environ, "DRY": "1", "PART": "long", "QC_DATA": str(tmp_path / "nowhere")}
+    done = run_study(study, env)
+    assert done.returncode == 0, done.stderr
+    continued = {line.split()[0].removeprefix(f"{study}/"): line.split(" continues ")[1]
+                 for line in done.stdout.splitlines() if " continues " in line}
+    assert continued == {"long/dolly/ferret-lr1e-4-s0": f"{study}/dolly/ferret-lr1e-4-s0"}
+
+
 @pytest.mark.parametrize("deadline, fedavg_runs", [("now + 1 hour", False), ("now + 2 hours", True)])
 def test_fedavg_is_deferred_when_its_longest_run_would_end_after_the_deadline(tmp_path, deadline, fedavg_runs):
     """DEADLINE: FedAvg's longest recorded run took 5000 s; its seeds 1-2 are listed only when that fits before
@@ -328,6 +344,8 @@ def test_the_long_horizon_reports_when_each_run_reaches_seed_0s_target_and_its_a
     write_run(long / "fedkseed-lr1e-6-s0", [2.0, 1.95, 1.85, 1.8, 1.7], None, 400, 100, 20)
     write_run(long / "fedit-lr1e-4-s0", [2.0, 1.7, 1.5], None, 1000, 1000, 30)
     (long / "fedit-lr1e-4-s0" / "summary.json").unlink()  # still running
+    # continued from its 10-round run, whose base model another run evaluated: round 0 is that evaluation
+    write_run(long / "ferret-lr1e-4-s0", [9.9, 1.9, 1.75], None, 10, 10, 5, base=False)
     rows = [json.loads(line) for line in (long / "fedkseed-lr1e-6-s0" / "metrics.jsonl").read_text().splitlines()]
     rows[2].update(rouge_l=0.1, empty_answers=0.4, first_eos_prob=0.35)
     (long / "fedkseed-lr1e-6-s0" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -335,6 +353,7 @@ def test_the_long_horizon_reports_when_each_run_reaches_seed_0s_target_and_its_a
     assert doc["target_loss"] == pytest.approx(1.8)
     fedkseed, fedit = doc["runs"]["fedkseed"], doc["runs"]["fedit"]
     assert fedkseed["target_round"] == 3 and fedit["target_round"] == 1
+    assert doc["runs"]["ferret"]["loss"] == {0: 2.0, 1: 1.9, 2: 1.75} and doc["runs"]["ferret"]["target_round"] == 2
     assert fedkseed["finished"] and not fedit["finished"] and fedit["rounds"] == 2
     assert fedkseed["answers"][2] == {"rouge_l": 0.1, "empty_answers": 0.4, "first_eos_prob": 0.35}
     row = next(line for line in lines if line.startswith("| FedKSeed | 4 |"))

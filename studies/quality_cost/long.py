@@ -38,7 +38,8 @@ def long_numbers(run: Path, target: float | None) -> dict:
     """A long run's eval loss at each checkpoint round, its first round at or below the target, and each Rouge-L
     evaluation's score, share of empty answers and mean P(EOS first)."""
     rows = read_metrics(run / "metrics.jsonl")
-    losses = {r["round"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+    t = trajectory(run)  # round 0 from the base model's evaluation when a continued 10-round run has none
+    losses = dict(zip(t["round"].tolist(), t["loss"].tolist(), strict=True))
     reached = [k for k, v in sorted(losses.items()) if target is not None and v <= target]
     answers = {r["round"]: {key: r.get(key) for key in ("rouge_l", "empty_answers", "first_eos_prob")}
                for r in rows if "rouge_l" in r}

@@ -12,7 +12,8 @@
 #   4. At the chosen lrs, seed by seed: Natural Instructions seed 0, then Natural Instructions and Dolly seed 1,
 #      then both at seed 2 (no barrier between them: a free slot takes the next run).
 #   5. The longer horizon (common.sh LONG): FedKSeed, FedIT and Ferret at their chosen lrs, seed 0 of both datasets,
-#      50 rounds (10,000 local steps), under long/<dataset>/.
+#      50 rounds (10,000 local steps), under long/<dataset>/; one continues its 10-round run when that run's
+#      checkpoint is still on disk (short_run).
 #   6. Dolly seed 0 at the lowest lr of each grid: every one of them ended behind its method's middle lr in the
 #      runs docs/quality_cost_plan.md records, so it completes the sweep's table last; skipped where
 #      3 lrs have run and the chosen one is not the lowest of them (the climb made the 3: the lowest adds nothing).
@@ -43,20 +44,34 @@ drain() { while [ -n "$(jobs -p)" ]; do wait -n; done; }  # the end of a part: i
 run() {  # run DIR METHOD LR SEED DATA_FLAGS...: one run, its wall time appended to $OUT/wall_time.txt. The base
   # model is evaluated once per dataset and seed, by its first run (report.py reads it from there).
   # Validation loss only in the sweep (Dolly, seed 0).
-  local dir=$1 method=$2 lr=$3 seed=$4 start base=--no_eval_base val=(); shift 4
+  local dir=$1 method=$2 lr=$3 seed=$4 start short cmd base=--no_eval_base val=(); shift 4
   [ -f "$dir/summary.json" ] && return 0
   if ! fits_before_deadline "$method"; then echo "deferred past DEADLINE: $dir"; return 0; fi
   if [ "$(base_run "$(dirname "$dir")" "$seed")" = "$(basename "$dir")" ]; then base=--eval_base; fi
   if [ "$(basename "$(dirname "$dir")")" != dolly ] || [ "$seed" != 0 ]; then val=(--val_examples 0); fi
   if [[ $dir == "$OUT/long/"* ]]; then base=--eval_base val=(--val_examples 0); fi  # a long run stands alone
-  if [ -n "${DRY:-}" ]; then echo "$dir $method $lr $seed $base ${val[*]}"; return 0; fi
+  short=$(short_run "$dir")
+  if [ -n "${DRY:-}" ]; then echo "$dir $method $lr $seed $base ${val[*]}${short:+ continues $short}"; return 0; fi
   start=$(date +%s)
+  if [ -n "$short" ]; then mkdir -p "$dir" && cp "$short"/{config.json,metrics.jsonl,checkpoint.json} "$dir"/; fi
   # shellcheck disable=SC2046
-  if ! run_once "$dir" "${QC[@]}" "$@" $(method_flags "$method") --lr "$lr" --seed "$seed" "$base" "${val[@]}"; then
+  cmd=(run_once "$dir" "${QC[@]}" "$@" $(method_flags "$method") --lr "$lr" --seed "$seed" "$base" "${val[@]}")
+  if [[ $dir == "$OUT/long/"* ]] && [ -f "$dir/checkpoint.json" ]; then  # the rounds of a continued 10-round run
+    cmd=(python main.py --resume "$dir" "${LONG[@]}")
+  fi
+  if ! "${cmd[@]}"; then
     taken "$dir" || return 1
     echo "left to the driver that holds it: $dir"; return 0
   fi
   echo "$dir: $(( $(date +%s) - start )) s" >> "$OUT/wall_time.txt"
+}
+short_run() {  # short_run LONG_DIR: the 10-round run a long run that has not started continues, if that run's final
+  # checkpoint is still on disk (it leaves git when its run finishes): 10 rounds fewer, the same trajectory (a run's
+  # --rounds does not change its first rounds: long/dolly/fedkseed-lr1e-5-s0 repeats dolly/fedkseed-lr1e-5-s0's to
+  # the bit). Its rounds keep the 10-round run's evaluations (a validation loss on Dolly, Rouge-L at round 5).
+  local short=$OUT/${1#"$OUT/long/"}
+  if [[ $1 == "$OUT/long/"* ]] && [ ! -e "$1" ] && [ -f "$short/summary.json" ] && [ -f "$short/checkpoint.json" ]
+  then echo "$short"; fi
 }
 taken() {  # taken DIR: another driver runs DIR (a live process holds its .lock: main.py refused with exit 2), or
   # has finished it meanwhile
