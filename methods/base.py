@@ -41,6 +41,15 @@ class LocalReport:
     overhead_forward_equivalents: float = 0.0
 
 
+def summed_catch_up_bytes(deltas: list[tuple[np.ndarray, np.ndarray]], since_round: int) -> int:
+    """The paper's catch-up of a client that last synced to round `since_round`, for a method whose model is linear
+    in a coefficient table c (FedKSeed's K seeds, Ferret's K x L): the entries of c that changed in the rounds since,
+    each an int32 index and a float64 value. In-process runs charge every client this; the Flower engine measures
+    what it sends (its exact catch-up sends the rounds themselves)."""
+    touched = [idx for idx, _ in deltas[since_round:]]
+    return 12 * (len(np.unique(np.concatenate(touched))) if touched else 0)
+
+
 class Method(ABC):
     """A federated fine-tuning method: the server's plan for a round, a client's local work, the server's
     combination of uploads, its state for checkpoints, and the model to evaluate and export."""

@@ -12,7 +12,7 @@ from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkp
 from client import Client, ClientUpdate, LocalTraining
 from errors import FedKSeedError
 from measure import LocalCost
-from methods.base import ZO_STEP_FORWARDS, LocalReport, Method
+from methods.base import ZO_STEP_FORWARDS, LocalReport, Method, summed_catch_up_bytes
 from methods.first_order import with_lora
 from modeling import copy_trainable
 from optimizers.seed_pool import SeededModel
@@ -38,18 +38,6 @@ def server_config(cfg: RunConfig, num_clients: int) -> ServerConfig:
 def bytes_up(update: ClientUpdate) -> int:
     """Upload size: one int32 seed index and one float32 scalar gradient a step, plus the sample count."""
     return 8 * len(update.seed_indices) + 8
-
-
-def bytes_down(changed_seeds: int, k: int, pro: bool) -> int:
-    """Download size: the changed entries of c since the client last synced (int32 index, float64 value),
-    plus the Pro probabilities (float32 each) when seeds are sampled by them."""
-    return 12 * changed_seeds + (4 * k if pro else 0)
-
-
-def changed_since(deltas: list[tuple[np.ndarray, np.ndarray]], since_round: int) -> int:
-    """How many entries of c changed after round `since_round` (the client's catch-up size)."""
-    touched = [idx for idx, _ in deltas[since_round:]]
-    return len(np.unique(np.concatenate(touched))) if touched else 0
 
 
 def perturbed_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
@@ -150,14 +138,15 @@ class FedKSeed(Method):
 
     def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
         cfg, state = self.cfg, self.state
-        changed = changed_since(state.deltas, state.last_round[client.client_id])
+        catch_up = summed_catch_up_bytes(state.deltas, state.last_round[client.client_id])
+        probabilities = 4 * cfg.method.K if cfg.method.bias_sampling else 0  # Pro's K float32 sampling probabilities
         with LocalCost(cfg.model.device) as cost:
             if cfg.federation.client_sync == "copy":
                 self.work.copy_from(self.server.seeded)
             update = client.train(self.work, self.server.c, self._train_config, progress=progress)
         steps = len(update.seed_indices) + sum(update.skipped.values())
         return LocalReport(client_id=client.client_id, upload=update, bytes_up=bytes_up(update),
-                           bytes_down=bytes_down(changed, cfg.method.K, cfg.method.bias_sampling),
+                           bytes_down=catch_up + probabilities,
                            forward_equivalents=ZO_STEP_FORWARDS * steps, train_loss=update.mean_loss,
                            seconds=cost.seconds, peak_bytes=cost.peak_bytes, skipped=update.skipped)
 

@@ -31,7 +31,7 @@ from client import Client
 from errors import FedKSeedError, require
 from flag_group import FlagGroup
 from measure import LocalCost
-from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport
+from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport, summed_catch_up_bytes
 from methods.first_order import client_steps, tensors_bytes
 from optimizers.perturbation import Perturbation
 from optimizers.seed_pool import make_seed_pool
@@ -306,6 +306,13 @@ class Ferret(ArrayMethod):
         """The rounds of Delta c after `since` (default: the round the client last synced to)."""
         first = self.state.last_round[client_id] if since is None else min(since, round_idx - 1)
         return pack_rounds(self.state.deltas[:round_idx - 1], first)
+
+    def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
+        """The client's round, charged the download of FedKSeed's in-process accounting (the paper's catch-up: the
+        entries of c changed since it last synced), not the rounds of Delta c this process hands it."""
+        report = super().train_client(client, round_idx, progress)
+        report.bytes_down = summed_catch_up_bytes(self.state.deltas, self.state.last_round[client.client_id])
+        return report
 
     def client_side(self) -> FerretClient:
         if self._client is None:

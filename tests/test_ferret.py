@@ -158,6 +158,24 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tiny_model_dir, data_file, t
     assert rows[0] == rows[1]
 
 
+def test_a_client_is_charged_the_entries_of_c_changed_since_it_last_synced(tiny_model_dir, data_file, tmp_path):
+    """As FedKSeed: the download is the summed catch-up (12 B an entry of c that changed), never more than the whole
+    K x L table, and less than the rounds of Delta c it replaces once a client has missed rounds that overlap."""
+    from checkpoint import load_checkpoint
+    from studies.quality_cost.ferret_download import charged
+
+    result = train(flags(tiny_model_dir, data_file, tmp_path / "run", "--rounds", "4"))
+    rows, deltas = read_metrics(tmp_path / "run" / "metrics.jsonl"), load_checkpoint(tmp_path / "run").deltas
+    assert charged(deltas, rows) == {r["round"]: r["bytes_down_per_client"] for r in rows if r["round"] > 0}
+    assert rows[1]["bytes_down_per_client"] == 0  # nothing to catch up in round 1
+    table = 12 * result["method"].c.size
+    assert all(r["bytes_down_per_client"] <= table for r in rows[1:])
+    rounds_of_delta = sum(12 * len(idx) for idx, _ in deltas[:3])  # a client new in round 4 lacks rounds 1-3
+    union = 12 * len(np.unique(np.concatenate([idx for idx, _ in deltas[:3]])))
+    assert union < rounds_of_delta
+    assert charged(deltas, [{"round": 4, "clients": [99]}]) == {4: union}
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--dtype", "bfloat16"], "--method ferret: needs --dtype float32"),
     (["--server_lr", "0"], "--server_lr 0.0: must be positive"),
