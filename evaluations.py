@@ -40,6 +40,16 @@ def _bar(iterable, progress: bool, desc: str):
     return tqdm(iterable, desc=desc, disable=not (progress and sys.stderr.isatty()), leave=False)
 
 
+def stop_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a greedy answer: the model's generation EOS ids and the tokenizer's EOS, which training
+    appends to every response."""
+    eos = model.generation_config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+        eos.append(tokenizer.eos_token_id)
+    return eos
+
+
 @torch.inference_mode()
 def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 128, batch_size: int = 8,
                     progress: bool = False, first_eos: list[float] | None = None) -> list[str]:
@@ -51,10 +61,7 @@ def generate_greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: 
     """
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = model.generation_config.eos_token_id
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-        eos.append(tokenizer.eos_token_id)  # training appends the tokenizer's EOS: stop on it too
+    eos = stop_ids(model, tokenizer)
     outputs: list[str] = []
     for start in _bar(range(0, len(prompts), batch_size), progress, "generate"):
         ids, mask = _left_pad(prompts[start:start + batch_size], pad_id)
@@ -82,13 +89,18 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     return ids, mask
 
 
-def _per_example_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean next-token loss over each row's labelled tokens, count of those tokens) for one batch."""
+def next_token_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float32 logits at every position but the last, the labels they predict) of one right-padded batch."""
     device = next(model.parameters()).device
     logits = model(input_ids=batch["input_ids"].to(device),
                    attention_mask=batch["attention_mask"].to(device)).logits.float()
-    labels = batch["labels"].to(device)[:, 1:]  # token t is predicted from positions < t
-    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+    return logits[:, :-1], batch["labels"].to(device)[:, 1:]  # token t is predicted from positions < t
+
+
+def _per_example_losses(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean next-token loss over each row's labelled tokens, count of those tokens) for one batch."""
+    logits, labels = next_token_logits(model, batch)
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
     counts = (labels != IGNORE_INDEX).sum(dim=1)
     return nll.sum(dim=1) / counts.clamp(min=1), counts
 
