@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from common import add_model_flags, apply_threads, bench_model, best_of_interleaved, count_params, lm_batch
 
-from methods.ferret import BlockSeededModel, project_update
 from methods.first_order import local_train
 from modeling import lm_loss
+from optimizers.block_projection import BlockSeededModel, project_update
 from optimizers.mezo_optimizer import MeZOOptimizer
 from optimizers.seed_pool import SeededModel, make_seed_pool
 from streams import stream

@@ -14,7 +14,8 @@ import torch  # noqa: E402
 import config  # noqa: E402
 import main  # noqa: E402
 from conftest import tiny_flags, train  # noqa: E402
-from methods.ferret import check_upload, ferret_blocks, project_update, seeds_per_block  # noqa: E402
+from methods.ferret import check_upload  # noqa: E402
+from optimizers.block_projection import ferret_blocks, project_update, seeds_per_block  # noqa: E402
 from optimizers.perturbation import Perturbation  # noqa: E402
 from optimizers.seed_pool import make_seed_pool  # noqa: E402
 from run_records import MEASURED, read_metrics  # noqa: E402
