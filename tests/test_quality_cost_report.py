@@ -188,6 +188,10 @@ def test_a_dry_run_lists_the_rest_of_the_study_and_trains_nothing(tmp_path):
                      "long/dolly/fedit-lr1e-4-s0", "long/instruct/fedit-lr1e-4-s0"]  # the longer horizon after them
     assert "long/dolly/fedkseed-lr1e-5-s0 fedkseed 1e-5 0 --eval_base --val_examples 0" in out  # stands alone
     assert not any(line.startswith("long/") and "fedkseed_" in line for line in lines)  # FedKSeed, FedIT, Ferret
+    long_runs = [line.split("/")[1] + " " + line.split("/")[2].split("-lr")[0] for line in lines
+                 if line.startswith("long/")]  # the question first: FedKSeed on both, then Ferret, FedIT
+    assert long_runs == ["dolly fedkseed", "instruct fedkseed", "dolly ferret", "instruct ferret",
+                         "dolly fedit", "instruct fedit"]
     assert not {"dolly/fedkseed_pro-lr3e-5-s0", "dolly/fedkseed_lora-lr3e-3-s0", "dolly/fedit-lr1e-3-s0",
                 "dolly/fedavg-lr3e-5-s0"} & set(lines)  # their highest lrs did not win
     assert lines.index("dolly/fedkseed-lr1e-6-s0") > max(

@@ -20,8 +20,9 @@ METHODS=(fedavg fedkseed fedkseed_pro fedkseed_lora fedit ferret)
 # The longer horizon: seed 0 of both datasets to 5x the steps (50 rounds, 10,000 local steps), each run evaluating
 # its own base model. Eval loss every 5 rounds: an evaluation took 100-200 s of a 500-700 s round in the 10-round
 # runs (their loss every round is the long runs' first 10 rounds: a run's rounds do not change its trajectory).
-# Rouge-L, empty answers and P(EOS first) every 10 rounds.
-LONG_METHODS=(fedkseed fedit ferret)
+# Rouge-L, empty answers and P(EOS first) every 10 rounds. In the order they run, the issue's question first: FedKSeed
+# on both datasets, then Ferret, then FedIT (its 10-round curve already bounds what FedKSeed is measured against).
+LONG_METHODS=(fedkseed ferret fedit)
 LONG=(--rounds 50 --eval_every 5 --rouge_every 10)
 
 method_flags() {  # method_flags METHOD: the flags that make the method (K and eps as the paper's Dolly scripts)

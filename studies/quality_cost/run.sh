@@ -11,8 +11,8 @@
 #      tests/test_quality_cost_rerun.py).
 #   4. At the chosen lrs, seed by seed: Natural Instructions seed 0, then Natural Instructions and Dolly seed 1,
 #      then both at seed 2 (no barrier between them: a free slot takes the next run).
-#   5. The longer horizon (common.sh LONG): FedKSeed, FedIT and Ferret at their chosen lrs, seed 0 of both datasets,
-#      50 rounds (10,000 local steps), under long/<dataset>/; one continues its 10-round run when that run's
+#   5. The longer horizon (common.sh LONG): FedKSeed, Ferret and FedIT at their chosen lrs, seed 0 of both datasets
+#      (a method on both before the next method), 50 rounds (10,000 local steps), under long/<dataset>/; one continues its 10-round run when that run's
 #      checkpoint is still on disk (short_run).
 #   6. Dolly seed 0 at the lowest lr of each grid: every one of them ended behind its method's middle lr in the
 #      runs docs/quality_cost_plan.md records, so it completes the sweep's table last; skipped where
@@ -165,9 +165,9 @@ for seed in 0 1 2; do  # seed by seed, Natural Instructions first: each seed com
 done
 drain
 if part long; then
-  for dataset in dolly instruct; do
-    case $dataset in dolly) flags=("${DOLLY[@]}") ;; instruct) flags=("${NI[@]}") ;; esac
-    for method in "${LONG_METHODS[@]}"; do
+  for method in "${LONG_METHODS[@]}"; do
+    for dataset in dolly instruct; do
+      case $dataset in dolly) flags=("${DOLLY[@]}") ;; instruct) flags=("${NI[@]}") ;; esac
       if [ -n "${WAITS[$method]:-}" ]; then echo "waits for its lr sweep: $OUT/long/$dataset/$method-s0"; continue; fi
       lr=${LR[$method]}; launch run "$OUT/long/$dataset/$method-lr$lr-s0" "$method" "$lr" 0 "${flags[@]}" "${LONG[@]}"
     done
