@@ -364,3 +364,19 @@ def test_the_long_horizon_reports_when_each_run_reaches_seed_0s_target_and_its_a
     assert row.endswith("| 3 | 3 KB |")  # 3 rounds x 2 clients x (400 + 100) B
     assert any(line.startswith("| FedIT (LoRA, AdamW) | 2 (running) |") for line in lines)
     assert report.main(["report", str(study)]) == 0
+
+
+def test_fedit_and_ferret_stand_beside_fedkseeds_long_run_by_their_10_round_runs_until_their_own_begin(study):
+    """Only FedKSeed's long run exists: FedIT's chosen-lr seed-0 run of the 10-round study stands in its row
+    (marked so) and in the curves; Ferret, without a sweep, has no row."""
+    from studies.quality_cost.long import long_report
+
+    write_run(study / "long" / "dolly" / "fedkseed-lr1e-6-s0", [2.0, 1.95, 1.85, 1.8, 1.7], None, 400, 100, 20)
+    write_run(study / "dolly" / "fedit-lr1e-3-s0", [2.0, 1.9, 1.9], None, 1000, 1000, 30)  # not the chosen lr
+    lines, doc = long_report(study, "dolly", study / "plots")
+    assert set(doc["runs"]) == {"fedkseed", "fedit"}
+    fedit = doc["runs"]["fedit"]
+    assert not fedit["long"] and doc["runs"]["fedkseed"]["long"]
+    assert fedit["loss"] == {0: 2.0, 1: 1.8, 2: 1.6} and fedit["target_round"] == 1  # fedit-lr1e-4-s0, not 3e-4
+    assert any(line.startswith("| FedIT (LoRA, AdamW) | 2 (its 10-round run) |") for line in lines)
+    assert (study / "plots" / "quality_cost_long_dolly_round.png").exists()
