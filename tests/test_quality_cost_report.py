@@ -335,9 +335,30 @@ echo "end $out" >> {log}
 
 
 def test_the_committed_runs_give_the_committed_numbers(tmp_path):
-    """docs/quality_cost_results.json, which docs/results.md quotes, is the report on the committed runs to the byte."""
-    report.report(report.RESULTS, tmp_path / "results.json", None)
+    """docs/quality_cost_results.json, which docs/results.md quotes, is the report on the committed runs to the byte,
+    and every row of a docs/results.md table the report also draws (same header) is one of the report's rows."""
+    text = report.report(report.RESULTS, tmp_path / "results.json", None)
     assert (tmp_path / "results.json").read_bytes() == (ROOT / "docs" / "quality_cost_results.json").read_bytes()
+    drawn = markdown_tables(text)
+    quoted = markdown_tables((ROOT / "docs" / "results.md").read_text())
+    assert any(header in drawn for header in quoted)
+    for header, rows in quoted.items():
+        assert header not in drawn or set(rows) <= set(drawn[header]), header
+
+
+def markdown_tables(text: str) -> dict[str, list[str]]:
+    """Each markdown table's rows (separator left out), under its header line; tables sharing a header pool."""
+    tables: dict[str, list[str]] = {}
+    header = None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+        elif header is None:
+            header = line
+            tables.setdefault(header, [])
+        elif not line.startswith("| ---"):
+            tables[header].append(line)
+    return tables
 
 
 def test_the_long_horizon_reports_when_each_run_reaches_seed_0s_target_and_its_answers(study):
