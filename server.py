@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,7 +21,7 @@ logger = logging.getLogger(__name__)
 class ServerConfig:
     """The server's share of the run's flags."""
 
-    num_clients: int
+    client_ids: tuple[int, ...]  # the clients with a usable example (others are left out of the split's ids)
     client_fraction: float
     k: int
     local: LocalTraining
@@ -44,10 +45,11 @@ def clients_per_round(fraction: float, num_clients: int) -> int:
     return min(num_clients, max(1, int(round(fraction * num_clients, 9))))
 
 
-def sample_clients(rng: np.random.Generator, fraction: float, num_clients: int) -> list[int]:
-    """A round's clients: clients_per_round distinct ids drawn from the server's RNG, sorted."""
-    count = clients_per_round(fraction, num_clients)
-    return sorted(rng.choice(num_clients, size=count, replace=False).tolist())
+def sample_clients(rng: np.random.Generator, fraction: float, ids: Sequence[int]) -> list[int]:
+    """A round's clients: clients_per_round distinct ids of `ids` drawn from the server's RNG, sorted. The draw is of
+    positions in `ids`: a client left out (no usable example) leaves a gap in the ids, never in what can be drawn."""
+    count = clients_per_round(fraction, len(ids))
+    return sorted(ids[i] for i in rng.choice(len(ids), size=count, replace=False).tolist())
 
 
 def client_weights(updates: list[ClientUpdate], equal_weight: bool) -> np.ndarray:
@@ -164,7 +166,7 @@ class Server:
 
     def select_clients(self) -> list[int]:
         """The round's clients (sample_clients on the server's RNG)."""
-        return sample_clients(self.rng, self.config.client_fraction, self.config.num_clients)
+        return sample_clients(self.rng, self.config.client_fraction, self.config.client_ids)
 
     def probabilities(self) -> np.ndarray | None:
         """The round's seed sampling probabilities (FedKSeed-Pro), or None for uniform sampling."""

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from config import RunConfig
 
 
-def server_config(cfg: RunConfig, num_clients: int) -> ServerConfig:
+def server_config(cfg: RunConfig, client_ids: tuple[int, ...]) -> ServerConfig:
     method, fed = cfg.method, cfg.federation
     return ServerConfig(
-        num_clients=num_clients, client_fraction=fed.m, k=method.K,
+        client_ids=client_ids, client_fraction=fed.m, k=method.K,
         local=LocalTraining(lr=method.lr, eps=method.zo_eps, local_step=fed.local_step,
                             batch_or_epoch=fed.batch_or_epoch, batch_size=cfg.data.batch_size,
                             grad_clip=method.grad_clip),
@@ -101,7 +101,7 @@ class FedKSeed(Method):
         self.name = cfg.method.run_name
         model = perturbed_model(model, cfg)
         self.fingerprint = model_fingerprint(model)
-        self.server = Server(model, server_config(cfg, len(clients)), compile=cfg.model.compile)
+        self.server = Server(model, server_config(cfg, tuple(c.client_id for c in clients)), compile=cfg.model.compile)
         self._work: SeededModel | None = None  # the in-process clients' copy, made when one trains here
         self.state = fresh_state(cfg, self.server, self.fingerprint, clients)
         if resume is not None:

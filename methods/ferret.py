@@ -234,7 +234,7 @@ class Ferret(ArrayMethod):
         return self.seeded.c
 
     def select_clients(self, round_idx: int) -> list[int]:
-        return sample_clients(self.rng, self.cfg.federation.m, len(self.sizes))
+        return sample_clients(self.rng, self.cfg.federation.m, list(self.sizes))
 
     def download(self, client_id: int, round_idx: int, since: int | None = None) -> dict[str, np.ndarray]:
         """The rounds of Delta c after `since` (default: the round the client last synced to)."""

@@ -188,7 +188,7 @@ class FirstOrder(ArrayMethod):
         self.round, self.base_eval = state.round, state.base_eval
 
     def select_clients(self, round_idx: int) -> list[int]:
-        return sample_clients(self.rng, self.cfg.federation.m, len(self.sizes))
+        return sample_clients(self.rng, self.cfg.federation.m, list(self.sizes))
 
     def download(self, client_id: int, round_idx: int, since: int | None = None) -> Tensors:
         return self.global_tensors  # the tensors whole: a client needs no state of its own

@@ -49,7 +49,7 @@ def test_validate_update_rejects_each_hostile_kind(kind):
 
 
 def test_server_accept_drops_and_logs_hostile_uploads_and_keeps_the_rest(caplog):
-    cfg = ServerConfig(num_clients=4, client_fraction=1.0, k=8, local=LocalTraining(0.1, 0.01, 4))
+    cfg = ServerConfig(client_ids=tuple(range(4)), client_fraction=1.0, k=8, local=LocalTraining(0.1, 0.01, 4))
     server = Server(torch.nn.Linear(3, 2), cfg, compile=False)
     honest = [upload([0, 3], [1.0, -2.0], client_id=1), upload([], [], client_id=2)]
     hostile = [HOSTILE["nan"][0], HOSTILE["round"][0], HOSTILE["oversized"][0]]

@@ -60,8 +60,8 @@ def test_aggregate_of_no_updates_is_zero():
 
 
 def small_server(num_clients: int, fraction: float, seed: int = 0, **kw) -> Server:
-    cfg = ServerConfig(num_clients=num_clients, client_fraction=fraction, k=4, local=LocalTraining(0.1, 0.01, 1),
-                       seed=seed, **kw)
+    cfg = ServerConfig(client_ids=tuple(range(num_clients)), client_fraction=fraction, k=4,
+                       local=LocalTraining(0.1, 0.01, 1), seed=seed, **kw)
     return Server(torch.nn.Linear(3, 2), cfg, compile=False)
 
 
@@ -178,8 +178,8 @@ def make_clients(tokenizer, n: int, run_seed: int) -> list[Client]:
 
 
 def tiny_server(model_dir, n: int, **kw) -> Server:
-    cfg = ServerConfig(num_clients=n, client_fraction=1.0, k=K, local=LocalTraining(LR, EPS, LOCAL_STEP), seed=3,
-                       **kw)
+    cfg = ServerConfig(client_ids=tuple(range(n)), client_fraction=1.0, k=K, local=LocalTraining(LR, EPS, LOCAL_STEP),
+                       seed=3, **kw)
     return Server(load_model(str(model_dir)), cfg, compile=False)
 
 
