@@ -2,6 +2,7 @@
 
     python studies/quality_cost/answers.py [OUT] [--dataset instruct]   # a markdown table, a row per run and round
     python studies/quality_cost/answers.py --dataset long/dolly          # the 50-round runs (OUT/long/dolly/<run>)
+    python studies/quality_cost/answers.py --dataset template/instruct   # the chat-template run (template.sh)
     python studies/quality_cost/answers.py [OUT] --pack                 # the loose files into OUT/generations.tar.gz
 
 A Rouge-L that drops can mean worse answers or no answers: a row counts the empty ones (nothing but whitespace
@@ -28,6 +29,7 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARCHIVE = "generations.tar.gz"
+FOLDERS = ["dolly", "instruct", "long/dolly", "long/instruct", "template/instruct"]  # the study's run folders
 GENERATIONS = re.compile(r"generations-(?P<round>\d+)\.jsonl$")
 HEADER = ["| dataset | run | round | records | empty | P(EOS first) | Rouge-L | Rouge-L of the non-empty | answer chars"
           " | reference chars |",
@@ -131,7 +133,7 @@ def table(out: Path, datasets: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, nargs="?", default=RESULTS)
-    p.add_argument("--dataset", choices=["dolly", "instruct", "long/dolly", "long/instruct"], action="append")
+    p.add_argument("--dataset", choices=FOLDERS, action="append")
     p.add_argument("--pack", action="store_true", help="move the loose generations files into OUT/" + ARCHIVE)
     args = p.parse_args(argv)
     if not args.out.is_dir():
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         print(pack(args.out))
         return 0
     try:
-        lines = table(args.out, args.dataset or ["dolly", "instruct", "long/dolly", "long/instruct"])
+        lines = table(args.out, args.dataset or FOLDERS)
     except AnswersError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
