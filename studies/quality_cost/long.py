@@ -42,18 +42,23 @@ def stand_ins(out: Path, dataset: str, found: dict[str, Path]) -> dict[str, Path
     dataset yet: its curve and target round stand beside the long runs until its own long run exists."""
     shown = {}
     for method in READ_AGAINST:
-        if method not in found and sweep_runs(out, method):
-            seed0 = [r for r in runs(out, dataset, method, choose(out, method)) if r.name.endswith("-s0")]
-            shown.update({method: seed0[0]} if seed0 else {})
+        run = seed0_run(out, dataset, method) if method not in found and sweep_runs(out, method) else None
+        shown.update({method: run} if run is not None else {})
     return shown
+
+
+def seed0_run(out: Path, dataset: str, method: str) -> Path | None:
+    """The method's finished seed-0 run of the 10-round study at its chosen lr (None before it exists)."""
+    seed0 = [r for r in runs(out, dataset, method, choose(out, method)) if r.name.endswith("-s0")]
+    return seed0[0] if seed0 else None
 
 
 def seed0_target(out: Path, dataset: str) -> float | None:
     """Half of FedIT's seed-0 10-round improvement, from the 10-round study's run (None before it exists)."""
-    fedit = [r for r in runs(out, dataset, "fedit", choose(out, "fedit")) if r.name.endswith("-s0")]
-    if not fedit:
+    fedit = seed0_run(out, dataset, "fedit")
+    if fedit is None:
         return None
-    n = run_numbers(fedit[0])
+    n = run_numbers(fedit)
     return n["base_loss"] - 0.5 * (n["base_loss"] - n["loss"])
 
 
