@@ -42,8 +42,9 @@ def stand_ins(out: Path, dataset: str, found: dict[str, Path]) -> dict[str, Path
     dataset yet: its curve and target round stand beside the long runs until its own long run exists."""
     shown = {}
     for method in READ_AGAINST:
-        run = seed0_run(out, dataset, method) if method not in found and sweep_runs(out, method) else None
-        shown.update({method: run} if run is not None else {})
+        run = None if method in found or not sweep_runs(out, method) else seed0_run(out, dataset, method)
+        if run is not None:
+            shown[method] = run
     return shown
 
 
