@@ -348,16 +348,17 @@ def test_the_committed_runs_give_the_committed_numbers(tmp_path):
 
 def test_the_template_runs_are_the_studys_runs_but_for_the_template_and_their_rounds():
     """studies/quality_cost/template.sh's runs against the study's runs they are read against (same method, lr and
-    seed): every flag the study's run recorded is the same except --prompt_format and --rounds (flags added to
-    main.py since are at their defaults)."""
+    seed): every flag the study's run recorded is the same except --prompt_format, --rounds and --eval_base (each
+    template run evaluates its own base model; flags added to main.py since are at their defaults)."""
     configs = sorted((report.RESULTS / "template" / "instruct").glob("*/config.json"))
     if not configs:
         pytest.skip(f"no run of {report.RESULTS / 'template' / 'instruct'} is committed")
     for config in configs:
         ours = json.loads(config.read_text())["flags"]
         study = json.loads((report.RESULTS / "instruct" / config.parent.name / "config.json").read_text())["flags"]
-        differ = {k for k, v in study.items() if ours[k] != v} - {"output_dir", "resume"}
+        differ = {k for k, v in study.items() if ours[k] != v} - {"output_dir", "resume", "eval_base"}
         assert differ == {"prompt_format", "rounds"} and ours["prompt_format"] == "chat", config.parent.name
+        assert ours["eval_base"], config.parent.name
 
 
 def markdown_tables(text: str) -> dict[str, list[str]]:
