@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,14 @@ class RunState:
             "history": None if self.history is None else [encode_array(a) for a in self.history],
             "base_eval": self.base_eval, "extra": self.extra,
         }
+
+    def at_round(self, n: int) -> RunState:
+        """The run as it stood after its first n rounds, as far as the model goes: every round's Delta c is kept, so
+        c is the sum of the first n in the order the run added them (the same floats). Sampling state is not."""
+        c = np.zeros_like(self.c)
+        for indices, values in self.deltas[:n]:
+            np.add.at(c.reshape(-1), indices, values)
+        return replace(self, round=n, c=c, deltas=self.deltas[:n])
 
     @classmethod
     def from_json(cls, d: dict) -> RunState:

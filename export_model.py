@@ -12,9 +12,17 @@ from optimizers.seed_pool import SeededModel
 from run_lock import holder
 
 
-def rebuild_model(run_dir: Path, device: str = "cpu"):
-    """The run's final global model, rebuilt bit for bit from theta0 and its checkpoint (LoRA merged)."""
+def rebuild_model(run_dir: Path, device: str = "cpu", at_round: int | None = None):
+    """The run's global model after at_round rounds (default: its last), rebuilt bit for bit from theta0 and its
+    checkpoint (LoRA merged). A seed-based run keeps every round's Delta c, so any earlier round can be rebuilt."""
     state = load_checkpoint(run_dir)
+    if at_round is not None and at_round != state.round:
+        if not isinstance(state, RunState):
+            raise FedKSeedError(f"{run_dir}: a {state.flags.get('method')} run keeps only its last round's weights "
+                                f"(round {state.round}); an earlier round is for seed-based runs")
+        if not 0 <= at_round <= state.round:
+            raise FedKSeedError(f"{run_dir}: round {at_round} is not between 0 and the run's last, {state.round}")
+        state = state.at_round(at_round)
     flags = state.flags
     model = load_model(flags["model"], flags["dtype"], device)
     lora = flags.get("peft") == "lora" and isinstance(state, RunState)
@@ -59,13 +67,13 @@ def as_plain_weights(model) -> None:
             del model.config.quantization_config
 
 
-def export_run(run_dir: Path, out_dir: Path) -> Path:
-    """Write the model (save_pretrained) and its tokenizer into out_dir."""
+def export_run(run_dir: Path, out_dir: Path, at_round: int | None = None) -> Path:
+    """Write the model after at_round rounds (default: the last) and its tokenizer into out_dir (save_pretrained)."""
     writer = holder(run_dir)  # its checkpoint may be a round behind what it is about to write: wait for the end
     if writer is not None:
         raise FedKSeedError(f"{run_dir}: a run is still writing it (pid {writer['pid']} on {writer.get('host')}); "
                             "export when it has finished")
-    model, flags = rebuild_model(run_dir)
+    model, flags = rebuild_model(run_dir, at_round=at_round)
     as_plain_weights(model)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

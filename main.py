@@ -30,12 +30,18 @@ def train(argv: list[str]) -> dict:
 
 
 def export(argv: list[str]) -> Path:
-    """Materialise theta0 - lr * sum_j c_j z_j of a run and save it with its tokenizer."""
+    """Materialise theta0 - lr * sum_j c_j z_j of a run (after its last round, or --round N) and save it with its
+    tokenizer."""
+    at_round = None
+    if len(argv) == 4 and argv[2] == "--round":
+        if not argv[3].isdigit():
+            raise FedKSeedError(f"export --round: expected a round number, got {argv[3]!r}")
+        argv, at_round = argv[:2], int(argv[3])
     if len(argv) != 2:
-        raise FedKSeedError("usage: python main.py export RUN_DIR OUT_DIR")
+        raise FedKSeedError("usage: python main.py export RUN_DIR OUT_DIR [--round N]")
     from export_model import export_run
 
-    return export_run(Path(argv[0]), Path(argv[1]))
+    return export_run(Path(argv[0]), Path(argv[1]), at_round)
 
 
 def main(argv: list[str] | None = None) -> int:

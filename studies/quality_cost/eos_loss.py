@@ -3,10 +3,11 @@ of the answer's other tokens, and the probability of EOS as the answer's first t
 each run's model (rebuilt from its checkpoint). A method that lowers the loss by making EOS likelier everywhere,
 not only after an answer, is one that ends answers before they start.
 
-    python -m studies.quality_cost.eos_loss RUN [RUN ...] [--json PATH]
+    python -m studies.quality_cost.eos_loss RUN[@ROUND] [RUN[@ROUND] ...] [--json PATH]
 
 The runs share a dataset and seed (the base model is evaluated on the first run's records). Each row's eval loss is
-the run's own measure (evaluations.eval_loss), so it checks the row against the run's metrics.
+the run's own measure (evaluations.eval_loss), so it checks the row against the run's metrics. RUN@ROUND takes the
+model after that round of a seed-based run (its checkpoint keeps every round), RUN alone the last.
 """
 from __future__ import annotations
 
@@ -50,22 +51,30 @@ def eos_numbers(model, dataset: LLMDataset, stops: list[int], pad_id: int) -> di
             "content_loss": float(np.mean(content)), "first_eos_prob": float(np.mean(first))}
 
 
+def run_and_round(arg: str) -> tuple[Path, int | None]:
+    """RUN@ROUND -> (RUN, ROUND); RUN -> (RUN, None): its last round."""
+    run, at, round_ = arg.rpartition("@")
+    return (Path(run), int(round_)) if at and round_.isdigit() else (Path(arg), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", type=Path, nargs="+", help="run directories, each with its checkpoint")
+    parser.add_argument("runs", nargs="+", help="run directories with their checkpoints; RUN@ROUND: an earlier round")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
-    cfg = config.recorded(json.loads((args.runs[0] / "config.json").read_text())["flags"])
+    runs = [run_and_round(r) for r in args.runs]
+    cfg = config.recorded(json.loads((runs[0][0] / "config.json").read_text())["flags"])
     tokenizer = load_tokenizer(cfg.model.model)
     dataset = held_out_set(cfg, load_for_run(cfg).eval_records, tokenizer, "evaluation")
     pad_id = tokenizer.pad_token_id  # load_tokenizer gives every tokenizer one
     base = load_model(cfg.model.model, "float32")
     stops = stop_ids(base, tokenizer)
     rows = [{"model": "base", "round": 0, **eos_numbers(base, dataset, stops, pad_id)}]
-    for run in args.runs:
-        model, _ = rebuild_model(run)
+    for run, at_round in runs:
+        model, _ = rebuild_model(run, at_round=at_round)
         numbers = eos_numbers(model.eval(), dataset, stops, pad_id)
-        rows.append({"model": run.name, "round": load_checkpoint(run).round, **numbers})
+        rows.append({"model": run.name, "round": load_checkpoint(run).round if at_round is None else at_round,
+                     **numbers})
     print("| model | round | records | eval loss | EOS-token loss | other answer tokens | P(EOS first) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
