@@ -1,53 +1,39 @@
 """The engine flags: in process or in Flower, and a Flower run's nodes, catch-up, data placement and deadlines."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 from config.data import DataConfig
 from config.federation import FederationConfig
 from errors import require
-from flag_group import FlagGroup
+from flag_group import FlagGroup, flag
 from server import clients_per_round
 
 
 @dataclass
 class EngineConfig(FlagGroup):
-    engine: str
-    flower_nodes: int
-    flower_catchup: str
-    flower_data: str
-    flower_timeout: float
-    round_timeout: float
-    min_replies: int
+    title = "engine"
 
-    @staticmethod
-    def add_flags(parser: argparse.ArgumentParser) -> None:
-        eng = parser.add_argument_group("engine")
-        eng.add_argument("--engine", choices=["inprocess", "flower"], default="inprocess",
-                         help="run every client in this process, or as Flower ClientApps in Flower's simulation "
-                         "engine (same c bit for bit; see flower_app/)")
-        eng.add_argument("--flower_nodes", type=int, default=0,
-                         help="Flower: virtual SuperNodes; client i lives on node i mod N; 0 = one node per client")
-        eng.add_argument("--flower_catchup", choices=["exact", "summed"], default="exact",
-                         help="Flower: a node catches up by replaying each missed round's Delta c onto a pristine "
-                         "copy (bit-identical, two model copies), or the paper's single summed change onto its "
-                         "trained copy (one copy, exact only in closed form)")
-        eng.add_argument("--flower_data", choices=["shared", "node"], default="shared",
-                         help="Flower: every SuperNode reads the whole --data_path and hosts clients i mod N "
-                         "(shared), or each reads only its own data (node: its node-config data-path, else "
-                         "--data_path with {node} replaced by its partition id; needs --dataset json --iid client "
-                         "--eval_path and --flower_nodes; the clients are the client-column values the nodes hold)")
-        eng.add_argument("--flower_timeout", type=float, default=3600.0,
-                         help="Flower: seconds the server waits for the SuperNodes at set-up, and for a round's "
-                         "replies unless --round_timeout is given")
-        eng.add_argument("--round_timeout", type=float, default=0.0,
-                         help="Flower: the round's deadline, in seconds from its start: a client whose reply has not "
-                         "arrived by then is lost for the round (metrics.jsonl: lost); 0 = --flower_timeout")
-        eng.add_argument("--min_replies", type=int, default=1,
-                         help="Flower: accepted replies a round needs to count; with fewer the run stops with an "
-                         "error before changing c (continue with --resume from the last checkpoint); 0 = every "
-                         "round counts, even one without replies (c unchanged)")
+    engine: str = flag("inprocess", "run every client in this process, or as Flower ClientApps in Flower's "
+                       "simulation engine (same c bit for bit; see flower_app/)", choices=["inprocess", "flower"])
+    flower_nodes: int = flag(0, "Flower: virtual SuperNodes; client i lives on node i mod N; 0 = one node per client")
+    flower_catchup: str = flag("exact", "Flower: a node catches up by replaying each missed round's Delta c onto a "
+                               "pristine copy (bit-identical, two model copies), or the paper's single summed change "
+                               "onto its trained copy (one copy, exact only in closed form)",
+                               choices=["exact", "summed"])
+    flower_data: str = flag("shared", "Flower: every SuperNode reads the whole --data_path and hosts clients i mod N "
+                            "(shared), or each reads only its own data (node: its node-config data-path, else "
+                            "--data_path with {node} replaced by its partition id; needs --dataset json --iid client "
+                            "--eval_path and --flower_nodes; the clients are the client-column values the nodes "
+                            "hold)", choices=["shared", "node"])
+    flower_timeout: float = flag(3600.0, "Flower: seconds the server waits for the SuperNodes at set-up, and for a "
+                                 "round's replies unless --round_timeout is given")
+    round_timeout: float = flag(0.0, "Flower: the round's deadline, in seconds from its start: a client whose reply "
+                                "has not arrived by then is lost for the round (metrics.jsonl: lost); 0 = "
+                                "--flower_timeout")
+    min_replies: int = flag(1, "Flower: accepted replies a round needs to count; with fewer the run stops with an "
+                            "error before changing c (continue with --resume from the last checkpoint); 0 = every "
+                            "round counts, even one without replies (c unchanged)")
 
     def check(self) -> None:
         require([

@@ -2,49 +2,31 @@
 combines their uploads, and the seed of every random choice."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 from errors import require
-from flag_group import FlagGroup
+from flag_group import FlagGroup, flag
 
 
 @dataclass
 class FederationConfig(FlagGroup):
-    num_clients: int
-    m: float
-    rounds: int
-    local_step: int
-    batch_or_epoch: str
-    equal_weight: bool
-    client_sync: str
-    aggregation: str
-    trim_fraction: float
-    max_abs_grad: float
-    seed: int
+    title = "federation"
 
-    @staticmethod
-    def add_flags(parser: argparse.ArgumentParser) -> None:
-        fed = parser.add_argument_group("federation")
-        fed.add_argument("--num_clients", type=int, default=200,
-                         help="clients (Dolly); on Natural Instructions the number of usable train tasks")
-        fed.add_argument("-m", type=float, default=0.05, dest="m", help="fraction of clients sampled a round")
-        fed.add_argument("--rounds", type=int, default=40, help="communication rounds")
-        fed.add_argument("--local_step", type=int, default=200, help="local MeZO steps a round (batch mode)")
-        fed.add_argument("--batch_or_epoch", choices=["batch", "epoch"], default="batch",
-                         help="local_step steps, or one epoch over the client's data")
-        fed.add_argument("--equal_weight", action="store_true",
-                         help="weight clients equally in aggregation instead of by data size")
-        fed.add_argument("--client_sync", choices=["copy", "replay"], default="copy",
-                         help="how the in-process client copy reaches the global model: a tensor copy, or "
-                         "the paper's catch-up by replaying the change in c (what a remote client does)")
-        fed.add_argument("--aggregation", choices=["mean", "median", "trimmed_mean"], default="mean",
-                         help="per-seed aggregation of the clients' g: the paper's weighted mean, or a robust one")
-        fed.add_argument("--trim_fraction", type=float, default=0.2,
-                         help="trimmed_mean: share of a seed's client contributions cut at each end")
-        fed.add_argument("--max_abs_grad", type=float, default=0.0,
-                         help="server-side bound: clip every uploaded g to [-B, B] before aggregating; 0 = off")
-        fed.add_argument("--seed", type=int, default=42, help="seed of every random choice of the run")
+    num_clients: int = flag(200, "clients (Dolly); on Natural Instructions the number of usable train tasks")
+    m: float = flag(0.05, "fraction of clients sampled a round", option="-m")
+    rounds: int = flag(40, "communication rounds")
+    local_step: int = flag(200, "local MeZO steps a round (batch mode)")
+    batch_or_epoch: str = flag("batch", "local_step steps, or one epoch over the client's data",
+                               choices=["batch", "epoch"])
+    equal_weight: bool = flag(False, "weight clients equally in aggregation instead of by data size")
+    client_sync: str = flag("copy", "how the in-process client copy reaches the global model: a tensor copy, or the "
+                            "paper's catch-up by replaying the change in c (what a remote client does)",
+                            choices=["copy", "replay"])
+    aggregation: str = flag("mean", "per-seed aggregation of the clients' g: the paper's weighted mean, or a robust "
+                            "one", choices=["mean", "median", "trimmed_mean"])
+    trim_fraction: float = flag(0.2, "trimmed_mean: share of a seed's client contributions cut at each end")
+    max_abs_grad: float = flag(0.0, "server-side bound: clip every uploaded g to [-B, B] before aggregating; 0 = off")
+    seed: int = flag(42, "seed of every random choice of the run")
 
     def check(self) -> None:
         require([

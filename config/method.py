@@ -3,65 +3,43 @@ adapters. A method checks how these fit the other groups (Method.check_flags); f
 declared in that method's home (Method.flags)."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 from errors import require
-from flag_group import FlagGroup, group_defaults
+from flag_group import FlagGroup, flag
 from methods import METHODS
 from optimizers.perturbation import KINDS
 from optimizers.seed_pool import SEED_RANGE
 
 LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+LORA = "LoRA (--method fedit, or fedkseed with --peft lora)"  # the LoRA flags' --help heading
 
 
 @dataclass
 class MethodConfig(FlagGroup):
-    method: str
-    peft: str
-    lr: float
-    weight_decay: float
-    grad_clip: float
-    K: int
-    zo_eps: float
-    perturbation: str
-    bias_sampling: bool
-    bias_loss_clip: float
-    grad_initial: float
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    lora_target_modules: str
+    title = "method and optimisation"
 
-    @staticmethod
-    def add_flags(parser: argparse.ArgumentParser) -> None:
-        p = parser.add_argument_group("method and optimisation")
-        p.add_argument("--method", choices=list(METHODS), default="fedkseed",
-                       help="fedkseed: zeroth-order steps on K seeds, seeds and scalars on the wire (--bias_sampling: "
-                       "FedKSeed-Pro); fedit: LoRA adapters trained with AdamW, FedAvg of the adapters; fedavg: all "
-                       "weights trained with AdamW, FedAvg of the weights (the paper's baselines); ferret: SGD steps, "
-                       "the update projected per block onto seeded bases, (seed, block, scalar) triples on the wire")
-        p.add_argument("--peft", choices=["none", "lora"], default="none",
-                       help="fedkseed: perturb and train all weights (none), or LoRA adapters only (lora); fedit is "
-                       "always LoRA")
-        p.add_argument("--lr", type=float, default=3e-7, help="learning rate")
-        p.add_argument("--weight_decay", type=float, default=0.0,
-                       help="must be 0: decay breaks the seed-only closed form theta0 - lr*sum c_j z_j")
-        p.add_argument("--grad_clip", type=float, default=-100.0,
-                       help="skip a step whose |L+ - L-| exceeds this; <= 0 turns it off")
-        p.add_argument("-K", type=int, default=4096, dest="K", help="number of candidate seeds")
-        p.add_argument("--zo_eps", type=float, default=0.0005, help="perturbation scale eps")
-        p.add_argument("--perturbation", choices=KINDS, default="gaussian", help="distribution of z")
-        p.add_argument("--bias_sampling", action="store_true", help="FedKSeed-Pro: sample seeds by importance")
-        p.add_argument("--bias_loss_clip", type=float, default=1000.0,
-                       help="Pro: clip of |g| before averaging a seed's history")
-        p.add_argument("--grad_initial", type=float, default=0.0, help="Pro: initial history entry per seed")
-        lora = parser.add_argument_group("LoRA (--method fedit, or fedkseed with --peft lora)")
-        lora.add_argument("--lora_r", type=int, default=8, help="LoRA rank")
-        lora.add_argument("--lora_alpha", type=int, default=16, help="LoRA scaling numerator (scale = alpha / r)")
-        lora.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the LoRA input")
-        lora.add_argument("--lora_target_modules", default="q_proj,v_proj",
-                          help="comma-separated module names that get adapters (LLaMA-family attention projections)")
+    method: str = flag("fedkseed", "fedkseed: zeroth-order steps on K seeds, seeds and scalars on the wire "
+                       "(--bias_sampling: FedKSeed-Pro); fedit: LoRA adapters trained with AdamW, FedAvg of the "
+                       "adapters; fedavg: all weights trained with AdamW, FedAvg of the weights (the paper's "
+                       "baselines); ferret: SGD steps, the update projected per block onto seeded bases, (seed, "
+                       "block, scalar) triples on the wire", choices=list(METHODS))
+    peft: str = flag("none", "fedkseed: perturb and train all weights (none), or LoRA adapters only (lora); fedit is "
+                     "always LoRA", choices=["none", "lora"])
+    lr: float = flag(3e-7, "learning rate")
+    weight_decay: float = flag(0.0, "must be 0: decay breaks the seed-only closed form theta0 - lr*sum c_j z_j")
+    grad_clip: float = flag(-100.0, "skip a step whose |L+ - L-| exceeds this; <= 0 turns it off")
+    K: int = flag(4096, "number of candidate seeds", option="-K")
+    zo_eps: float = flag(0.0005, "perturbation scale eps")
+    perturbation: str = flag("gaussian", "distribution of z", choices=KINDS)
+    bias_sampling: bool = flag(False, "FedKSeed-Pro: sample seeds by importance")
+    bias_loss_clip: float = flag(1000.0, "Pro: clip of |g| before averaging a seed's history")
+    grad_initial: float = flag(0.0, "Pro: initial history entry per seed")
+    lora_r: int = flag(8, "LoRA rank", section=LORA)
+    lora_alpha: int = flag(16, "LoRA scaling numerator (scale = alpha / r)", section=LORA)
+    lora_dropout: float = flag(0.05, "dropout on the LoRA input", section=LORA)
+    lora_target_modules: str = flag("q_proj,v_proj", "comma-separated module names that get adapters (LLaMA-family "
+                                    "attention projections)", section=LORA)
 
     def check(self) -> None:
         require([
@@ -84,7 +62,7 @@ class MethodConfig(FlagGroup):
         """LoRA flags only make sense for a method that trains adapters."""
         if self.method == "fedit" or self.peft == "lora":
             return
-        defaults = group_defaults(MethodConfig)
+        defaults = MethodConfig.defaults()
         given = [f"--{name}" for name in LORA_FLAGS if getattr(self, name) != defaults[name]]
         require([(not given, f"{', '.join(given)}: LoRA flags need --method fedit or --peft lora "
                   f"(this run is --method {self.method})")])

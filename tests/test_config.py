@@ -2,13 +2,13 @@
 checks where the group is defined, and the trajectory flags a resumed run must keep."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
 
 import config
 from errors import FedKSeedError
-from flag_group import group_defaults
 from methods.ferret import FerretFlags
 
 ALL_GROUPS = [*config.GROUPS.values(), *config.METHOD_GROUPS.values()]
@@ -22,9 +22,11 @@ def test_every_flag_belongs_to_exactly_one_group():
     assert [f.name for f in dataclasses.fields(config.RunConfig)] == [*config.GROUPS, "own"]
 
 
-def test_each_group_declares_only_its_own_flags():
+def test_each_group_declares_only_its_own_flags_with_its_defaults():
     for group in ALL_GROUPS:
-        assert set(group_defaults(group)) == set(group.names()), group.__name__
+        parser = argparse.ArgumentParser()
+        group.add_flags(parser)
+        assert vars(parser.parse_args([])) == group.defaults(), group.__name__
 
 
 def test_a_methods_own_flags_are_declared_in_its_home():
@@ -43,7 +45,7 @@ def test_recorded_flags_read_back_as_the_same_config():
     again = config.RunConfig.from_flags(cfg.flags())
     assert again == cfg and again.method.K == 16 and again.federation.seed == 42
     older = {k: v for k, v in cfg.flags().items() if k != "server_clip"}  # a run that predates --server_clip
-    assert config.recorded(older).own["ferret"].server_clip == group_defaults(FerretFlags)["server_clip"]
+    assert config.recorded(older).own["ferret"].server_clip == FerretFlags.defaults()["server_clip"]
 
 
 @pytest.mark.parametrize("group, flags, message", [
@@ -55,10 +57,10 @@ def test_recorded_flags_read_back_as_the_same_config():
     (FerretFlags, {"server_clip": -1.0}, "--server_clip -1.0: must be >= 0"),
 ])
 def test_a_group_checks_its_own_flags(group, flags, message):
-    values = group.from_flags({**group_defaults(group), **flags})
+    values = group.from_flags({**group.defaults(), **flags})
     with pytest.raises(FedKSeedError, match=message):
         values.check()
-    group.from_flags(group_defaults(group)).check()  # its defaults pass
+    group.from_flags(group.defaults()).check()  # its defaults pass
 
 
 def test_a_rule_joining_two_groups_is_checked_by_the_run():
