@@ -87,20 +87,25 @@ class RunConfig:
             self.output.output_dir = str(Path(self.output.log_root) / name)
 
 
+def default_flags() -> dict:
+    """Every flag at its default, by name."""
+    return {name: value for group in (*GROUPS.values(), *METHOD_GROUPS.values())
+            for name, value in group.defaults().items()}
+
+
 def recorded(flags: Mapping) -> RunConfig:
     """The typed flags a run recorded (its checkpoint, config.json or Flower run file); a flag the run predates
     takes its default (the value that run had)."""
-    return RunConfig.from_flags({**vars(build_parser().parse_args([])), **flags})
+    return RunConfig.from_flags({**default_flags(), **flags})
 
 
 def from_command_line(argv: list[str]) -> tuple[RunConfig, RunState | TensorState | None]:
     """main.py's flags checked, and the checkpoint a --resume run continues (its flags reused, as merge_resume)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     resume = None
     if args.resume is not None:
         resume = load_checkpoint(Path(args.resume))
-        args = merge_resume(args, resume.flags, parser)
+        args = merge_resume(args, resume.flags)
     return validate(args), resume
 
 
@@ -128,10 +133,10 @@ TRAJECTORY_FLAGS = (*MethodConfig.names(), *(n for group in METHOD_GROUPS.values
                     *(name for name in FederationConfig.names() if name != "rounds"))
 
 
-def merge_resume(args: argparse.Namespace, saved: dict, parser: argparse.ArgumentParser) -> argparse.Namespace:
+def merge_resume(args: argparse.Namespace, saved: dict) -> argparse.Namespace:
     """Flags of a resumed run: the checkpoint's, except those given now; a changed trajectory flag is refused.
     A flag the checkpoint predates takes its default (the value that run had)."""
-    defaults = vars(parser.parse_args([]))
+    defaults = default_flags()
     merged = {**defaults, **saved}
     for name, value in vars(args).items():
         if name in ("resume", "output_dir") or value == defaults.get(name):

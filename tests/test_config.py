@@ -19,6 +19,7 @@ def test_every_flag_belongs_to_exactly_one_group():
     groups = [set(group.names()) for group in ALL_GROUPS]
     assert sum(len(g) for g in groups) == len(set().union(*groups)), "a flag in two groups"
     assert set().union(*groups) == dests
+    assert config.default_flags() == vars(config.build_parser().parse_args([]))
     assert [f.name for f in dataclasses.fields(config.RunConfig)] == [*config.GROUPS, "own"]
 
 
