@@ -44,14 +44,10 @@ def rebuild_model(run_dir: Path, device: str = "cpu", at_round: int | None = Non
 
 def merged_model(model, state: TensorState):
     """A first-order run's model: the trained tensors written in, LoRA adapters merged into the weights."""
-    from methods.first_order import write_tensors
+    from methods.first_order import trainable_model, write_tensors
 
     cfg = recorded(state.flags)
-    if cfg.method.method == "fedit":
-        model = with_lora(model, cfg)
-    else:
-        for p in model.parameters():
-            p.requires_grad_(True)
+    model = trainable_model(model, cfg)
     write_tensors(model, state.tensors)
     return model.merge_and_unload() if cfg.method.method == "fedit" else model
 

@@ -31,7 +31,7 @@ from errors import FedKSeedError, require
 from flag_group import FlagGroup, flag
 from measure import LocalCost
 from methods.base import FO_STEP_FORWARDS, ArrayClient, ArrayMethod, LocalReport, summed_catch_up_bytes
-from methods.first_order import client_steps, tensors_bytes
+from methods.first_order import client_steps, tensors_bytes, trainable_all
 from optimizers.block_projection import BlockSeededModel, project_update
 from optimizers.seed_pool import make_seed_pool
 from server import sample_clients
@@ -134,13 +134,6 @@ class FerretClient(ArrayClient):
             for p, q in zip(self.work.parameters(), self.held.model.parameters(), strict=True):
                 p.copy_(q)
         return self.work
-
-
-def trainable_all(model: torch.nn.Module) -> torch.nn.Module:
-    """The base model with every weight trainable (Ferret is full-parameter), in eval mode."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model.eval()
 
 
 UPLOAD = {"seeds": np.int32, "blocks": np.int32, "gammas": np.float32, "synced": np.int64}

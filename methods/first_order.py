@@ -51,13 +51,16 @@ def with_lora(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
     return wrapped.eval()
 
 
+def trainable_all(model: torch.nn.Module) -> torch.nn.Module:
+    """The base model with every weight trainable (FedAvg and Ferret are full-parameter), in eval mode."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.eval()
+
+
 def trainable_model(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
     """The base model as --method trains it: wrapped with LoRA (fedit) or with every weight trainable (fedavg)."""
-    model = with_lora(model, cfg) if cfg.method.method == "fedit" else model
-    if cfg.method.method == "fedavg":
-        for p in model.parameters():
-            p.requires_grad_(True)
-    return model.eval()
+    return with_lora(model, cfg) if cfg.method.method == "fedit" else trainable_all(model)
 
 
 def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
