@@ -84,13 +84,6 @@ class FerretClient(ArrayClient):
         self.cfg, self.held, self.fingerprint = cfg, held, fingerprint
         self.work: torch.nn.Module | None = None
 
-    @classmethod
-    def around_base(cls, cfg: RunConfig, model: torch.nn.Module) -> FerretClient:
-        fingerprint = model_fingerprint(model)
-        pool = make_seed_pool(cfg.method.K, stream(cfg.federation.seed, "server"))
-        return cls(cfg, BlockSeededModel(trainable_all(model), pool, cfg.method.perturbation, cfg.model.compile),
-                   fingerprint)
-
     def catch_up(self, received: dict[str, np.ndarray], round_idx: int) -> None:
         """Apply the received rounds this copy lacks, in order; they must reach round_idx - 1."""
         since, counts = int(received["since"][0]), received["delta_counts"]
@@ -200,7 +193,10 @@ class Ferret(ArrayMethod):
 
     @staticmethod
     def build_client(cfg: RunConfig, model: torch.nn.Module) -> FerretClient:
-        return FerretClient.around_base(cfg, model)
+        fingerprint = model_fingerprint(model)
+        pool = make_seed_pool(cfg.method.K, stream(cfg.federation.seed, "server"))
+        return FerretClient(cfg, BlockSeededModel(trainable_all(model), pool, cfg.method.perturbation,
+                                                  cfg.model.compile), fingerprint)
 
     def restore(self, state: RunState) -> None:
         """Replay the checkpoint's rounds onto theta0: the same model, bit for bit, as the run that wrote it."""

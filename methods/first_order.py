@@ -139,12 +139,6 @@ class FirstOrderClient(ArrayClient):
     def __init__(self, cfg: RunConfig, model: torch.nn.Module, fingerprint: str):
         self.cfg, self.work, self.fingerprint = cfg, model, fingerprint
 
-    @classmethod
-    def around_base(cls, cfg: RunConfig, model: torch.nn.Module) -> FirstOrderClient:
-        """The client side alone, around the loaded base model (fingerprinted before the method wraps it)."""
-        fingerprint = model_fingerprint(model)
-        return cls(cfg, trainable_model(model, cfg), fingerprint)
-
     def local_work(self, client: Client, round_idx: int, received: Tensors, progress=None) -> LocalReport:
         with LocalCost(self.cfg.model.device) as cost:
             write_tensors(self.work, received)
@@ -198,7 +192,8 @@ class FirstOrder(ArrayMethod):
 
     @staticmethod
     def build_client(cfg: RunConfig, model: torch.nn.Module) -> FirstOrderClient:
-        return FirstOrderClient.around_base(cfg, model)
+        fingerprint = model_fingerprint(model)  # of the base model, before trainable_model wraps it
+        return FirstOrderClient(cfg, trainable_model(model, cfg), fingerprint)
 
     def client_side(self) -> FirstOrderClient:
         if self._client is None:

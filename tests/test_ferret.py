@@ -189,13 +189,13 @@ def test_impossible_ferret_flags_are_one_line_errors(tiny_model_dir, data_file, 
 
 
 def test_a_node_copy_catches_up_bit_for_bit_or_says_it_is_out_of_sync(tiny_model_dir, data_file, tmp_path):
-    from methods.ferret import FerretClient, OutOfSync
+    from methods.ferret import Ferret, OutOfSync
     from modeling import load_model
 
     result = train(flags(tiny_model_dir, data_file, tmp_path / "run", "--rounds", "2"))
     method = result["method"]
     args = config.validate(config.build_parser().parse_args(flags(tiny_model_dir, data_file, tmp_path / "x")))
-    fresh = FerretClient.around_base(args, load_model(str(tiny_model_dir)))
+    fresh = Ferret.build_client(args, load_model(str(tiny_model_dir)))
     with pytest.raises(OutOfSync, match="out of sync"):  # a node that lost its copy is sent only round 2
         fresh.catch_up(method.download(0, 3, since=1), 3)
     fresh.catch_up(method.download(0, 3, since=0), 3)  # the resync: every round from theta0
