@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from checkpoint import CHECKPOINT_FILE, RunState, model_fingerprint, save_checkpoint
-from client import Client, ClientUpdate, LocalTraining
+from client import Client, ClientUpdate, LocalTraining, TrainConfig
 from errors import FedKSeedError
 from measure import LocalCost
 from methods.base import ZO_STEP_FORWARDS, LocalReport, Method, summed_catch_up_bytes
@@ -107,7 +107,7 @@ class FedKSeed(Method):
         if resume is not None:
             self.state = restore(self.server, resume, self.fingerprint)
         self.round, self.base_eval = self.state.round, self.state.base_eval
-        self._train_config = None
+        self.train_config: TrainConfig | None = None  # what every client of the current round is told to do
 
     @property
     def work(self) -> SeededModel:
@@ -126,14 +126,9 @@ class FedKSeed(Method):
             self._work.c = seeded.c.copy()  # the copy holds the server's weights, which c describes
         return self._work
 
-    @property
-    def train_config(self):
-        """What every client of the current round is told to do (local training, Pro probabilities)."""
-        return self._train_config
-
     def select_clients(self, round_idx: int) -> list[int]:
         selected = self.server.select_clients()
-        self._train_config = self.server.train_config(round_idx)
+        self.train_config = self.server.train_config(round_idx)
         return selected
 
     def train_client(self, client: Client, round_idx: int, progress=None) -> LocalReport:
@@ -143,7 +138,7 @@ class FedKSeed(Method):
         with LocalCost(cfg.model.device) as cost:
             if cfg.federation.client_sync == "copy":
                 self.work.copy_from(self.server.seeded)
-            update = client.train(self.work, self.server.c, self._train_config, progress=progress)
+            update = client.train(self.work, self.server.c, self.train_config, progress=progress)
         steps = len(update.seed_indices) + sum(update.skipped.values())
         return LocalReport(client_id=client.client_id, upload=update, bytes_up=bytes_up(update),
                            bytes_down=catch_up + probabilities,
