@@ -53,15 +53,6 @@ def fresh_state(cfg: RunConfig, server: Server, fingerprint: str, clients: list[
                     last_round={c.client_id: 0 for c in clients})
 
 
-def checkpoint(out: Path, state: RunState, server: Server) -> None:
-    """Snapshot the server's state into the run state and write it atomically."""
-    state.c = server.c.copy()
-    state.server_rng = server.rng.bit_generator.state
-    if server.history is not None:
-        state.history = (server.history.abs_sum.copy(), server.history.counts.copy())
-    save_checkpoint(out / CHECKPOINT_FILE, state)
-
-
 def restore(server: Server, state: RunState, fingerprint: str) -> RunState:
     """Bring a fresh server to the checkpointed round: same seeds, same RNG, same model bit for bit."""
     if state.fingerprint != fingerprint:
@@ -159,8 +150,12 @@ class FedKSeed(Method):
         return self.server.seeded.model
 
     def save(self, out: Path) -> None:
-        self.state.base_eval = self.base_eval
-        checkpoint(out, self.state, self.server)
+        """Snapshot the server's state into the run state and write it atomically."""
+        state, server = self.state, self.server
+        state.base_eval, state.c, state.server_rng = self.base_eval, server.c.copy(), server.rng.bit_generator.state
+        if server.history is not None:
+            state.history = (server.history.abs_sum.copy(), server.history.counts.copy())
+        save_checkpoint(out / CHECKPOINT_FILE, state)
 
     def finish(self, out: Path) -> dict:
         if self.cfg.output.save:  # c and the seed pool: the whole trained model beside theta0
