@@ -153,5 +153,4 @@ def load_for_run(cfg: RunConfig, evaluation: bool = True) -> FederatedData:
 
 def load_eval_records(data: DataConfig) -> list[dict]:
     """The --eval_path records alone (the Flower server with --flower_data node holds no training data)."""
-    records, _ = load_records(data.eval_path, replace(fields_of(data), client=None))
-    return records
+    return load_records(data.eval_path, replace(fields_of(data), client=None))[0]

@@ -27,10 +27,8 @@ def load_natural_instructions(root: Path, max_length: int, rng: np.random.Genera
     are skipped.
     """
     root = Path(root)
-    clients, names = [], []
-    train_tasks = _present_tasks(root, "train")
-    too_small = 0
-    for task in train_tasks:
+    clients, names, too_small = [], [], 0
+    for task in _present_tasks(root, "train"):
         records = _load_task(root, task, max_length)
         if len(records) < MIN_TRAIN_INSTANCES:
             too_small += 1
@@ -45,8 +43,7 @@ def load_natural_instructions(root: Path, max_length: int, rng: np.random.Genera
                             f"shorter than {max_length} characters")
 
     eval_records = []
-    test_tasks = _present_tasks(root, "test")
-    for task in test_tasks:
+    for task in _present_tasks(root, "test"):
         records = _load_task(root, task, max_length)
         if len(records) > MIN_TEST_INSTANCES:
             records = _sample(records, max(MIN_TEST_INSTANCES, int(TEST_FRACTION * len(records))), rng)
