@@ -94,9 +94,8 @@ class FedKSeed(Method):
         self.fingerprint = model_fingerprint(model)
         self.server = Server(model, server_config(cfg, tuple(c.client_id for c in clients)), compile=cfg.model.compile)
         self._work: SeededModel | None = None  # the in-process clients' copy, made when one trains here
-        self.state = fresh_state(cfg, self.server, self.fingerprint, clients)
-        if resume is not None:
-            self.state = restore(self.server, resume, self.fingerprint)
+        self.state = (fresh_state(cfg, self.server, self.fingerprint, clients) if resume is None
+                      else restore(self.server, resume, self.fingerprint))
         self.round, self.base_eval = self.state.round, self.state.base_eval
         self.train_config: TrainConfig | None = None  # what every client of the current round is told to do
 
