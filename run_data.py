@@ -35,8 +35,7 @@ def training_clients(cfg: RunConfig, data: FederatedData, tokenizer) -> list[Cli
     datasets = [LLMDataset(records, tokenizer, run_prompt_format(cfg.data), cfg.data.max_length)
                 for records in data.clients]
     report_dropped("training", datasets, cfg.data.max_length)
-    clients = [Client(i, ds, tokenizer.pad_token_id, cfg.federation.seed) for i, ds in enumerate(datasets)]
-    clients = [c for c in clients if len(c) > 0]
+    clients = [Client(i, ds, tokenizer.pad_token_id, cfg.federation.seed) for i, ds in enumerate(datasets) if len(ds)]
     if not clients:
         raise FedKSeedError("no usable training examples after tokenisation (check --max_length)")
     return clients
