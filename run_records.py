@@ -15,11 +15,11 @@ class MetricsFile:
     """metrics.jsonl: one JSON object a round, flushed as it is written; each row also goes where --report_to says
     (run_report.py). The one writer of rows for both engines."""
 
-    def __init__(self, path: Path, fresh: bool, report_to: str | None = None):
-        """report_to None: as the run directory's config.json says, which both engines write first (open_run_dir),
-        so that neither has to hand the flag over."""
+    def __init__(self, path: Path, fresh: bool):
+        """--report_to as the run directory's config.json says, which both engines write first (open_run_dir), so
+        that neither has to hand the flag over."""
         self.path = path
-        self.report_to, self.flags = configured(path.parent) if report_to is None else (report_to, {})
+        self.report_to, self.flags = configured(path.parent)
         self.reporter: Reporter | None = None
         self.first_step = 0  # a fresh run's reporter drops whatever an earlier run in the directory reported
         if fresh:
