@@ -26,10 +26,7 @@ RUN_FILE = "flower_run.json"
 
 def node_count(cfg: RunConfig) -> int:
     """--flower_nodes, or one SuperNode per client of the data split."""
-    if cfg.engine.flower_nodes:
-        return cfg.engine.flower_nodes
-    data = load_for_run(cfg)
-    return len(data.clients)
+    return cfg.engine.flower_nodes or len(load_for_run(cfg).clients)
 
 
 def run_flower(cfg: RunConfig, resume: RunState | None = None, faults: dict | None = None) -> dict:
