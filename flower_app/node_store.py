@@ -103,11 +103,8 @@ class NodeStore:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             save_file(tensors, str(tmp), metadata=meta)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except OSError as exc:  # a full or read-only disk costs speed, not correctness
             logger.warning("node state: cannot write %s (%s); continuing without it", self.path, exc)
