@@ -52,14 +52,9 @@ def _tree_bytes(obj) -> int:
 def payload_bytes(content: RecordDict) -> int:
     """The raw bytes values of the content's records and the serialized arrays of its array records (.npy, with
     their headers), without keys and scalars."""
-    total = 0
-    for record in content.config_records.values():
-        for value in record.values():
-            if isinstance(value, bytes):
-                total += len(value)
-    for record in content.array_records.values():
-        total += sum(len(array.data) for array in record.values())
-    return total
+    raw = sum(len(value) for record in content.config_records.values() for value in record.values()
+              if isinstance(value, bytes))
+    return raw + sum(len(array.data) for record in content.array_records.values() for array in record.values())
 
 
 def measure(message: Message) -> dict[str, int]:
