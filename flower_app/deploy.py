@@ -14,6 +14,7 @@ LocalDeployment is also what the slow fault and secure-mode tests drive (kill a 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -59,11 +60,10 @@ class LocalDeployment:
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         """Start a process in its own session (its process group holds the apps it spawns), logging to work."""
-        log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
-        log.close()
-        self.procs[name] = proc
-        return proc
+        with open(self.work / f"{name}.log", "ab") as log:  # the child keeps its own copy of the file
+            self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                                start_new_session=True)
+        return self.procs[name]
 
     def start_superlink(self) -> None:
         tls = ["--insecure"] if not self.secure else [
@@ -130,10 +130,8 @@ class LocalDeployment:
     @staticmethod
     def send_signal(pids: list[int], sig: int) -> None:
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it exited since the tree was read
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal `name` and every process under it (the tree is read first: orphans lose their parent link)."""
