@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
@@ -174,7 +174,6 @@ class Reply:
     synced: int | None = None
     p_round: int | None = None
     error: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _int(rec: ConfigRecord, key: str) -> int:
