@@ -60,7 +60,6 @@ class NodeRuntime:
     def __init__(self, cfg: RunConfig, store: NodeStore | None = None):
         self.cfg = cfg
         self.k = cfg.method.K
-        self.compile = cfg.model.compile
         check_fits(cfg.model.model, cfg.model.dtype, *node_weight_copies(cfg))
         data = load_for_run(cfg, evaluation=False)
         clients = training_clients(cfg, data, load_tokenizer(cfg.model.model))
@@ -87,7 +86,7 @@ class NodeRuntime:
 
     def seeded(self, model) -> SeededModel:
         return SeededModel(model.to(self.cfg.model.device), self.seed_pool, self.cfg.method.lr,
-                           kind=self.cfg.method.perturbation, compile=self.compile)
+                           kind=self.cfg.method.perturbation, compile=self.cfg.model.compile)
 
     def read_theta0(self) -> SeededModel:
         """theta0 read from --model: the model z perturbs (with --peft lora, the base plus its initial adapters)."""
