@@ -20,6 +20,7 @@ a usable state file, from round 0. Bit-identical either way.
 """
 from __future__ import annotations
 
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,8 +70,6 @@ class NodeRuntime:
         self.seed_pool = make_seed_pool(cfg.method.K, stream(cfg.federation.seed, "server"))  # the server's first draw
         self._work: SeededModel | None = None  # the copy a client trains on; loaded on first use
         self.work_is_theta0 = False  # the work copy holds theta0 (not trained yet): a fresh copy is a deepcopy
-        self._fingerprint: str | None = None
-        self._array_client: ArrayClient | None = None
         self.pristine: SeededModel | None = None
         self.pristine_round = 0
         self.store = store
@@ -106,25 +105,18 @@ class NodeRuntime:
             return self.seeded(copy_trainable(self.work.model))
         return self.read_theta0()
 
-    @property
+    @cached_property
     def array_client(self) -> ArrayClient:
         """--method fedit / fedavg: the method's client side (one copy of the model), built on first use."""
-        if self._array_client is None:
-            spec = self.cfg.model
-            model = load_model(spec.model, spec.dtype, spec.device)
-            self._array_client = build_array_client(self.cfg, model)
-        return self._array_client
+        spec = self.cfg.model
+        return build_array_client(self.cfg, load_model(spec.model, spec.dtype, spec.device))
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """theta0's fingerprint (checked by the server in the query), computed on first use."""
-        if self._fingerprint is None:
-            if self.cfg.method.method != "fedkseed":
-                self._fingerprint = self.array_client.fingerprint
-            else:
-                model = self.work.model if self.work_is_theta0 else self.load_theta0().model
-                self._fingerprint = model_fingerprint(model)
-        return self._fingerprint
+        if self.cfg.method.method != "fedkseed":
+            return self.array_client.fingerprint
+        return model_fingerprint(self.work.model if self.work_is_theta0 else self.load_theta0().model)
 
     def hosted(self, partition: int, partitions: int) -> list[int]:
         """Ids of the clients this node trains (shared data: i mod partitions; node data: named by the server)."""
