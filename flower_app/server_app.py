@@ -132,9 +132,9 @@ class FlowerClients:
         for node in self.found.nodes:
             self.wire.add_node(node)
 
-    def query(self, nodes: list[int], hosts: dict[int, int]) -> dict[int, str]:
+    def query(self, nodes: list[int]) -> dict[int, str]:
         """Ask nodes which clients they host and check their base model and seed pool; a node that passes hosts
-        its clients from now on (in `hosts`). Returns node id -> why it was not taken."""
+        its clients from now on (in self.hosts). Returns node id -> why it was not taken."""
         queries = [Message(RecordDict({wire.QUERY_RECORD: ConfigRecord({})}), node, wire.QUERY,
                            group_id="setup") for node in nodes]
         failed = {node: "did not answer the set-up query in time" for node in nodes}
@@ -149,8 +149,8 @@ class FlowerClients:
                                 "server (fingerprint mismatch)")
                 continue
             del failed[node]
-            hosts.update({int(cid): node for cid in rec["clients"]})
-            hosts.update({self.name_ids[name]: node for name in rec.get("names", []) if name in self.name_ids})
+            self.hosts.update({int(cid): node for cid in rec["clients"]})
+            self.hosts.update({self.name_ids[name]: node for name in rec.get("names", []) if name in self.name_ids})
             self.wire.add_node(node)
         self.known_nodes.update(nodes)
         return failed
@@ -160,7 +160,7 @@ class FlowerClients:
         their partition's clients from this round, starting from their own state (they say what they hold)."""
         new = sorted(set(self.grid.get_node_ids()) - self.known_nodes)
         if new:
-            for node, reason in self.query(new, self.hosts).items():
+            for node, reason in self.query(new).items():
                 logger.warning("Flower: not taking in SuperNode %d: %s", node, reason)
             logger.info("Flower: SuperNodes %s joined; %d clients on %d nodes", new, len(self.hosts),
                         len(set(self.hosts.values())))
