@@ -27,7 +27,7 @@ POLL_SECONDS = 0.2  # between pulls for replies
 
 def collect(owner, round_idx: int, selected: list) -> tuple[dict, list, list, list, list]:
     """Run the round's messages for `owner` (the FlowerClients transport: grid, hosts, cfg, message(), accept(),
-    resync()). Returns the accepted reports by client id, the rejected and the lost clients (dicts with reasons),
+    wire.resync()). Returns the accepted reports by client id, the rejected and the lost clients (dicts with reasons),
     and the measured sizes of the messages down and up."""
     cfg, grid = owner.cfg, owner.grid
     timeout = cfg.engine.round_timeout or cfg.engine.flower_timeout
@@ -78,7 +78,7 @@ def collect(owner, round_idx: int, selected: list) -> tuple[dict, list, list, li
             reason = owner.accept(reply, round_idx, cid, node, size[cid], reports)
             if reason is not None and reason.startswith(NODE_REPORTED) and cid not in retried:
                 retried.add(cid)
-                owner.resync(node)
+                owner.wire.resync(node)
                 queues[node].insert(0, cid)
                 logger.warning("round %d: client %d: %s; resending the full history", round_idx, cid, reason)
             elif reason is not None:

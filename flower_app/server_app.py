@@ -178,9 +178,6 @@ class FlowerClients:
             reports[cid] = report
         return reason
 
-    def resync(self, node: int) -> None:
-        self.wire.resync(node)
-
     def run_round(self, method: Method, round_idx: int, selected: list[int], progress: bool) -> RoundWork:
         """Messages out, replies checked (the accepted ones in the order of the selection); fewer than
         --min_replies accepted aborts the round."""
