@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from errors import FedKSeedError
@@ -65,9 +64,7 @@ def discover(grid: Grid, expected: int, timeout: float) -> Discovery:
     """Query every node: which clients it hosts and what it holds (Discovery.check compares that with the
     server's); refuse a client two nodes hold."""
     found = Discovery(nodes=wait_for_nodes(grid, expected, timeout))
-    queries = [Message(RecordDict({wire.QUERY_RECORD: ConfigRecord({})}), node, wire.QUERY,
-                       group_id="setup") for node in found.nodes]
-    for reply in grid.send_and_receive(queries, timeout=timeout):
+    for reply in grid.send_and_receive(wire.query_messages(found.nodes), timeout=timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             raise FedKSeedError(f"Flower: SuperNode {node} failed its set-up: {reply.error.reason}")

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from checkpoint import RunState, TensorState, load_checkpoint
@@ -135,10 +135,8 @@ class FlowerClients:
     def query(self, nodes: list[int]) -> dict[int, str]:
         """Ask nodes which clients they host and check their base model and seed pool; a node that passes hosts
         its clients from now on (in self.hosts). Returns node id -> why it was not taken."""
-        queries = [Message(RecordDict({wire.QUERY_RECORD: ConfigRecord({})}), node, wire.QUERY,
-                           group_id="setup") for node in nodes]
         failed = {node: "did not answer the set-up query in time" for node in nodes}
-        for reply in self.grid.send_and_receive(queries, timeout=self.cfg.engine.flower_timeout):
+        for reply in self.grid.send_and_receive(wire.query_messages(nodes), timeout=self.cfg.engine.flower_timeout):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 failed[node] = f"failed its set-up: {reply.error.reason}"

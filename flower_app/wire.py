@@ -41,6 +41,10 @@ def encode_query_reply(partition: int, partitions: int, clients: list[int], fing
     return RecordDict({QUERY_RECORD: ConfigRecord(rec)})
 
 
+def query_messages(nodes: list[int]) -> list[Message]:
+    return [Message(RecordDict({QUERY_RECORD: ConfigRecord({})}), node, QUERY, group_id="setup") for node in nodes]
+
+
 # --- sizes ------------------------------------------------------------------------------------------------------
 
 def _tree_bytes(obj) -> int:
