@@ -38,9 +38,8 @@ def traffic_summary(rows: list[dict]) -> dict:
         "bytes_up_payload_per_client_round": float(np.mean([r["bytes_up_payload_per_client"] for r in rows])),
         "measured_as": "Flower's serialized message object tree (deflated objects + object ids), "
                        "without gRPC/HTTP2 framing",
-        "paper_bound_bytes": PAPER_BOUND_BYTES,
+        "paper_bound_bytes": PAPER_BOUND_BYTES, "within_paper_bound": down + up < PAPER_BOUND_BYTES,
     }
-    out["within_paper_bound"] = out["bytes_total_per_client_round"] < PAPER_BOUND_BYTES
     logger.info("communication per client per round: %.0f B down + %.0f B up = %.1f KB (max %d B down, %d B up; "
                 "paper: < 18 KB)", down, up, (down + up) / 1000, out["bytes_down_max"], out["bytes_up_max"])
     return out
