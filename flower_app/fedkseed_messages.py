@@ -189,10 +189,9 @@ def decode_reply(content: RecordDict, max_bytes: int) -> Reply:
     Byte arrays are checked for element size and for max_bytes (each array) before anything is decoded;
     everything else about the upload (round, counts, lengths, index range, finiteness) is server.validate_update's.
     """
-    try:
-        rec = content.config_records[REPLY_RECORD]
-    except KeyError:
-        raise WireError(f"no {REPLY_RECORD} record") from None
+    rec = content.config_records.get(REPLY_RECORD)
+    if rec is None:
+        raise WireError(f"no {REPLY_RECORD} record")
     synced = rec.get("synced")
     p_round = rec.get("p_round")
     synced = synced if isinstance(synced, int) and not isinstance(synced, bool) else None
