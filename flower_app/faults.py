@@ -39,7 +39,6 @@ def apply_fault(rec: ConfigRecord, kind: str, ins: Instruction) -> None:
     rec["idx"], rec["g"] = idx.astype("<i4").tobytes(), g.astype("<f4").tobytes()
 
 
-
 def apply_array_fault(report: LocalReport, kind: str) -> None:
     """Turn an honest upload of tensors into a hostile one of the given kind (a test hook, as apply_fault)."""
     if kind in ("index_high", "value_nan"):  # the first integer (float) array: an index past any table, a NaN

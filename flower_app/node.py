@@ -66,7 +66,7 @@ def handle_query(context) -> RecordDict:
     partition, partitions = partition_of(context)
     held = None if rt.held is None else {name: len(c) for name, c in rt.held.items()}
     return wire.encode_query_reply(partition, partitions, rt.hosted(partition, partitions), rt.fingerprint,
-                                       wire.array_digest(rt.seed_pool), held)
+                                   wire.array_digest(rt.seed_pool), held)
 
 
 def handle_train(content: RecordDict, context) -> RecordDict:
