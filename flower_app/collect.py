@@ -26,9 +26,9 @@ POLL_SECONDS = 0.2  # between pulls for replies
 
 
 def collect(owner, round_idx: int, selected: list) -> tuple[dict, list, list, list, list]:
-    """Run the round's messages for `owner` (the FlowerClients transport: grid, hosts, cfg, message(), accept(),
-    wire.resync()). Returns the accepted reports by client id, the rejected and the lost clients (dicts with reasons),
-    and the measured sizes of the messages down and up."""
+    """Run the round's messages for `owner` (the FlowerClients transport: grid, hosts, names, cfg, and the method's
+    wire: message(), accept(), resync()). Returns the accepted reports by client id, the rejected and the lost
+    clients (dicts with reasons), and the measured sizes of the messages down and up."""
     cfg, grid = owner.cfg, owner.grid
     timeout = cfg.engine.round_timeout or cfg.engine.flower_timeout
     deadline = time.monotonic() + timeout
@@ -45,7 +45,8 @@ def collect(owner, round_idx: int, selected: list) -> tuple[dict, list, list, li
         if not queues[node]:
             return
         cid = queues[node].pop(0)
-        msg = Message(owner.message(round_idx, cid, node), node, wire.TRAIN, group_id=str(round_idx))
+        content = owner.wire.message(round_idx, cid, node, owner.names.get(cid, ""))
+        msg = Message(content, node, wire.TRAIN, group_id=str(round_idx))
         down.append(wire.measure(msg))
         (msg_id,) = grid.push_messages([msg])
         in_flight[msg_id] = (cid, node)
@@ -75,7 +76,9 @@ def collect(owner, round_idx: int, selected: list) -> tuple[dict, list, list, li
                 lose(node, f"node error: {reply.error.reason}", [cid, *queues[node]])
                 continue
             up.append(wire.measure(reply))
-            reason = owner.accept(reply, round_idx, cid, node, size[cid], reports)
+            report, reason = owner.wire.accept(reply.content, round_idx, cid, node, size[cid])
+            if report is not None:
+                reports[cid] = report
             if reason is not None and reason.startswith(NODE_REPORTED) and cid not in retried:
                 retried.add(cid)
                 owner.wire.resync(node)

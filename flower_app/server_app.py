@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from checkpoint import RunState, TensorState, load_checkpoint
@@ -164,17 +164,6 @@ class FlowerClients:
                         len(set(self.hosts.values())))
 
     # --- a round ------------------------------------------------------------------------------------------------
-
-    def message(self, round_idx: int, client_id: int, node: int) -> RecordDict:
-        return self.wire.message(round_idx, client_id, node, self.names.get(client_id, ""))
-
-    def accept(self, reply: Message, round_idx: int, cid: int, node: int, num_examples: int,
-               reports: dict) -> str | None:
-        """Check one reply (the wire's checks); returns why it is rejected, or None (its report kept)."""
-        report, reason = self.wire.accept(reply.content, round_idx, cid, node, num_examples)
-        if report is not None:
-            reports[cid] = report
-        return reason
 
     def run_round(self, method: Method, round_idx: int, selected: list[int], progress: bool) -> RoundWork:
         """Messages out, replies checked (the accepted ones in the order of the selection); fewer than
