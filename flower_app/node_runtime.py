@@ -170,10 +170,10 @@ class NodeRuntime:
 _RUNTIMES: dict[tuple, NodeRuntime] = {}
 
 
-def runtime(context, cfg: RunConfig, doc: dict | None = None) -> NodeRuntime:
+def runtime(context, cfg: RunConfig, doc: dict) -> NodeRuntime:
     """This process's runtime for the run (cached: ClientApp objects may be rebuilt per message)."""
     partition = int(context.node_config.get("partition-id", 0))
-    store = store_for(context.node_config, cfg, partition, bool((doc or {}).get("node_state", False)))
+    store = store_for(context.node_config, cfg, partition, bool(doc.get("node_state", False)))
     key = (context.run_id, flags_key(cfg), None if store is None else str(store.path))
     if key not in _RUNTIMES:
         _RUNTIMES.clear()  # one run at a time per process: free the previous run's models
