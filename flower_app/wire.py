@@ -42,6 +42,7 @@ def encode_query_reply(partition: int, partitions: int, clients: list[int], fing
 
 
 def query_messages(nodes: list[int]) -> list[Message]:
+    """The set-up query, one message per node (at the start, and for a node that joins later)."""
     return [Message(RecordDict({QUERY_RECORD: ConfigRecord({})}), node, QUERY, group_id="setup") for node in nodes]
 
 
