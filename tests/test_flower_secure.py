@@ -55,5 +55,5 @@ def test_secure_deployment_matches_the_inprocess_c_and_refuses_strangers(tiny_mo
     assert all(row["rejected"] == [] and row["lost"] == [] for row in rows_of(out))
     (row,) = rows_of(hostile_out)
     assert row["clients"] == [0, 2, 3] and [r["client"] for r in row["rejected"]] == [1]
-    assert "non-finite" in row["rejected"][0]["reason"] and hostile.output_dir == str(hostile_out)
+    assert "non-finite" in row["rejected"][0]["reason"] and hostile.output.output_dir == str(hostile_out)
     assert "rejected the reply for client 1" in (hostile_out / "train.log").read_text()
