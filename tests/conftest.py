@@ -119,13 +119,20 @@ def run_and_kill(argv: list[str], out: Path, at_round: int, env: dict = ENV, tim
     import signal
     import time
 
-    from checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from checkpoint import load_checkpoint
+    from errors import FedKSeedError
+
+    def checkpointed_round() -> int:
+        try:
+            return load_checkpoint(out).round
+        except FedKSeedError:  # none yet, or a FedIT/FedAvg tensor file replaced between reading its name and it
+            return -1
 
     proc = subprocess.Popen([sys.executable, "main.py", *argv], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if (out / CHECKPOINT_FILE).exists() and load_checkpoint(out).round >= at_round:
+        if checkpointed_round() >= at_round:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             break
