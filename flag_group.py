@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import MISSING, field, fields
+from dataclasses import field, fields
 from typing import Any, ClassVar
 
 
@@ -64,7 +64,7 @@ class FlagGroup:
     @classmethod
     def defaults(cls) -> dict:
         """The group's flags at their defaults."""
-        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        return {f.name: f.default for f in fields(cls)}
 
     @classmethod
     def from_flags(cls, flags: Mapping):

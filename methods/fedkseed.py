@@ -151,7 +151,9 @@ class FedKSeed(Method):
     def save(self, out: Path) -> None:
         """Snapshot the server's state into the run state and write it atomically."""
         state, server = self.state, self.server
-        state.base_eval, state.c, state.server_rng = self.base_eval, server.c.copy(), server.rng.bit_generator.state
+        state.base_eval = self.base_eval
+        state.c = server.c.copy()
+        state.server_rng = server.rng.bit_generator.state
         if server.history is not None:
             state.history = (server.history.abs_sum.copy(), server.history.counts.copy())
         save_checkpoint(out / CHECKPOINT_FILE, state)
